@@ -1,0 +1,162 @@
+"""Write a World data set: rendered clips (mp4, png for 1-frame items), a manifest CSV, track sidecars.
+
+One run mixes frame sizes, aspect ratios and durations (NaViT-style training data): item i takes
+the (size, num_frames) combination i modulo their count, and a scene seeded by (seed, i), so any
+item can be re-made alone and an interrupted run resumes by skipping files that exist.
+
+    chronotope world --out data/world --num 1000 --resolution 64px --aspect-ratios 1:1,16:9,9:16 \
+        --num-frames 1,17,33 --fps 8 --workers 2
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import multiprocessing
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import product
+
+import numpy as np
+from tqdm import tqdm
+
+from ..data.manifest import aspect_ratio_name, write_manifest
+from ..sizes import size_for
+from ..video import IMAGE_FPS, write_video
+from .captions import detailed_caption, short_caption
+from .render import check_frame_size, render
+from .scene import sample_scene
+
+
+@dataclass(frozen=True)
+class WorldItem:
+    """What item `index` of a run renders."""
+
+    index: int
+    scene_seed: int
+    height: int
+    width: int
+    aspect_ratio: str
+    num_frames: int
+    fps: float
+
+    @property
+    def name(self) -> str:
+        return f"{self.index:06d}" + (".png" if self.num_frames == 1 else ".mp4")
+
+
+def item_seed(seed: int, index: int) -> int:
+    """Scene seed of item `index` of a run seeded `seed` (independent streams per item)."""
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
+
+
+def plan_items(num: int, seed: int, sizes: list[tuple[int, int, str]], num_frames: list[int],
+               fps: float) -> list[WorldItem]:
+    """Items 0..num-1 cycling through every (size, num_frames) pair; sizes are (height, width, ratio name)."""
+    if num < 1:
+        raise ValueError(f"--num must be at least 1, got {num}")
+    if not sizes or not num_frames:
+        raise ValueError("give at least one size (or aspect ratio) and one frame count")
+    for h, w, _ in sizes:
+        check_frame_size(h, w)
+    for t in num_frames:
+        if t < 1:
+            raise ValueError(f"frame counts must be >= 1, got {t}; clips for the VAE have 4k+1 frames (1, 17, 33)")
+    combos = list(product(sizes, num_frames))
+    items = []
+    for i in range(num):
+        (h, w, ratio), t = combos[i % len(combos)]
+        items.append(WorldItem(i, item_seed(seed, i), h, w, ratio, t, float(fps)))
+    return items
+
+
+def _track_json(tracks: list[dict]) -> list[dict]:
+    out = []
+    for tr in tracks:
+        d = {k: v for k, v in tr.items() if not isinstance(v, np.ndarray)}
+        d.update({k: np.round(v, 3).tolist() for k, v in tr.items() if isinstance(v, np.ndarray)})
+        out.append(d)
+    return out
+
+
+def _write_json(path: str, obj: dict) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, separators=(",", ":"))
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; data sets are shared
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def make_item(item: WorldItem, out_dir: str, include_heldout: bool = False, tracks: bool = True) -> dict:
+    """Render and write one item (unless its files exist) and return its manifest row."""
+    scene = sample_scene(item.scene_seed, include_heldout=include_heldout)
+    text = detailed_caption(scene, np.random.default_rng([item.scene_seed, 2]))
+    path = os.path.join(out_dir, item.name)
+    sidecar = os.path.splitext(path)[0] + ".json"
+    if not (os.path.exists(path) and (not tracks or os.path.exists(sidecar))):
+        out = render(scene, item.height, item.width, item.num_frames, item.fps)
+        write_video(path, out.frames, item.fps)
+        if tracks:
+            _write_json(sidecar, {"spec": scene.spec, "fps": item.fps, "times": out.times.round(6).tolist(),
+                                  "tracks": _track_json(out.tracks)})
+    return {"path": path, "text": text, "num_frames": item.num_frames, "height": item.height, "width": item.width,
+            "aspect_ratio": item.aspect_ratio, "fps": IMAGE_FPS if item.num_frames == 1 else item.fps,
+            "short_text": short_caption(scene), "spec": json.dumps(scene.spec, separators=(",", ":"))}
+
+
+def resolve_sizes(height: int | None = None, width: int | None = None, resolution: str | None = None,
+                  aspect_ratios: list[str] | None = None) -> list[tuple[int, int, str]]:
+    """(height, width, ratio name) list from either an explicit size or a resolution and aspect ratios."""
+    if (height is None) != (width is None):
+        raise ValueError("give both --height and --width, or neither (then --resolution and --aspect-ratios)")
+    if height is not None:
+        if resolution is not None:
+            raise ValueError("give either --height/--width or --resolution, not both")
+        check_frame_size(height, width)
+        return [(int(height), int(width), aspect_ratio_name(height, width))]
+    return [(*size_for(resolution or "64px", r), r) for r in (aspect_ratios or ["1:1"])]
+
+
+def write_world(out_dir: str | os.PathLike, num: int, seed: int = 0, sizes: list[tuple[int, int, str]] | None = None,
+                num_frames: list[int] | None = None, fps: float = 8.0, include_heldout: bool = False,
+                workers: int = 1, tracks: bool = True, progress: bool = True) -> str:
+    """Render `num` World items into `out_dir` and write `out_dir/manifest.csv`; returns the manifest path."""
+    out_dir = os.fspath(out_dir)
+    if not fps > 0:
+        raise ValueError(f"--fps must be positive, got {fps}")
+    items = plan_items(num, seed, sizes or [(64, 64, "1:1")], num_frames or [17], fps)
+    os.makedirs(out_dir, exist_ok=True)
+    job = functools.partial(make_item, out_dir=out_dir, include_heldout=include_heldout, tracks=tracks)
+    bar = tqdm(total=len(items), desc="world", unit="clip", disable=not progress)
+    rows: list[dict] = []
+    if workers <= 1:
+        for item in items:
+            rows.append(job(item))
+            bar.update()
+    else:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            for row in pool.imap(job, items, chunksize=4):
+                rows.append(row)
+                bar.update()
+    bar.close()
+    manifest = os.path.join(out_dir, "manifest.csv")
+    write_manifest(manifest, rows)
+    return manifest
+
+
+def iter_world(num: int, seed: int = 0, height: int = 64, width: int = 64, num_frames: int = 17,
+               fps: float = 8.0, include_heldout: bool = False) -> Iterator[tuple[dict, np.ndarray]]:
+    """In-memory stream of (row without path, frames [T, H, W, 3]) for `num` items, for benchmarks and tests."""
+    for item in plan_items(num, seed, [(height, width, aspect_ratio_name(height, width))], [num_frames], fps):
+        scene = sample_scene(item.scene_seed, include_heldout=include_heldout)
+        out = render(scene, height, width, num_frames, fps)
+        yield {"text": detailed_caption(scene, np.random.default_rng([item.scene_seed, 2])),
+               "short_text": short_caption(scene), "spec": scene.spec}, out.frames
