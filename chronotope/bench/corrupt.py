@@ -1,0 +1,128 @@
+"""Controlled corruptions of World renders, to check that World-bench discriminates.
+
+An evaluator is honest only if ground truth scores ~1 and a video broken on one attribute loses
+that attribute (shared/DESIGN.md). Each corruption names the attribute it breaks and the objects on
+which that attribute is judged (e.g. reversing time does not change a still or bouncing-around
+object's motion class, so "reversed" is judged on directed motions only).
+
+    frames, objects = corrupt("shuffled", scene, height=64, width=64, num_frames=17, fps=8, seed=0)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from chronotope.world.render import render
+from chronotope.world.scene import Scene
+from chronotope.world.vocab import COLORS, SHAPES
+
+# corruption -> (attribute it breaks, motions of the objects it is judged on; None = all objects)
+CORRUPTIONS: dict[str, tuple[str, tuple[str, ...] | None]] = {
+    "color_swap": ("color", None),
+    "shape_swap": ("shape", None),
+    "reversed": ("motion", ("left", "right", "up", "down", "fall_bounce")),
+    "frozen": ("motion", ("left", "right", "up", "down", "fall_bounce", "bounce_around")),
+    "shuffled": ("motion", ("left", "right", "up", "down", "fall_bounce", "bounce_around")),
+    "noise": ("flicker", None),
+}
+NOISE_STD = 64.0  # "heavy": per-pixel, per-frame Gaussian noise on 0-255 levels
+
+
+def corrupt(
+    name: str, scene: Scene, height: int, width: int, num_frames: int, fps: float, seed: int = 0
+) -> tuple[np.ndarray, list[int]]:
+    """Render `scene` broken by corruption `name`; returns (frames uint8 [T, H, W, 3], indices of judged objects).
+
+    The spec to score against stays `scene.spec`. color_swap / shape_swap re-render every object with
+    another color not in the scene / another shape; the others edit the ground-truth frames.
+    """
+    if name not in CORRUPTIONS:
+        raise ValueError(f"unknown corruption {name!r}; choose from {', '.join(CORRUPTIONS)}")
+    rng = np.random.default_rng(seed)
+    _, motions = CORRUPTIONS[name]
+    judged = [i for i, o in enumerate(scene.objects) if motions is None or o.motion in motions]
+    if name in ("color_swap", "shape_swap"):
+        used = {o.color for o in scene.objects}
+        free = [c for c in COLORS if c not in used]
+        rng.shuffle(free)
+        objects = []
+        for i, o in enumerate(scene.objects):
+            if name == "color_swap":
+                objects.append(dataclasses.replace(o, color=free[i]))
+            else:
+                others = [s for s in SHAPES if s != o.shape]
+                objects.append(dataclasses.replace(o, shape=others[int(rng.integers(len(others)))]))
+        broken = dataclasses.replace(scene, objects=objects)
+        return render(broken, height, width, num_frames, fps).frames, judged
+    frames = render(scene, height, width, num_frames, fps).frames
+    if name == "reversed":
+        return frames[::-1].copy(), judged
+    if name == "frozen":
+        return np.repeat(frames[:1], num_frames, axis=0), judged
+    if name == "shuffled":
+        return frames[rng.permutation(num_frames)], judged
+    noisy = frames.astype(np.float32) + rng.normal(0.0, NOISE_STD, frames.shape).astype(np.float32)
+    return np.clip(np.rint(noisy), 0, 255).astype(np.uint8), judged
+
+
+def _setting(i: int, durations: tuple[int, ...]) -> tuple[int, int, int]:
+    """(height, width, num_frames) of the i-th scene: 64px area at 1:1 / 16:9 / 9:16, cycling durations."""
+    from chronotope.sizes import size_for
+
+    aspect = ("1:1", "16:9", "9:16")[i % 3]
+    height, width = size_for("64px", aspect)
+    return height, width, durations[(i // 3) % len(durations)]
+
+
+def ground_truth_scores(num_scenes: int = 200, durations: tuple[int, ...] = (1, 17, 33), fps: float = 8.0,
+                        first_seed: int = 0) -> dict:
+    """Mean of every attribute and of overall over ground-truth renders (held-out compositions included)."""
+    from chronotope.bench.score import ATTRIBUTES, score_video
+    from chronotope.world.scene import sample_scene
+
+    sums: dict[str, list[float]] = {a: [] for a in ATTRIBUTES + ("overall",)}
+    for i in range(num_scenes):
+        scene = sample_scene(first_seed + i, include_heldout=True)
+        height, width, frames = _setting(i, durations)
+        scores = score_video(render(scene, height, width, frames, fps).frames, scene.spec, fps)
+        for a in sums:
+            if scores[a] is not None:
+                sums[a].append(scores[a])
+    out = {a: (float(np.mean(v)) if v else None) for a, v in sums.items()}
+    out["overall_min"] = float(np.min(sums["overall"]))
+    out["num_videos"] = num_scenes
+    return out
+
+
+def corruption_scores(name: str, num_scenes: int = 60, durations: tuple[int, ...] = (17, 33), fps: float = 8.0,
+                      first_seed: int = 0) -> dict:
+    """For one corruption: mean of the broken attribute over the judged objects ("broken"), the video-level
+    mean of every attribute ("attributes"), and how many objects / videos were judged."""
+    from chronotope.bench.score import ATTRIBUTES, score_video
+    from chronotope.world.scene import sample_scene
+
+    attribute, _ = CORRUPTIONS[name]
+    broken: list[float] = []
+    video: dict[str, list[float]] = {a: [] for a in ATTRIBUTES + ("overall",)}
+    for i in range(num_scenes):
+        scene = sample_scene(first_seed + i, include_heldout=True)
+        height, width, num_frames = _setting(i, durations)
+        frames, judged = corrupt(name, scene, height, width, num_frames, fps, seed=first_seed + i)
+        if not judged:
+            continue
+        scores = score_video(frames, scene.spec, fps)
+        if attribute in scores["objects"][0]:  # per-object attribute
+            broken += [scores["objects"][j][attribute] for j in judged if scores["objects"][j][attribute] is not None]
+        elif scores[attribute] is not None:
+            broken.append(scores[attribute])
+        for a in video:
+            if scores[a] is not None:
+                video[a].append(scores[a])
+    return {
+        "attribute": attribute,
+        "broken": float(np.mean(broken)) if broken else None,
+        "judged": len(broken),
+        "attributes": {a: (float(np.mean(v)) if v else None) for a, v in video.items()},
+    }
