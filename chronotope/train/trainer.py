@@ -1,0 +1,394 @@
+"""One training loop for every model: a `TrainTask` ("model + loss + batches") and a `Trainer`.
+
+The VAE (chronotope/train/vae_task.py) and the DiT plug into the same loop: AdamW with optional
+linear warmup and cosine decay, gradient clipping, EMA with warmed-up decay, NaN/inf steps
+skipped (K in a row stop the run), a tqdm bar, `metrics.jsonl` + `metrics.png`, crash-safe
+checkpoints (chronotope/train/checkpoint.py) and bit-exact resume: the data order is a pure
+function of (epoch seed, position) and every RNG is saved, so a run stopped at step k and resumed
+reproduces the uninterrupted run. Distribution (DDP/FSDP/compile) wraps `task.model` from
+outside (chronotope/train/parallel.py); here only small rank helpers decide who writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from chronotope.train import checkpoint as ckpt
+from chronotope.train.ema import EMA
+from chronotope.train.plots import plot_metrics, read_metrics
+
+
+@runtime_checkable
+class TrainTask(Protocol):
+    """What a model brings to the Trainer.
+
+    batches(epoch_seed, position): the batches of one epoch in a deterministic order given
+        `epoch_seed`, starting at batch index `position` (so a resume continues at the exact item).
+    loss(model, batch, generator): (scalar loss tensor, metrics); metrics may hold "items" or
+        "tokens" (counts for throughput) and any floats to log. Draw noise from `generator`.
+    Optional: samples(model, out_dir, step) writes PNG/GIF samples at each checkpoint;
+        export(model, run_dir, step) writes a model folder; `bad_items` counts skipped data.
+    """
+
+    model: nn.Module
+
+    def batches(self, epoch_seed: int, position: int) -> Iterator[Any]: ...
+
+    def loss(self, model: nn.Module, batch: Any, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+
+class TrainingDiverged(RuntimeError):
+    """Raised when `max_bad_steps` optimizer steps in a row had a NaN/inf loss or gradient norm."""
+
+
+# --- rank helpers (the only place that knows about torch.distributed) -------------------------
+
+
+def get_rank() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return int(os.environ.get("RANK", 0))
+
+
+def get_world_size() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under DDP (`.module`) or torch.compile (`._orig_mod`) wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# --- the loop ---------------------------------------------------------------------------------
+
+
+class Trainer:
+    """Train `task.model` for `steps` optimizer steps, writing everything under `out_dir`.
+
+    out_dir/metrics.jsonl   one JSON line per logged step
+    out_dir/metrics.png     loss / grad norm / lr / throughput, redrawn at each checkpoint
+    out_dir/ckpt-0000100/   checkpoints (newest `keep_last` kept)
+    out_dir/samples/ckpt-0000100/   task.samples output at each checkpoint
+    """
+
+    def __init__(
+        self,
+        task: TrainTask,
+        out_dir: str | os.PathLike,
+        steps: int,
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 0,
+        schedule: str = "constant",
+        min_lr_ratio: float = 0.1,
+        grad_clip: float | None = 1.0,
+        ema_decay: float | None = 0.999,
+        ckpt_every: int = 100,
+        keep_last: int = 3,
+        log_every: int = 10,
+        seed: int = 0,
+        max_bad_steps: int = 5,
+        resume: bool = False,
+        progress: bool = True,
+        plot: bool = True,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        if schedule not in ("constant", "cosine"):
+            raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
+        for name, value in (("ckpt_every", ckpt_every), ("keep_last", keep_last), ("log_every", log_every),
+                            ("max_bad_steps", max_bad_steps)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if lr <= 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        self.task, self.out_dir, self.steps = task, Path(out_dir), steps
+        self.lr, self.warmup_steps, self.schedule, self.min_lr_ratio = lr, warmup_steps, schedule, min_lr_ratio
+        self.grad_clip, self.ckpt_every, self.keep_last, self.log_every = grad_clip, ckpt_every, keep_last, log_every
+        self.seed, self.max_bad_steps, self.progress, self.plot = seed, max_bad_steps, progress, plot
+        self.config = {
+            "steps": steps, "lr": lr, "weight_decay": weight_decay, "betas": list(betas),
+            "warmup_steps": warmup_steps, "schedule": schedule, "min_lr_ratio": min_lr_ratio,
+            "grad_clip": grad_clip, "ema_decay": ema_decay, "seed": seed, "world_size": get_world_size(),
+            "task": config or {},
+        }
+        self.model = task.model
+        seed_everything(seed)
+        self.generator = torch.Generator().manual_seed(seed + 1)  # the task's noise generator
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the task's model has no trainable parameters")
+        self.params = params
+        self.optimizer = torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
+        self.ema = EMA(unwrap(self.model), ema_decay) if ema_decay else None
+        # progress state (all of it goes into the checkpoint)
+        self.step, self.epoch, self.position = 0, 0, 0
+        self.skipped_total, self.bad_in_a_row, self.elapsed_before = 0, 0, 0.0
+        self.resumed_from: Path | None = None
+        if resume:
+            self._resume()
+        elif ckpt.latest_checkpoint(self.out_dir) is not None:
+            raise ValueError(f"{self.out_dir} already holds checkpoints ({ckpt.latest_checkpoint(self.out_dir).name}); "
+                             "pass resume=True (--resume) to continue that run, or choose a new output folder")
+        if self.resumed_from is None:
+            self._truncate_metrics(0)  # a run starting at step 0 owns the log (a crash before ckpt 1 left lines)
+
+    # -- schedule --------------------------------------------------------------------------
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate for optimizer step `step` (0-based): linear warmup, then constant or cosine."""
+        if self.warmup_steps and step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        if self.schedule == "cosine":
+            span = max(1, self.steps - self.warmup_steps)
+            progress = min(1.0, (step - self.warmup_steps) / span)
+            return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+        return self.lr
+
+    # -- data ------------------------------------------------------------------------------
+
+    def _epoch_seed(self, epoch: int) -> int:
+        return self.seed * 1_000_003 + epoch
+
+    def _next_batch(self) -> Any:
+        for _ in range(2):
+            if self._it is None:
+                self._it = iter(self.task.batches(self._epoch_seed(self.epoch), self.position))
+            try:
+                batch = next(self._it)
+                self.position += 1
+                return batch
+            except StopIteration:
+                self._it, self.epoch, self.position = None, self.epoch + 1, 0
+        raise ValueError("the task yielded no batches for a whole epoch; is the data set empty or the batch too large?")
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch, "position": self.position, "skipped_total": self.skipped_total,
+            "bad_in_a_row": self.bad_in_a_row, "elapsed": self._elapsed(),
+            "ema_updates": self.ema.num_updates if self.ema else 0,
+            "rng": ckpt.capture_rng(self.generator), "config": self.config,
+        }
+
+    def save(self) -> Path | None:
+        """Checkpoint the current step (rank 0 writes; others wait); then samples, export, plot, prune."""
+        path = None
+        if is_main_process():
+            path = ckpt.save_checkpoint(
+                self.out_dir, self.step, unwrap(self.model).state_dict(), self._state(),
+                self.optimizer.state_dict(), self.ema.state_dict() if self.ema else None,
+            )
+            ckpt.prune_checkpoints(self.out_dir, self.keep_last)
+            self._after_checkpoint(path)
+        barrier()
+        return path
+
+    def _after_checkpoint(self, path: Path) -> None:
+        """Samples, exported model and plot, with every RNG put back so they do not change training."""
+        rng = ckpt.capture_rng(self.generator)
+        try:
+            model = unwrap(self.model)
+            eval_model = self.ema.averaged_model(model) if self.ema else model
+            was_training = eval_model.training
+            eval_model.eval()
+            with torch.no_grad():
+                if hasattr(self.task, "samples"):
+                    self.task.samples(eval_model, self.out_dir / "samples" / path.name, self.step)
+                if hasattr(self.task, "export"):
+                    self.task.export(eval_model, self.out_dir, self.step)
+            eval_model.train(was_training)
+            if self.plot and self.metrics_path.exists():
+                plot_metrics(read_metrics(self.metrics_path), self.out_dir / "metrics.png", title=self.out_dir.name)
+        finally:
+            ckpt.restore_rng(rng, self.generator)
+
+    def _resume(self) -> None:
+        path = ckpt.latest_checkpoint(self.out_dir)
+        if path is None:
+            self._print(f"no complete checkpoint in {self.out_dir}; starting from step 0")
+            return
+        data = ckpt.load_checkpoint(path)
+        state = data["state"]
+        unwrap(self.model).load_state_dict(data["model"], strict=True)
+        if data["optimizer"] is not None:
+            self.optimizer.load_state_dict(data["optimizer"])
+        if self.ema is not None:
+            if data["ema"] is not None:
+                self.ema.load_state_dict(data["ema"], state.get("ema_updates", 0))
+            else:  # the run had no EMA before: start one from the current weights
+                self.ema = EMA(unwrap(self.model), self.ema.decay)
+        self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
+        self.skipped_total, self.bad_in_a_row = state["skipped_total"], state["bad_in_a_row"]
+        self.elapsed_before = state["elapsed"]
+        ckpt.restore_rng(state["rng"], self.generator)
+        self.resumed_from = path
+        self._truncate_metrics(self.step)
+        self._print(f"resumed from {path} at step {self.step}")
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop log lines past `step` (written by a run that crashed after its last checkpoint)."""
+        if is_main_process() and self.metrics_path.exists():
+            keep = [r for r in read_metrics(self.metrics_path) if r.get("step", 0) <= step]
+            ckpt.atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in keep))
+
+    # -- logging ---------------------------------------------------------------------------
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.out_dir / "metrics.jsonl"
+
+    def _elapsed(self) -> float:
+        return self.elapsed_before + (time.perf_counter() - self._t0 if hasattr(self, "_t0") else 0.0)
+
+    def _print(self, msg: str) -> None:
+        if is_main_process() and self.progress:
+            tqdm.write(f"[train] {msg}")
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if not is_main_process():
+            return
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # -- main loop -------------------------------------------------------------------------
+
+    def fit(self) -> dict[str, Any]:
+        """Run until `steps`; returns dict(step, loss, skipped_total, checkpoint, resumed_from)."""
+        if is_main_process():
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._t0 = time.perf_counter()
+        self._it = None
+        win = _Window()
+        last_path = self.resumed_from
+        bar = tqdm(total=self.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
+                   disable=not (self.progress and is_main_process()))
+        self.model.train()
+        try:
+            while self.step < self.steps:
+                batch = self._next_batch()
+                lr = self.lr_at(self.step)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                loss, metrics = self.task.loss(self.model, batch, self.generator)
+                loss.backward()  # also for a NaN loss, so DDP ranks stay in step; the update is skipped below
+                clip = self.grad_clip if self.grad_clip else float("inf")
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
+                loss_value = float(loss.detach())
+                ok = math.isfinite(loss_value) and math.isfinite(grad_norm)
+                if ok:
+                    self.optimizer.step()
+                    if self.ema is not None:
+                        self.ema.update(unwrap(self.model))
+                    self.bad_in_a_row = 0
+                else:
+                    self.skipped_total += 1
+                    self.bad_in_a_row += 1
+                    self._print(f"step {self.step + 1}: non-finite loss {loss_value} / grad norm {grad_norm}; "
+                                f"update skipped ({self.bad_in_a_row} in a row)")
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                win.add(loss_value, grad_norm, metrics, ok)
+                bar.update(1)
+                if self.bad_in_a_row >= self.max_bad_steps:
+                    self._log(win.record(self, lr))
+                    raise TrainingDiverged(
+                        f"{self.bad_in_a_row} steps in a row had a non-finite loss or gradient norm (last at step "
+                        f"{self.step}); stopping. Lower --lr, set a grad clip, or check the data. The last good "
+                        f"checkpoint is {ckpt.latest_checkpoint(self.out_dir)}."
+                    )
+                if self.step % self.log_every == 0 or self.step == self.steps:
+                    record = win.record(self, lr)
+                    self._log(record)
+                    bar.set_postfix_str(
+                        f"loss {_fmt(record['loss'])} {record['throughput']:.3g} {record['throughput_unit']}/s "
+                        f"bad {record['bad_items']} skip {self.skipped_total}", refresh=False)
+                    win = _Window()
+                if self.step % self.ckpt_every == 0 or self.step == self.steps:
+                    last_path = self.save() or last_path
+        finally:
+            bar.close()
+        return {"step": self.step, "loss": win.last_loss, "skipped_total": self.skipped_total,
+                "checkpoint": last_path, "resumed_from": self.resumed_from}
+
+
+def _fmt(x: float | None) -> str:
+    return "nan" if x is None else f"{x:.4g}"
+
+
+class _Window:
+    """Accumulates the steps between two log lines."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.losses: list[float] = []
+        self.grad_norms: list[float] = []
+        self.extra: dict[str, list[float]] = {}
+        self.count, self.unit, self.skipped = 0.0, "items", 0
+        self.last_loss = float("nan")
+
+    def add(self, loss: float, grad_norm: float, metrics: dict[str, float], ok: bool) -> None:
+        self.last_loss = loss
+        if ok:
+            self.losses.append(loss)
+            self.grad_norms.append(grad_norm)
+        else:
+            self.skipped += 1
+        if "tokens" in metrics:
+            self.count, self.unit = self.count + float(metrics["tokens"]), "tokens"
+        elif "items" in metrics:
+            self.count += float(metrics["items"])
+        else:
+            self.count += 1
+        for k, v in metrics.items():
+            if k not in ("tokens", "items") and isinstance(v, (int, float)) and math.isfinite(v):
+                self.extra.setdefault(k, []).append(float(v))
+
+    def record(self, trainer: Trainer, lr: float) -> dict[str, Any]:
+        dt = max(time.perf_counter() - self.t0, 1e-9)
+        mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+        rec = {
+            "step": trainer.step, "loss": mean(self.losses), "grad_norm": mean(self.grad_norms), "lr": lr,
+            "throughput": self.count / dt, "throughput_unit": self.unit, "skipped": self.skipped,
+            "skipped_total": trainer.skipped_total, "bad_items": int(getattr(trainer.task, "bad_items", 0)),
+            "epoch": trainer.epoch, "elapsed": round(trainer._elapsed(), 3),
+        }
+        rec.update({k: mean(v) for k, v in self.extra.items() if k not in rec})  # the trainer's keys win
+        # JSON has no NaN: a window of only skipped steps logs null
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in rec.items()}
