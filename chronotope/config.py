@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 
 
@@ -20,4 +21,136 @@ def config_from_dict(cls, data: dict):
 # === VAE ========================================================================================
 
 
+@dataclass
+class VAEConfig:
+    """Causal 3D VAE (chronotope/vae/model.py). Compression per 4 frames = in_channels*tf*sf*sf / latent_channels.
+
+    `widths[i]` is the channel width at resolution level i (level 0 = full resolution); there are
+    log2(spatial_factor) downsampling stages, so len(widths) == log2(spatial_factor) + 1. The time
+    downsampling happens in the last log2(temporal_factor) stages (Wan 2.1: [False, True, True]).
+    `latent_mean` / `latent_std` (per latent channel, measured by `measure_latent_stats`) turn raw
+    latents into the normalised latents the DiT sees; None means identity (0 / 1).
+    """
+
+    in_channels: int = 3
+    latent_channels: int = 16
+    temporal_factor: int = 4
+    spatial_factor: int = 8
+    widths: list[int] = field(default_factory=lambda: [32, 64, 128, 128])
+    num_res_blocks: int = 2  # per encoder level; the decoder uses num_res_blocks + 1 (as SD / Wan)
+    mid_attention: bool = True  # per-frame spatial self-attention in the middle blocks
+    latent_mean: list[float] | None = None
+    latent_std: list[float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.temporal_factor not in (1, 2, 4):
+            raise ValueError(f"temporal_factor must be 1, 2 or 4, got {self.temporal_factor}")
+        if self.spatial_factor not in (4, 8, 16):
+            raise ValueError(f"spatial_factor must be 4, 8 or 16, got {self.spatial_factor}")
+        n_down = self.spatial_factor.bit_length() - 1
+        if len(self.widths) != n_down + 1:
+            raise ValueError(
+                f"widths needs log2(spatial_factor) + 1 = {n_down + 1} entries for spatial_factor "
+                f"{self.spatial_factor}, got {len(self.widths)}: {self.widths}"
+            )
+        if any(w < 2 or w % 2 for w in self.widths):
+            raise ValueError(f"widths must be even and >= 2 (the decoder halves them when upsampling), got {self.widths}")
+        if self.num_res_blocks < 1 or self.latent_channels < 1 or self.in_channels < 1:
+            raise ValueError("num_res_blocks, latent_channels and in_channels must be >= 1")
+        for name in ("latent_mean", "latent_std"):
+            value = getattr(self, name)
+            if value is not None and len(value) != self.latent_channels:
+                raise ValueError(f"{name} needs {self.latent_channels} values (one per latent channel), got {len(value)}")
+        if self.latent_std is not None and min(self.latent_std) <= 0:
+            raise ValueError(f"latent_std must be positive, got {self.latent_std}")
+
+    @property
+    def temporal_down(self) -> list[bool]:
+        """Per downsampling stage: does it also halve time? The last log2(temporal_factor) stages do."""
+        n_down = len(self.widths) - 1
+        n_time = self.temporal_factor.bit_length() - 1
+        return [i >= n_down - n_time for i in range(n_down)]
+
+    @property
+    def compression(self) -> float:
+        """Pixel values per latent value, counted per temporal_factor frames."""
+        return self.in_channels * self.temporal_factor * self.spatial_factor**2 / self.latent_channels
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _vae_debug() -> VAEConfig:
+    """Tiny widths for CPU tests (seconds)."""
+    return VAEConfig(latent_channels=4, widths=[8, 8, 16, 16], num_res_blocks=1)
+
+
+def _vae_world() -> VAEConfig:
+    """Small and fast, sized for 64px World clips: 8x space, 4x time, 16 channels = 48x compression.
+    Narrow at full resolution (where the FLOPs are), wide at 8x8: 7.4M params, 10 GMAC per 17x64x64 clip."""
+    return VAEConfig(latent_channels=16, widths=[16, 32, 64, 128], num_res_blocks=1)
+
+
+def _vae_wan_match() -> VAEConfig:
+    """Same compression and widths as diffusers' AutoencoderKLWan(base_dim=32, z_dim=16), for benchmarks."""
+    return VAEConfig(latent_channels=16, widths=[32, 64, 128, 128], num_res_blocks=2, mid_attention=True)
+
+
+VAE_PRESETS: dict[str, Callable[[], VAEConfig]] = {
+    "debug": _vae_debug,
+    "world": _vae_world,
+    "wan-match": _vae_wan_match,
+}
+
+
 # === DiT ========================================================================================
+
+
+@dataclass
+class DiTConfig:
+    """Diffusion transformer (chronotope/dit/model.py). Tokens are pt x ph x pw latent cubes."""
+
+    in_channels: int = 16  # latent channels of the VAE
+    out_channels: int | None = None  # None = in_channels (2x in_channels = the DiT paper's learned sigma)
+    patch: tuple[int, int, int] = (1, 2, 2)
+    width: int = 256
+    depth: int = 6
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    text_dim: int = 384  # MiniLM-L6 token embeddings
+    num_classes: int = 0  # > 0: class-conditional (the DiT paper), no text cross-attention
+    qk_norm: bool = True
+    rope: bool = True  # False: no position encoding inside the blocks (only for the DiT paper FLOP check)
+    rope_axes: tuple[int, int, int] | None = None  # head-dim split over (t, h, w); None = about 2:3:3
+    rope_theta: float = 10000.0
+    pos_scaling: str = "min_side"  # "min_side": spatial ids x pos_ref / min(h, w) tokens; "none": integers
+    pos_ref: float = 16.0  # token extent of the shorter side that maps to integer positions
+    freq_dim: int = 256  # sinusoidal timestep features
+    attention: str = "auto"  # "auto" | "sdpa" | "flex" | "flash"
+
+    def __post_init__(self) -> None:
+        self.patch = tuple(self.patch)
+        if self.rope_axes is not None:
+            self.rope_axes = tuple(self.rope_axes)
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} must be divisible by heads {self.heads}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _dit(**kw) -> DiTConfig:
+    return DiTConfig(**kw)
+
+
+DIT_PRESETS = {
+    # every test runs on this one, on CPU, in seconds
+    "debug": lambda: _dit(in_channels=4, width=64, depth=2, heads=4, pos_ref=4.0),
+    # 64px World clips with an 8x VAE: a 17-frame clip is 5 x 4 x 4 = 80 tokens at patch (1, 2, 2)
+    "world-s": lambda: _dit(in_channels=16, width=256, depth=6, heads=4, pos_ref=4.0),
+    # the DiT paper's sizes (Peebles & Xie 2023, Table 1), text-conditioned here
+    "S": lambda: _dit(width=384, depth=12, heads=6),
+    "B": lambda: _dit(width=768, depth=12, heads=12),
+    "L": lambda: _dit(width=1024, depth=24, heads=16),
+    "XL": lambda: _dit(width=1152, depth=28, heads=16),
+}

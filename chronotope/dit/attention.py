@@ -1,0 +1,165 @@
+"""One `attention()` for packed sequences: block-diagonal, so a token never sees another sample (NaViT).
+
+Backends (all agree numerically, tests/test_dit.py):
+  "sdpa"  PyTorch scaled_dot_product_attention per run of equal-length samples (one batched call per
+          run, views not copies): cost ∝ Σ len², never (Σ len)².
+  "flex"  FlexAttention with a document mask built from the sample index. Compiled on CUDA; on CPU it
+          runs flex's unfused eager reference (correct, slow; a warning says so).
+  "flash" flash_attn_varlen_func, imported only when asked for (error if the package is missing).
+  "auto"  flash on CUDA half-precision when installed, else sdpa.
+`cross_attention()` lets the tokens of sample i attend to the valid tokens of its own caption only.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+BACKENDS = ("auto", "sdpa", "flex", "flash")
+
+
+@dataclass(frozen=True)
+class Segments:
+    """Runs of consecutive equal-length samples: (start token, start sample, count, length) each."""
+
+    runs: tuple[tuple[int, int, int, int], ...]
+    total: int
+
+
+def segments(cu_seqlens: Tensor) -> Segments:
+    """cu_seqlens [N+1] -> runs of consecutive equal-length samples (computed once per forward)."""
+    cu = cu_seqlens.tolist()
+    runs, i, n = [], 0, len(cu) - 1
+    while i < n:
+        length, j = cu[i + 1] - cu[i], i + 1
+        while j < n and cu[j + 1] - cu[j] == length:
+            j += 1
+        runs.append((cu[i], i, j - i, length))
+        i = j
+    return Segments(tuple(runs), cu[-1])
+
+
+def _sdpa(q: Tensor, k: Tensor, v: Tensor, seg: Segments) -> Tensor:
+    outs = []
+    for start, _, count, length in seg.runs:
+        sl = slice(start, start + count * length)
+        # [count*length, nh, hd] -> [count, nh, length, hd] (a view)
+        qs, ks, vs = (x[sl].unflatten(0, (count, length)).transpose(1, 2) for x in (q, k, v))
+        o = F.scaled_dot_product_attention(qs, ks, vs)  # [count, nh, length, hd]
+        outs.append(o.transpose(1, 2).flatten(0, 1))  # [count*length, nh, hd]
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(msg: str) -> None:
+    if msg not in _warned:
+        _warned.add(msg)
+        warnings.warn(msg, stacklevel=3)
+
+
+_compiled_flex = None
+
+
+def _flex(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor) -> Tensor:
+    global _compiled_flex
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    L = q.shape[0]
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    doc = torch.repeat_interleave(torch.arange(lengths.numel(), device=q.device), lengths)  # [L]
+
+    def same_sample(b, h, q_idx, kv_idx):
+        return doc[q_idx] == doc[kv_idx]
+
+    block_mask = create_block_mask(same_sample, None, None, L, L, device=q.device)
+    qs, ks, vs = (x.transpose(0, 1).unsqueeze(0) for x in (q, k, v))  # [1, nh, L, hd]
+    if q.is_cuda:
+        if _compiled_flex is None:
+            _compiled_flex = torch.compile(flex_attention, dynamic=False)
+        fn = _compiled_flex
+    else:
+        _warn_once("flex attention on CPU runs its unfused eager reference (slow, for checks); use sdpa")
+        fn = flex_attention
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        o = fn(qs, ks, vs, block_mask=block_mask)  # [1, nh, L, hd]
+    return o.squeeze(0).transpose(0, 1)
+
+
+def _flash(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int) -> Tensor:
+    try:
+        from flash_attn import flash_attn_varlen_func
+    except ImportError as err:
+        raise ValueError("attention backend 'flash' needs the flash-attn package (pip install flash-attn); "
+                         "use backend='sdpa' otherwise") from err
+    cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
+    return flash_attn_varlen_func(q, k, v, cu, cu, max_seqlen, max_seqlen)
+
+
+def _flash_available() -> bool:
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    cu_seqlens: Tensor,
+    max_seqlen: int,
+    backend: str = "auto",
+    seg: Segments | None = None,
+) -> Tensor:
+    """Block-diagonal self-attention over a packed sequence.
+
+    q, k, v: [L, nh, hd]; cu_seqlens: [N+1] int32 sample boundaries; max_seqlen: longest sample.
+    seg: optional precomputed `segments(cu_seqlens)` (saves a host sync per call). Returns [L, nh, hd].
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
+    if backend == "auto":
+        use_flash = q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and _flash_available()
+        backend = "flash" if use_flash else "sdpa"
+    if backend == "flash":
+        return _flash(q, k, v, cu_seqlens, max_seqlen)
+    if backend == "flex":
+        try:
+            return _flex(q, k, v, cu_seqlens)
+        except Exception as err:  # flex needs a recent torch and, off CPU, a working compiler
+            _warn_once(f"flex attention failed ({type(err).__name__}: {err}); falling back to sdpa")
+    return _sdpa(q, k, v, seg if seg is not None else segments(cu_seqlens))
+
+
+def cross_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    cu_seqlens: Tensor,
+    seg: Segments | None = None,
+) -> Tensor:
+    """Tokens of sample i attend to the valid tokens of sample i's caption only.
+
+    q: [L, nh, hd] packed queries; k, v: [N, Lt, nh, hd] caption keys/values, one row per sample
+    (gather rows with the sample's text index first); mask: [N, Lt] bool (True = valid; every row needs
+    at least one True, or SDPA returns NaN) or None when all are valid. Returns [L, nh, hd].
+    """
+    seg = seg if seg is not None else segments(cu_seqlens)
+    outs = []
+    for start, first, count, length in seg.runs:
+        rows = slice(first, first + count)
+        qs = q[start:start + count * length].unflatten(0, (count, length)).transpose(1, 2)  # [n, nh, l, hd]
+        ks, vs = k[rows].transpose(1, 2), v[rows].transpose(1, 2)  # [n, nh, Lt, hd]
+        m = None if mask is None else mask[rows][:, None, None, :]  # [n, 1, 1, Lt]
+        o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=m)
+        outs.append(o.transpose(1, 2).flatten(0, 1))  # [n*l, nh, hd]
+    return outs[0] if len(outs) == 1 else torch.cat(outs)

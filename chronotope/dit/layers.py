@@ -1,0 +1,152 @@
+"""DiT blocks (Peebles & Xie 2023) for packed sequences: adaLN-Zero, RMS QK-norm, 3D RoPE, text cross-attention.
+
+Conditioning is per token (every token may carry its own timestep; clean conditioning frames carry
+t = 0). Tokens share few distinct conditions, so the adaLN projection runs on the U distinct rows
+`c [U, D]` and is gathered to tokens with `inv [L]`: per-token modulation at per-sample cost.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from chronotope.dit.attention import Segments, attention, cross_attention
+from chronotope.dit.embeddings import apply_rope
+
+
+class Context:
+    """What every block needs about the packed sequence, computed once per forward."""
+
+    def __init__(self, cu_seqlens: Tensor, max_seqlen: int, seg: Segments, rope: tuple[Tensor, Tensor] | None,
+                 inv: Tensor, text: Tensor | None, text_mask: Tensor | None, backend: str):
+        self.cu_seqlens, self.max_seqlen, self.seg = cu_seqlens, max_seqlen, seg
+        self.rope = rope  # (cos, sin) each [L, 1, 1, hd], or None (the DiT paper's check has no RoPE)
+        self.inv = inv  # [L] long: row of the distinct-condition table for each token
+        self.text, self.text_mask = text, text_mask  # [N, Lt, D], [N, Lt] bool or None
+        self.backend = backend
+        # fast path: one run of N equal-length samples, each with one condition -> modulate by broadcasting
+        # over x viewed as [N, l, D] instead of gathering [L, 6D] per-token rows
+        self.grouped: tuple[int, int] | None = None
+        self.sample_rows: Tensor | None = None
+        if len(seg.runs) == 1:
+            _, _, n, length = seg.runs[0]
+            rows = inv.view(n, length)  # [N, l]
+            if bool((rows == rows[:, :1]).all()):
+                self.grouped, self.sample_rows = (n, length), rows[:, 0]
+
+    def expand(self, mod: Tensor) -> Tensor:
+        """Per-condition rows [U, k] -> per-token [L, k], or [N, 1, k] to broadcast over x viewed [N, l, D]."""
+        if self.grouped is not None:
+            return mod.index_select(0, self.sample_rows).unsqueeze(1)  # [N, 1, k]
+        return mod.index_select(0, self.inv)  # [L, k]
+
+    def view(self, x: Tensor) -> Tensor:
+        """x [L, D] -> the layout `expand` broadcasts against ([N, l, D] on the fast path)."""
+        return x.view(*self.grouped, x.shape[-1]) if self.grouped is not None else x
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    return torch.addcmul(shift, x, 1 + scale)  # x * (1 + scale) + shift
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, width: int, heads: int, qk_norm: bool = True):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)  # fused projection: one matmul instead of three
+        # RMS QK-norm: q and k normalised together, one learned scale each ([2, hd]); halves elementwise passes
+        self.qk_norm = nn.Parameter(torch.ones(2, width // heads)) if qk_norm else None
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x: Tensor, ctx: Context) -> Tensor:
+        qkv = self.qkv(x).unflatten(-1, (3, self.heads, -1))  # [L, 3, nh, hd]
+        qk, v = qkv.split([2, 1], dim=1)  # [L, 2, nh, hd], [L, 1, nh, hd] (split: backward is one cat)
+        if self.qk_norm is not None:
+            qk = F.rms_norm(qk, (qk.shape[-1],), eps=1e-6) * self.qk_norm[:, None, :]
+        if ctx.rope is not None:
+            qk = apply_rope(qk, *ctx.rope)  # cos/sin [L, 1, 1, hd]
+        q, k = qk.unbind(1)  # each [L, nh, hd]
+        o = attention(q, k, v.squeeze(1), ctx.cu_seqlens, ctx.max_seqlen, ctx.backend, seg=ctx.seg)  # [L, nh, hd]
+        return self.proj(o.flatten(1))  # [L, D]
+
+
+class CrossAttention(nn.Module):
+    def __init__(self, width: int, heads: int, qk_norm: bool = True):
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(width, width)
+        self.kv = nn.Linear(width, 2 * width)
+        self.q_norm = RMSNorm(width // heads) if qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(width // heads) if qk_norm else nn.Identity()
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x: Tensor, ctx: Context) -> Tensor:
+        q = self.q_norm(self.q(x).unflatten(-1, (self.heads, -1)))  # [L, nh, hd]
+        k, v = self.kv(ctx.text).unflatten(-1, (2, self.heads, -1)).unbind(2)  # each [N, Lt, nh, hd]
+        k = self.k_norm(k)
+        o = cross_attention(q, k, v, ctx.text_mask, ctx.cu_seqlens, seg=ctx.seg)  # [L, nh, hd]
+        return self.proj(o.flatten(1))  # [L, D]
+
+
+class Mlp(nn.Module):
+    def __init__(self, width: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(width, hidden)
+        self.fc2 = nn.Linear(hidden, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class DiTBlock(nn.Module):
+    """x + gate * attn(modulate(norm(x))); x + cross_attn(norm(x)) [text]; x + gate * mlp(modulate(norm(x)))."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, qk_norm: bool = True,
+                 cross_attention: bool = True):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.attn = SelfAttention(width, heads, qk_norm)
+        self.norm_cross = nn.LayerNorm(width, eps=1e-6) if cross_attention else None
+        self.cross = CrossAttention(width, heads, qk_norm) if cross_attention else None
+        self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(width, int(width * mlp_ratio))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
+
+    def forward(self, x: Tensor, c: Tensor, ctx: Context) -> Tensor:
+        """x [L, D] tokens; c [U, D] distinct conditions (ctx.inv maps tokens to rows). Returns [L, D]."""
+        mod = ctx.expand(self.adaLN_modulation(c))  # [U, 6D] -> [L, 6D] (or [N, 1, 6D] on the fast path)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=-1)  # each [L, D]
+        flat = x.shape
+        x = ctx.view(x)  # [L, D] or [N, l, D]
+        h = modulate(self.norm1(x), shift_msa, scale_msa).view(flat)  # [L, D]
+        x = torch.addcmul(x, gate_msa, self.attn(h, ctx).view_as(x))
+        if self.cross is not None:
+            x = x + self.cross(self.norm_cross(x).view(flat), ctx).view_as(x)
+        x = torch.addcmul(x, gate_mlp, self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
+        return x.view(flat)
+
+
+class FinalLayer(nn.Module):
+    """adaLN (shift, scale) then a linear to the patch dim [L, C*pt*ph*pw]."""
+
+    def __init__(self, width: int, out_dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(width, out_dim)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+
+    def forward(self, x: Tensor, c: Tensor, ctx: Context) -> Tensor:
+        shift, scale = ctx.expand(self.adaLN_modulation(c)).chunk(2, dim=-1)  # each [L, D] (or [N, 1, D])
+        return self.linear(modulate(self.norm(ctx.view(x)), shift, scale)).view(x.shape[0], -1)  # [L, out_dim]

@@ -1,0 +1,180 @@
+"""The diffusion transformer (DiT, Peebles & Xie 2023) over Patch n' Pack sequences, with text cross-attention.
+
+    packed = pack(samples)                              # chronotope/dit/patches.py
+    v = DiT(DIT_PRESETS["debug"]())(packed, text, text_mask)   # [L, C*pt*ph*pw] velocity per token
+
+Token dropping: tokens with `packed.is_dropped` are removed from the input sequence (no compute);
+the output keeps the full packed layout with zeros at dropped tokens, so the loss is simply
+`((v - target)**2)[packed.loss_mask].mean()` and `unpack(packed, v)` works unchanged.
+Null caption (classifier-free guidance): a sample whose text_mask row is all False gets one valid
+learned token instead (an all-False mask makes SDPA return NaN).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from chronotope.config import DiTConfig, config_from_dict
+from chronotope.dit.attention import segments
+from chronotope.dit.embeddings import RoPE3D, TimestepEmbedder, default_rope_axes, rope_positions
+from chronotope.dit.layers import Context, DiTBlock, FinalLayer
+from chronotope.dit.patches import PackedBatch
+
+
+class DiT(nn.Module):
+    def __init__(self, config: DiTConfig):
+        super().__init__()
+        self.config = cfg = config
+        pt, ph, pw = cfg.patch
+        self.patch_dim = cfg.in_channels * pt * ph * pw
+        self.out_dim = (cfg.out_channels or cfg.in_channels) * pt * ph * pw
+        head_dim = cfg.width // cfg.heads
+        self.x_embedder = nn.Linear(self.patch_dim, cfg.width)
+        self.t_embedder = TimestepEmbedder(cfg.width, cfg.freq_dim)
+        self.class_conditional = cfg.num_classes > 0
+        if self.class_conditional:
+            self.y_embedder = nn.Embedding(cfg.num_classes + 1, cfg.width)  # last row: the null class (CFG)
+        else:
+            # caption projection as PixArt / Wan: Linear -> GELU(tanh) -> Linear
+            self.text_embedder = nn.Sequential(nn.Linear(cfg.text_dim, cfg.width), nn.GELU(approximate="tanh"),
+                                               nn.Linear(cfg.width, cfg.width))
+            self.null_text = nn.Parameter(torch.randn(cfg.width) * 0.02)
+        axes = cfg.rope_axes or default_rope_axes(head_dim)
+        if sum(axes) != head_dim:
+            raise ValueError(f"rope_axes {axes} must sum to the head dim {head_dim} (width / heads)")
+        self.rope = RoPE3D(axes, cfg.rope_theta) if cfg.rope else None
+        self.blocks = nn.ModuleList(
+            DiTBlock(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.qk_norm, cross_attention=not self.class_conditional)
+            for _ in range(cfg.depth))
+        self.final_layer = FinalLayer(cfg.width, self.out_dim)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """DiT's init: xavier linears, N(0, 0.02) embedders, adaLN-Zero: modulation and final linear zero."""
+        def _basic(m: nn.Module) -> None:
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        self.apply(_basic)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        if self.class_conditional:
+            nn.init.normal_(self.y_embedder.weight, std=0.02)
+        for block in self.blocks:  # zero gates: every block starts as the identity
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].weight)
+        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.linear.weight)  # the initial output is exactly zero
+        nn.init.zeros_(self.final_layer.linear.bias)
+
+    def _text(self, text: Tensor, text_mask: Tensor | None, text_idx: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Captions [Nt, Lt, Dt] + mask [Nt, Lt] -> per-sample context [N, Lt, D] and mask [N, Lt] (or None)."""
+        if text.ndim != 3 or text.shape[-1] != self.config.text_dim:
+            raise ValueError(f"text must be [N, Lt, {self.config.text_dim}], got {tuple(text.shape)}")
+        if int(text_idx.max()) >= text.shape[0]:
+            raise ValueError(f"a sample uses caption {int(text_idx.max())} but only {text.shape[0]} were given")
+        ctx = self.text_embedder(text)  # [Nt, Lt, D]
+        if text_mask is None:
+            return ctx[text_idx], None
+        mask = text_mask.to(torch.bool)
+        null = ~mask.any(dim=1)  # [Nt] empty captions
+        if bool(null.any()):  # give the null caption one valid learned token at position 0
+            first = torch.zeros_like(mask)
+            first[:, 0] = null
+            ctx = torch.where(first[..., None], self.null_text.to(ctx.dtype), ctx)
+            mask = mask | first
+        mask = mask[text_idx]  # [N, Lt]
+        return ctx[text_idx], (None if bool(mask.all()) else mask)
+
+    def forward(self, packed: PackedBatch, text: Tensor | None = None, text_mask: Tensor | None = None,
+                class_labels: Tensor | None = None) -> Tensor:
+        """Velocity for every packed token.
+
+        packed: PackedBatch with tokens [L, C*pt*ph*pw], per-token timestep [L] (0 = clean conditioning)
+        text: [Nt, Lt, text_dim] caption token embeddings; text_mask: [Nt, Lt] bool (True = valid token,
+        an all-False row = the null caption); sample i uses caption packed.text_idx[i].
+        class_labels: [N] long, only for a class-conditional config (num_classes = null label).
+        Returns [L, out_channels*pt*ph*pw]; zeros at dropped tokens.
+        """
+        cfg = self.config
+        if packed.tokens.shape[1] != self.patch_dim or tuple(packed.patch) != cfg.patch:
+            raise ValueError(f"packed tokens {tuple(packed.tokens.shape)} with patch {packed.patch} do not match the "
+                             f"model (patch {cfg.patch}, {cfg.in_channels} channels -> dim {self.patch_dim})")
+        keep = None
+        cu, max_len = packed.cu_seqlens, packed.max_seqlen
+        x, t, sample_idx, ids = packed.tokens, packed.timestep, packed.sample_idx, packed.ids
+        if bool(packed.is_dropped.any()):  # remove dropped tokens from the sequence entirely
+            keep = (~packed.is_dropped).nonzero().squeeze(1)  # [L']
+            x, t, sample_idx, ids = x[keep], t[keep], sample_idx[keep], ids[keep]
+            lengths = torch.bincount(sample_idx, minlength=packed.num_samples)  # [N]
+            cu = torch.nn.functional.pad(torch.cumsum(lengths, 0), (1, 0)).to(torch.int32)
+            max_len = int(lengths.max())
+
+        # distinct conditions (timestep [, class]) -> embed once, gather per token
+        if self.class_conditional:
+            if class_labels is None:
+                raise ValueError("this DiT is class-conditional: pass class_labels [N]")
+            key = torch.stack([t.to(torch.float64), class_labels[sample_idx].to(torch.float64)], dim=1)  # [L, 2]
+            uniq, inv = torch.unique(key, dim=0, return_inverse=True)
+            c = self.t_embedder(uniq[:, 0].float()) + self.y_embedder(uniq[:, 1].long())  # [U, D]
+            text_ctx, mask = None, None
+        else:
+            if text is None:
+                raise ValueError("this DiT is text-conditional: pass text [N, Lt, text_dim] and text_mask [N, Lt]")
+            uniq, inv = torch.unique(t, return_inverse=True)
+            c = self.t_embedder(uniq)  # [U, D]
+            text_ctx, mask = self._text(text, text_mask, packed.text_idx)
+
+        rope = None
+        if self.rope is not None:
+            pos = rope_positions(ids, sample_idx, packed.grids, cfg.pos_scaling, cfg.pos_ref)  # [L, 3]
+            rope = self.rope(pos)
+        ctx = Context(cu, max_len, segments(cu), rope, inv, text_ctx, mask, cfg.attention)
+
+        h = self.x_embedder(x)  # [L, D]
+        for block in self.blocks:
+            h = block(h, c, ctx)  # [L, D]
+        out = self.final_layer(h, c, ctx)  # [L, out_dim]
+        if keep is not None:
+            full = out.new_zeros(packed.tokens.shape[0], self.out_dim)
+            out = full.index_copy(0, keep, out)  # [L, out_dim], zeros at dropped tokens
+        return out
+
+    # --- folders: config.json + model.safetensors -------------------------------------------------
+
+    def save_pretrained(self, folder: str) -> None:
+        from safetensors.torch import save_file
+
+        os.makedirs(folder, exist_ok=True)
+        def write_config(path: str) -> None:
+            with open(path, "w") as f:
+                json.dump(self.config.to_dict(), f, indent=2)
+
+        def write_weights(path: str) -> None:
+            save_file({k: v.contiguous() for k, v in self.state_dict().items()}, path)
+
+        for name, write in (("config.json", write_config), ("model.safetensors", write_weights)):
+            fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+            os.close(fd)
+            write(tmp)
+            os.replace(tmp, os.path.join(folder, name))
+
+    @classmethod
+    def from_pretrained(cls, folder: str) -> "DiT":
+        from safetensors.torch import load_file
+
+        for name in ("config.json", "model.safetensors"):
+            if not os.path.exists(os.path.join(folder, name)):
+                raise FileNotFoundError(f"{folder} has no {name}; save one with DiT.save_pretrained(folder)")
+        with open(os.path.join(folder, "config.json")) as f:
+            model = cls(config_from_dict(DiTConfig, json.load(f)))
+        model.load_state_dict(load_file(os.path.join(folder, "model.safetensors")))
+        return model

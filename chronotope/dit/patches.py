@@ -1,0 +1,238 @@
+"""Spacetime patches and Patch n' Pack (NaViT, Dehghani et al. 2023; Sora's "spacetime patches").
+
+A latent video [C, T, H, W] is cut into pt x ph x pw cubes; each cube is one token carrying integer
+(t, h, w) position ids. Samples of any size, duration and aspect ratio (images are T = 1) are
+concatenated into ONE sequence; `cu_seqlens` marks where each sample starts so attention can be
+block-diagonal (chronotope/dit/attention.py). Batches are filled to a token budget, not a sample
+count (`pack_to_budget`), and tokens can be dropped during training (they never enter the model).
+
+Default patch is (1, 2, 2): pt must divide T, and images have T = 1, so pt > 1 excludes images.
+
+    samples = [Sample(latent, timestep=t, text_idx=i) for ...]
+    packed = pack(samples, patch=(1, 2, 2))          # tokens [L, C*pt*ph*pw], ids [L, 3], ...
+    latents = unpack(packed, packed.tokens)          # list of [C, T, H, W], exact inverse
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from einops import rearrange
+from torch import Tensor
+
+Patch = tuple[int, int, int]
+Grid = tuple[int, int, int]
+
+PATCHIFY = "c (t pt) (h ph) (w pw) -> (t h w) (c pt ph pw)"
+UNPATCHIFY = "(t h w) (c pt ph pw) -> c (t pt) (h ph) (w pw)"
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def token_grid(shape: tuple[int, int, int], patch: Patch = (1, 2, 2)) -> Grid:
+    """(T, H, W) latent size -> (t, h, w) token grid; ValueError naming valid patch sizes."""
+    for name, n, p in zip("THW", shape, patch):
+        if p < 1 or n % p:
+            raise ValueError(
+                f"latent {name}={n} is not divisible by patch size {p}; valid patch sizes for it are "
+                f"{_divisors(n)} (images have T=1, so they need pt=1; the default patch is (1, 2, 2))"
+            )
+    return (shape[0] // patch[0], shape[1] // patch[1], shape[2] // patch[2])
+
+
+def patchify(latent: Tensor, patch: Patch = (1, 2, 2)) -> Tensor:
+    """latent [C, T, H, W] -> tokens [t*h*w, C*pt*ph*pw] (row-major over t, h, w)."""
+    if latent.ndim != 4:
+        raise ValueError(f"patchify expects a latent [C, T, H, W], got shape {tuple(latent.shape)}")
+    token_grid(tuple(latent.shape[1:]), patch)
+    pt, ph, pw = patch
+    return rearrange(latent, PATCHIFY, pt=pt, ph=ph, pw=pw)
+
+
+def unpatchify(tokens: Tensor, grid: Grid, patch: Patch = (1, 2, 2)) -> Tensor:
+    """tokens [t*h*w, C*pt*ph*pw] -> latent [C, t*pt, h*ph, w*pw]; inverse of `patchify`."""
+    t, h, w = grid
+    pt, ph, pw = patch
+    if tokens.shape[0] != t * h * w or tokens.shape[1] % (pt * ph * pw):
+        raise ValueError(f"tokens {tuple(tokens.shape)} do not fit grid {grid} with patch {patch}")
+    return rearrange(tokens, UNPATCHIFY, t=t, h=h, w=w, pt=pt, ph=ph, pw=pw)
+
+
+def position_ids(grid: Grid, device: torch.device | str | None = None) -> Tensor:
+    """Integer (t, h, w) ids of every token of a grid, in patchify order: [t*h*w, 3] long."""
+    t, h, w = grid
+    axes = [torch.arange(n, device=device) for n in (t, h, w)]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)  # [L, 3]
+
+
+@dataclass
+class Sample:
+    """One latent to pack.
+
+    latent:   [C, T, H, W]
+    timestep: float, or [T] (per latent frame), or [t*h*w] (per token); clean conditioning frames carry 0
+    is_cond:  None (nothing is conditioning) or [T] bool: frames given as clean conditioning (never dropped,
+              excluded from the loss)
+    text_idx: which row of the text batch conditions this sample
+    """
+
+    latent: Tensor
+    timestep: float | Tensor = 0.0
+    is_cond: Tensor | None = None
+    text_idx: int = 0
+
+
+@dataclass
+class PackedBatch:
+    """N samples packed into one sequence of L tokens (block-diagonal attention via cu_seqlens).
+
+    tokens [L, C*pt*ph*pw]   ids [L, 3] long (t, h, w)   sample_idx [L] long   cu_seqlens [N+1] int32
+    timestep [L] float       is_cond [L] bool            is_dropped [L] bool   text_idx [N] long
+    grids: token grid (t, h, w) per sample; patch, channels: what `unpack` needs.
+
+    Dropped tokens stay in the batch (so `unpack`, targets and losses keep the full layout) but the model
+    removes them from its input sequence: they cost no compute and the model returns zeros for them.
+    Use `loss_mask` (= not conditioning and not dropped) to weight the loss.
+    """
+
+    tokens: Tensor
+    ids: Tensor
+    sample_idx: Tensor
+    cu_seqlens: Tensor
+    max_seqlen: int
+    timestep: Tensor
+    is_cond: Tensor
+    is_dropped: Tensor
+    text_idx: Tensor
+    grids: list[Grid]
+    patch: Patch
+    channels: int
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.grids)
+
+    @property
+    def loss_mask(self) -> Tensor:
+        """[L] bool: tokens that the loss should count (noised and fed to the model)."""
+        return ~self.is_cond & ~self.is_dropped
+
+    def with_tokens(self, tokens: Tensor, timestep: Tensor | None = None) -> "PackedBatch":
+        """Same layout, new token values (e.g. x_t during sampling) and optionally new per-token t."""
+        return replace(self, tokens=tokens, timestep=self.timestep if timestep is None else timestep)
+
+    def to(self, device: torch.device | str) -> "PackedBatch":
+        move = {k: getattr(self, k).to(device) for k in
+                ("tokens", "ids", "sample_idx", "timestep", "is_cond", "is_dropped", "text_idx")}
+        return replace(self, cu_seqlens=self.cu_seqlens.to(device), **move)
+
+
+def _per_token(value: float | Tensor | None, grid: Grid, patch: Patch, name: str, dtype: torch.dtype) -> Tensor:
+    """A scalar, per-latent-frame [T] or per-token [t*h*w] value -> per-token [t*h*w]."""
+    t, h, w = grid
+    n = t * h * w
+    if value is None:
+        return torch.zeros(n, dtype=dtype)
+    v = torch.as_tensor(value, dtype=dtype)
+    if v.ndim == 0:
+        return v.expand(n).clone()
+    if v.ndim == 1 and v.numel() == n:
+        return v.clone()
+    if v.ndim == 1 and v.numel() == t * patch[0]:
+        per_patch = v.view(t, patch[0])  # [t, pt]: the latent frames inside each temporal patch
+        if not (per_patch == per_patch[:, :1]).all():
+            raise ValueError(f"{name} differs inside a temporal patch of {patch[0]} frames; use pt=1")
+        return per_patch[:, 0].repeat_interleave(h * w)
+    raise ValueError(f"{name} must be a scalar, [T]={t * patch[0]} per latent frame, or [L]={n} per token; "
+                     f"got shape {tuple(v.shape)}")
+
+
+def pack(
+    samples: list[Sample],
+    patch: Patch = (1, 2, 2),
+    drop_rate: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> PackedBatch:
+    """Patchify and concatenate samples into one PackedBatch.
+
+    drop_rate: fraction of each sample's non-conditioning tokens marked dropped (chosen at random,
+    at least one token of every sample is kept; conditioning tokens are never dropped).
+    """
+    if not samples:
+        raise ValueError("pack needs at least one sample")
+    if not 0.0 <= drop_rate < 1.0:
+        raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate}")
+    channels = samples[0].latent.shape[0]
+    tokens, ids, ts, conds, drops, grids, lens = [], [], [], [], [], [], []
+    for i, s in enumerate(samples):
+        if s.latent.ndim != 4 or s.latent.shape[0] != channels:
+            raise ValueError(f"sample {i}: expected latent [C={channels}, T, H, W], got {tuple(s.latent.shape)}")
+        grid = token_grid(tuple(s.latent.shape[1:]), patch)
+        tok = patchify(s.latent, patch)  # [l, C*pt*ph*pw]
+        n = tok.shape[0]
+        cond = _per_token(s.is_cond, grid, patch, "is_cond", torch.float32) > 0.5
+        drop = torch.zeros(n, dtype=torch.bool)
+        free = (~cond).nonzero().squeeze(1)  # droppable token indices
+        n_drop = min(int(drop_rate * free.numel()), n - 1)
+        if n_drop > 0:
+            drop[free[torch.randperm(free.numel(), generator=generator)[:n_drop]]] = True
+        tokens.append(tok)
+        ids.append(position_ids(grid))
+        ts.append(_per_token(s.timestep, grid, patch, "timestep", torch.float32))
+        conds.append(cond)
+        drops.append(drop)
+        grids.append(grid)
+        lens.append(n)
+    lengths = torch.tensor(lens, dtype=torch.int32)
+    cu = torch.zeros(len(samples) + 1, dtype=torch.int32)
+    cu[1:] = torch.cumsum(lengths, 0)
+    return PackedBatch(
+        tokens=torch.cat(tokens),
+        ids=torch.cat(ids),
+        sample_idx=torch.repeat_interleave(torch.arange(len(samples)), lengths.long()),
+        cu_seqlens=cu,
+        max_seqlen=max(lens),
+        timestep=torch.cat(ts),
+        is_cond=torch.cat(conds),
+        is_dropped=torch.cat(drops),
+        text_idx=torch.tensor([s.text_idx for s in samples], dtype=torch.long),
+        grids=grids,
+        patch=tuple(patch),
+        channels=channels,
+    )
+
+
+def unpack(packed: PackedBatch, tokens: Tensor | None = None) -> list[Tensor]:
+    """tokens [L, C*pt*ph*pw] laid out as `packed` -> list of N latents [C, T, H, W] (inverse of `pack`)."""
+    tokens = packed.tokens if tokens is None else tokens
+    if tokens.shape[0] != packed.tokens.shape[0]:
+        raise ValueError(f"unpack expects {packed.tokens.shape[0]} tokens (the packed layout), got {tokens.shape[0]}")
+    lens = [t * h * w for t, h, w in packed.grids]
+    return [unpatchify(part, grid, packed.patch) for part, grid in zip(tokens.split(lens), packed.grids)]
+
+
+def pack_to_budget(lengths: list[int], budget: int) -> list[list[int]]:
+    """First-fit decreasing: group sample indices into bins of at most `budget` tokens.
+
+    Returns bins of indices into `lengths`, each bin in decreasing length order (so equal-length
+    samples sit next to each other and attention can batch them in one call).
+    """
+    too_long = [i for i, n in enumerate(lengths) if n > budget]
+    if too_long:
+        raise ValueError(f"samples {too_long[:5]} have more tokens ({max(lengths)}) than the budget {budget}; "
+                         f"raise the budget or lower their resolution/duration")
+    bins: list[list[int]] = []
+    free: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        for b, room in enumerate(free):
+            if lengths[i] <= room:
+                bins[b].append(i)
+                free[b] -= lengths[i]
+                break
+        else:
+            bins.append([i])
+            free.append(budget - lengths[i])
+    return bins

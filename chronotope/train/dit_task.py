@@ -1,0 +1,182 @@
+"""The DiT as a `TrainTask`: rectified flow on Patch n' Pack batches from a latent cache.
+
+Each optimizer step takes one *pack*: cache items (images and clips of any size together) filled
+greedily, in a seeded order, up to a token budget (NaViT). Every sample draws its own logit-normal
+t, shifted by its token count (the rule sampling uses), a conditioning mask (none / first / last /
+spans / random frames: clean latent frames with t = 0, so one model serves every mode), and a
+caption dropout for classifier-free guidance. Caption embeddings are computed once per cache by
+the frozen text encoder and stored beside it (`TextEmbeddings`).
+
+    task = DiTTask(DiT(cfg), LatentCache(dir), TextEmbeddings.build(cache, TextEncoder()))
+    Trainer(task, out_dir, steps).fit()
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from chronotope.diffusion import flow
+from chronotope.dit.patches import PackedBatch, Sample, pack
+
+
+class TextEmbeddings:
+    """Caption token embeddings of every cache item: emb [N, Lt, D] float16 + mask [N, Lt] bool.
+
+    Stored as CACHE/text-<encoder>.safetensors; rebuilt when the captions or the encoder change.
+    """
+
+    def __init__(self, emb: Tensor, mask: Tensor, null: tuple[Tensor, Tensor]) -> None:
+        self.emb, self.mask = emb, mask  # [N, Lt, D], [N, Lt]
+        self.null = null  # the empty caption: ([Lt, D], [Lt]) with an all-False mask
+
+    @classmethod
+    def build(cls, cache: Any, encoder: Any, batch_size: int = 64, progress: bool = True) -> TextEmbeddings:
+        from tqdm.auto import tqdm
+
+        texts = [str(cache.rows[i].get("text") or "") for i in range(len(cache))]
+        digest = hashlib.sha1(json.dumps([Path(encoder.path).name, encoder.max_length, texts]).encode()).hexdigest()[:16]
+        path = Path(cache.dir) / f"text-{digest}.safetensors"
+        if path.exists():
+            data = load_file(str(path))
+            return cls(data["emb"], data["mask"].bool(), (data["null_emb"], data["null_mask"].bool()))
+        chunks = []
+        for i in tqdm(range(0, len(texts), batch_size), desc="text", unit="batch", disable=not progress):
+            chunks.append(encoder.encode(texts[i:i + batch_size]))
+        length = max(e.shape[1] for e, _ in chunks)
+        emb = torch.cat([nn.functional.pad(e, (0, 0, 0, length - e.shape[1])) for e, _ in chunks])
+        mask = torch.cat([nn.functional.pad(m, (0, length - m.shape[1])) for _, m in chunks])
+        null_emb, null_mask = torch.zeros(length, emb.shape[-1]), torch.zeros(length, dtype=torch.bool)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        save_file({"emb": emb.half().contiguous(), "mask": mask.to(torch.uint8), "null_emb": null_emb.half(),
+                   "null_mask": null_mask.to(torch.uint8)}, str(tmp))
+        os.replace(tmp, path)
+        return cls(emb.half(), mask, (null_emb.half(), null_mask))
+
+
+def plan_packs(lengths: list[int], order: list[int], budget: int) -> list[list[int]]:
+    """Sequential greedy packing (NaViT): walk `order`, close a pack when the next item overflows it."""
+    packs, current, used = [], [], 0
+    for i in order:
+        n = lengths[i]
+        if n > budget:
+            continue  # longer than a whole pack: never trainable at this budget (reported by DiTTask)
+        if used + n > budget and current:
+            packs.append(current)
+            current, used = [], 0
+        current.append(i)
+        used += n
+    if current:
+        packs.append(current)
+    return packs
+
+
+class DiTTask:
+    """Train a DiT on a latent cache. `token_budget`: tokens per pack (the batch size, NaViT-style).
+
+    caption_dropout: rate of empty captions (CFG); drop_rate: fraction of noised tokens dropped from
+    the input (NaViT token dropping); cond_probs: conditioning-mode probabilities (flow.DEFAULT_COND_PROBS).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        cache: Any,
+        text: TextEmbeddings,
+        token_budget: int = 2048,
+        caption_dropout: float = 0.1,
+        drop_rate: float = 0.0,
+        cond_probs: dict[str, float] | None = None,
+        t_mean: float = 0.0,
+        t_std: float = 1.0,
+        sample_prompts: list[str] | None = None,
+        vae_dir: str | None = None,
+    ) -> None:
+        if len(cache) == 0:
+            raise ValueError("the latent cache is empty; build it with `chronotope encode MANIFEST --vae DIR --out CACHE`")
+        self.model, self.cache, self.text = model, cache, text
+        self.patch = tuple(model.config.patch)
+        self.token_budget, self.caption_dropout, self.drop_rate = token_budget, caption_dropout, drop_rate
+        self.cond_probs, self.t_mean, self.t_std = cond_probs, t_mean, t_std
+        self.sample_prompts, self.vae_dir = sample_prompts or [], vae_dir
+        pt, ph, pw = self.patch
+        self.lengths = [(s[1] // pt) * (s[2] // ph) * (s[3] // pw) for s in (r["shape"] for r in cache.rows)]
+        too_long = sum(n > token_budget for n in self.lengths)
+        if too_long == len(self.lengths):
+            raise ValueError(f"every item has more tokens than the budget {token_budget} (max {max(self.lengths)}); "
+                             f"raise --token-budget")
+        self.too_long = too_long
+        channels = cache.rows[0]["shape"][0]
+        if channels != model.config.in_channels:
+            raise ValueError(f"the cache holds {channels}-channel latents but the DiT expects "
+                             f"{model.config.in_channels}; use a DiT preset whose in_channels matches the VAE")
+
+    def batches(self, epoch_seed: int, position: int) -> Iterator[list[int]]:
+        order = torch.randperm(len(self.lengths), generator=torch.Generator().manual_seed(epoch_seed)).tolist()
+        yield from plan_packs(self.lengths, order, self.token_budget)[position:]
+
+    def make_pack(self, items: list[int], generator: torch.Generator) -> tuple[PackedBatch, Tensor, Tensor, Tensor]:
+        """Noise the items into one pack -> (packed x_t, target tokens [L, D], text [N, Lt, Dt], mask [N, Lt])."""
+        samples, targets, texts, masks = [], [], [], []
+        keep_caption = torch.rand(len(items), generator=generator) >= self.caption_dropout
+        for j, i in enumerate(items):
+            x0 = self.cache[i]["latent"]  # [C, T, H, W]
+            T = x0.shape[1]
+            noise = torch.randn(x0.shape, generator=generator)
+            shift = flow.shift_for_tokens(self.lengths[i])
+            t = flow.sample_t(1, generator, self.t_mean, self.t_std, shift)  # [1]
+            cond = flow.sample_cond_mask(T, generator, self.cond_probs)  # [T] bool
+            t_frames = torch.where(cond, torch.zeros(T), t.expand(T))  # clean conditioning frames carry t = 0
+            x_t = torch.where(cond[None, :, None, None], x0, flow.interpolate(x0, noise, t_frames[None, :, None, None]))
+            samples.append(Sample(x_t, timestep=t_frames, is_cond=cond, text_idx=j))
+            targets.append(Sample(flow.velocity_target(x0, noise)))
+            emb, mask = (self.text.emb[i], self.text.mask[i]) if keep_caption[j] else self.text.null
+            texts.append(emb.float())
+            masks.append(mask)
+        packed = pack(samples, self.patch, self.drop_rate, generator)
+        target = pack(targets, self.patch).tokens  # [L, C*pt*ph*pw], same layout
+        return packed, target, torch.stack(texts), torch.stack(masks)
+
+    def loss(self, model: nn.Module, batch: list[int], generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+        packed, target, text, mask = self.make_pack(batch, generator)
+        v = model(packed, text, mask)  # [L, D]
+        m = packed.loss_mask  # neither conditioning nor dropped
+        loss = (v - target).square()[m].mean() if bool(m.any()) else v.sum() * 0.0
+        tokens = int(packed.tokens.shape[0])
+        return loss, {"tokens": tokens, "samples": len(batch), "fill": tokens / self.token_budget}
+
+    # -- checkpoint hooks ------------------------------------------------------------------
+
+    def samples(self, model: nn.Module, out_dir: Path, step: int) -> None:
+        """A GIF grid of a few prompts (needs the VAE the cache was made with)."""
+        if not self.sample_prompts or not self.vae_dir or not Path(self.vae_dir).is_dir():
+            return
+        from chronotope.train.sample_grid import write_sample_grid
+
+        write_sample_grid(model, self.vae_dir, self.sample_prompts, out_dir, step)
+
+    def export(self, model: nn.Module, run_dir: Path, step: int) -> Path:
+        """RUN_DIR/dit/ (config.json + model.safetensors), swapped in whole."""
+        import shutil
+
+        final = Path(run_dir) / "dit"
+        tmp, old = final.with_name("dit.tmp"), final.with_name("dit.old")
+        for p in (tmp, old):
+            if p.exists():
+                shutil.rmtree(p)
+        model.save_pretrained(str(tmp))
+        (tmp / "training.json").write_text(json.dumps({"step": step}))
+        if final.exists():
+            os.rename(final, old)
+        os.rename(tmp, final)
+        if old.exists():
+            shutil.rmtree(old)
+        return final

