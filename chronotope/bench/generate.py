@@ -1,0 +1,339 @@
+"""World-bench generate-and-score: sample fresh World prompts, generate them with a model in every Sora
+mode, score the outputs against the prompts' specs, and write the proof (results.json, report.md, plots).
+
+The prompts are World scenes drawn with seeds far from any training seed (default 10_000_000 + ...),
+a share of them held-out compositions (purple triangle, cyan square, orange circle), captioned with
+`detailed_caption` (the style the model was trained on). Each prompt cycles through the trained and
+untrained aspect ratios and the frame counts; each mode uses the ground-truth render of the same scene
+where it needs an image or a video (i2v, extend, connect). Every output is saved under OUT/videos/ with
+a sidecar JSON ("spec", "prompt", and the record), so `chronotope bench run OUT/videos` re-scores them,
+and a re-run skips every job whose sidecar is there (resumable).
+
+    chronotope bench generate-and-score --model runs/world-model --out bench_gen --num 200
+    run_generate_and_score(pipe, BenchConfig(out="bench_gen", num=20))   # -> results dict
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from tqdm import tqdm
+
+from chronotope import modes as modes_lib
+from chronotope.bench.score import ATTRIBUTES, score_video
+from chronotope.sizes import parse_aspect_ratio, size_for
+from chronotope.world import detailed_caption, is_heldout, render, sample_scene
+
+BENCH_MODES: tuple[str, ...] = ("t2v", "t2i", "i2v", "extend", "connect", "loop", "long")
+PSNR_CAP = 100.0  # dB reported for identical frames (an infinite PSNR is not JSON)
+
+
+@dataclass
+class BenchConfig:
+    """Everything that decides the jobs (CLI flags of `chronotope bench generate-and-score`)."""
+
+    out: str
+    num: int = 200
+    seed: int = 10_000_000
+    aspect_ratios: list[str] = field(default_factory=lambda: ["1:1", "16:9", "9:16"])
+    untrained_aspect_ratios: list[str] = field(default_factory=lambda: ["2:1", "1:2"])
+    num_frames: list[int] = field(default_factory=lambda: [17, 33])
+    resolution: str = "64px"
+    modes: list[str] = field(default_factory=lambda: list(BENCH_MODES))
+    steps: int = 20
+    guidance: float | None = None  # None: the model's default (model_index.json), else 5.0
+    sampler: str = "euler"
+    steps_table: list[int] = field(default_factory=lambda: [5, 10, 20, 50])
+    steps_table_prompts: int = 20
+    heldout_fraction: float = 0.15
+    long_window: int | None = None  # None: the model's default num_frames (its training length)
+    grid_videos: int = 8
+    progress: bool = True
+
+    def check(self) -> None:
+        """ValueError with a fix for any flag that cannot work."""
+        if self.num < 1:
+            raise ValueError(f"--num must be >= 1, got {self.num}")
+        if self.seed < 0:
+            raise ValueError(f"--seed must be >= 0, got {self.seed}")
+        unknown = [m for m in self.modes if m not in BENCH_MODES]
+        if unknown or not self.modes:
+            raise ValueError(f"unknown mode(s) {unknown or self.modes}; choose from {','.join(BENCH_MODES)}")
+        if not self.aspect_ratios:
+            raise ValueError("give at least one trained aspect ratio (--aspect-ratios 1:1,16:9,9:16)")
+        for ar in self.aspect_ratios + self.untrained_aspect_ratios:
+            parse_aspect_ratio(ar)
+        if not self.num_frames:
+            raise ValueError("give at least one frame count (--num-frames 17,33)")
+        least = 9 if "connect" in self.modes else 5
+        for t in self.num_frames:
+            if t < least or (t - 1) % 4:
+                raise ValueError(f"--num-frames entries must be 4k+1 and >= {least} (the modes need video; "
+                                 f"t2i makes the images), got {t}; e.g. 17,33")
+        if self.steps < 1 or any(s < 1 for s in self.steps_table):
+            raise ValueError(f"--steps and --steps-table entries must be >= 1, got {self.steps}, {self.steps_table}")
+        if not 0.0 <= self.heldout_fraction <= 1.0:
+            raise ValueError(f"--include-heldout-fraction must be in [0, 1], got {self.heldout_fraction}")
+
+
+@dataclass(frozen=True)
+class BenchPrompt:
+    """One fresh World prompt and the size it is generated at."""
+
+    index: int
+    scene_seed: int
+    heldout: bool
+    caption: str
+    spec: dict
+    aspect_ratio: str
+    trained_ar: bool
+    height: int
+    width: int
+    num_frames: int
+
+
+@dataclass(frozen=True)
+class Job:
+    prompt: BenchPrompt
+    mode: str
+    steps: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.prompt.index:05d}_{self.mode}_s{self.steps}"
+
+    @property
+    def ext(self) -> str:
+        return ".png" if self.mode == "t2i" else ".mp4"
+
+
+def _is_heldout_slot(i: int, fraction: float) -> bool:
+    """Prompt i is held-out when the running count floor((i+1) f) steps up: exactly round-down(n f) of n."""
+    return math.floor((i + 1) * fraction + 1e-9) > math.floor(i * fraction + 1e-9)
+
+
+def plan_prompts(cfg: BenchConfig) -> list[BenchPrompt]:
+    """cfg.num prompts: prompt i's scene seed is cfg.seed + 1000 i (+ j, the first j that gives a held-out
+    composition when slot i is a held-out one); sizes cycle through (aspect ratio, num_frames) pairs."""
+    ars = [(a, True) for a in cfg.aspect_ratios] + [(a, False) for a in cfg.untrained_aspect_ratios]
+    combos = [(ar, t) for ar in ars for t in cfg.num_frames]
+    prompts = []
+    for i in range(cfg.num):
+        want_heldout = _is_heldout_slot(i, cfg.heldout_fraction)
+        for j in range(1000):
+            seed = cfg.seed + 1000 * i + j
+            scene = sample_scene(seed, include_heldout=want_heldout)
+            if is_heldout(scene.spec) == want_heldout:
+                break
+        else:  # a held-out pair has probability ~0.2 per scene: 1000 misses do not happen
+            raise RuntimeError(f"no held-out scene among seeds {cfg.seed + 1000 * i}..+999")
+        (ar, trained), t = combos[i % len(combos)]
+        h, w = size_for(cfg.resolution, ar)
+        prompts.append(BenchPrompt(i, seed, want_heldout, detailed_caption(scene, seed), scene.spec, ar, trained,
+                                   h, w, t))
+    return prompts
+
+
+def plan_jobs(cfg: BenchConfig, prompts: list[BenchPrompt]) -> list[Job]:
+    """Every mode for every prompt at cfg.steps, plus t2v at each steps-table count for the first prompts
+    (the t2v job at cfg.steps doubles as the steps table's entry for that count)."""
+    jobs = {Job(p, m, cfg.steps).name: Job(p, m, cfg.steps) for p in prompts for m in cfg.modes}
+    for p in prompts[: cfg.steps_table_prompts]:
+        for s in cfg.steps_table:
+            jobs.setdefault(Job(p, "t2v", s).name, Job(p, "t2v", s))
+    return list(jobs.values())
+
+
+# --- measures ---------------------------------------------------------------------------------------
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of uint8 arrays of one shape (capped at PSNR_CAP for identical inputs)."""
+    if a.shape != b.shape:
+        raise ValueError(f"psnr needs arrays of one shape, got {a.shape} and {b.shape}")
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return PSNR_CAP if mse == 0 else min(PSNR_CAP, 10.0 * math.log10(255.0**2 / mse))
+
+
+def seam_ratio(frames: np.ndarray, seams: list[int]) -> float:
+    """Mean |frame[s] - frame[s-1]| over the seams s (where given and generated frames meet) against the
+    mean frame-to-frame change elsewhere, in uint8 levels: ~1 means a seam looks like any other step."""
+    steps = np.abs(np.diff(frames.astype(np.float32), axis=0)).mean(axis=(1, 2, 3))  # [T-1]
+    at = [s - 1 for s in seams if 1 <= s < len(frames)]
+    rest = np.delete(steps, at) if len(at) < len(steps) else steps
+    return float(steps[at].mean() / max(float(rest.mean()), 1e-6)) if at else float("nan")
+
+
+def _attrs(scores: dict) -> dict:
+    return {k: scores.get(k) for k in ("overall",) + ATTRIBUTES}
+
+
+def _plain(x):
+    """numpy scalars / arrays -> JSON-ready Python values (NaN -> None)."""
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _plain(x.tolist())
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+# --- one job ----------------------------------------------------------------------------------------
+
+
+def run_job(pipe, job: Job, cfg: BenchConfig, fps: float, guidance: float) -> tuple[np.ndarray, dict]:
+    """Generate one job's video, score it and measure its mode; returns (frames uint8 [T, H, W, 3], record)."""
+    p, mode = job.prompt, job.mode
+    H, W, T = p.height, p.width, p.num_frames
+    kw = dict(mode=mode, height=H, width=W, num_inference_steps=job.steps, guidance_scale=guidance,
+              sampler=cfg.sampler, seed=p.scene_seed, fps=fps, expand_prompt=False, progress=False)
+    scene = sample_scene(p.scene_seed, include_heldout=p.heldout)
+    metrics: dict = {}
+    t0 = time.perf_counter()
+    if mode == "t2v":
+        out = pipe(p.caption, num_frames=T, **kw)
+    elif mode == "t2i":
+        out = pipe(p.caption, num_frames=1, **kw)
+    elif mode == "i2v":
+        gt = render(scene, H, W, T, fps).frames
+        out = pipe(p.caption, num_frames=T, image=gt[:1], **kw)
+    elif mode == "extend":
+        gt = render(scene, H, W, T, fps).frames  # the given video, extended forward
+        out = pipe(p.caption, num_frames=T, video=gt, **kw)
+    elif mode == "connect":
+        gt = render(scene, H, W, T, fps).frames  # start and end of one render; the model fills the middle
+        n = (T - 1) // 4 + 1
+        k = max(1, min(2, (n - 1) // 2))
+        head, tail = modes_lib.head_frames(k), 4 * k + 1
+        out = pipe(p.caption, num_frames=T, video=gt[:head], video_end=gt[T - tail:], **kw)
+    elif mode == "loop":
+        out = pipe(p.caption, num_frames=T - 1, **kw)  # a loop of T - 1 frames: frame T would be frame 0
+    elif mode == "long":
+        window = cfg.long_window or int(pipe.defaults["num_frames"])
+        out = pipe(p.caption, num_frames=4 * (window - 1) + 1, window_frames=window, **kw)
+    else:
+        raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(BENCH_MODES)}")
+    seconds = time.perf_counter() - t0
+    frames = out.frames[0]
+    scores = score_video(frames, p.spec, fps=fps)
+
+    if mode == "i2v":
+        metrics["psnr_first"] = psnr(frames[0], gt[0])
+    elif mode == "extend":
+        # the output keeps the given frames verbatim (exact); the window's own decode of them (what the
+        # model was conditioned on, through the VAE) is the honest measure, and the seam the continuity
+        k = int(out.params["cond_latent_frames"])
+        K = modes_lib.head_frames(k)
+        window = pipe.decode(out.latents[:1])[0]  # [T_w, H, W, 3]
+        metrics["psnr_given"] = psnr(window[:K], gt[-K:])
+        metrics["psnr_kept"] = psnr(frames[:T], gt)
+        metrics["seam_ratio"] = seam_ratio(frames, [T])
+    elif mode == "connect":
+        gap = slice(head, T - tail)
+        metrics["seam_ratio"] = seam_ratio(frames, [head, T - tail])
+        metrics["psnr_middle_vs_gt"] = psnr(frames[gap], gt[gap]) if gap.stop > gap.start else None
+    elif mode == "loop":
+        metrics.update(modes_lib.loop_closure(frames))
+    elif mode == "long":
+        q = (len(frames) - 1) // 4 + 1  # a quarter, as a 4k+1 clip
+        ref = render(scene, H, W, len(frames), fps).frames
+        first, last = _attrs(score_video(frames[:q], p.spec)), _attrs(score_video(frames[-q:], p.spec))
+        gt_first, gt_last = _attrs(score_video(ref[:q], p.spec)), _attrs(score_video(ref[-q:], p.spec))
+        metrics.update(first=first, last=last, gt_first=gt_first, gt_last=gt_last, quarter_frames=q)
+    record = {"name": job.name, "mode": mode, "index": p.index, "scene_seed": p.scene_seed, "prompt": p.caption,
+              "spec": p.spec, "heldout": p.heldout, "aspect_ratio": p.aspect_ratio, "trained_ar": p.trained_ar,
+              "height": H, "width": W, "num_frames": int(len(frames)), "steps": job.steps,
+              "guidance_scale": guidance, "sampler": cfg.sampler, "seed": p.scene_seed, "seconds": seconds,
+              "scores": scores, "metrics": metrics}
+    return frames, _plain(record)
+
+
+def _signature(job: Job, cfg: BenchConfig, model: str, guidance: float) -> dict:
+    """What makes a saved video reusable on a re-run: same prompt, size, mode, steps, sampler, model."""
+    p = job.prompt
+    return {"model": os.path.abspath(model) if model else "", "mode": job.mode, "scene_seed": p.scene_seed, "height": p.height, "width": p.width,
+            "num_frames": p.num_frames, "steps": job.steps, "guidance_scale": guidance, "sampler": cfg.sampler,
+            "long_window": cfg.long_window if job.mode == "long" else None}
+
+
+def _write_json(path: str, data: dict) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _load_sidecar(path: str, signature: dict) -> dict | None:
+    """The record of a finished job, or None when it must be (re)made: no sidecar, a torn one, a missing
+    video, or one made with other settings."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            side = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+    record = side.get("record") if isinstance(side, dict) else None
+    video = os.path.join(os.path.dirname(path), str(side.get("video", "")))
+    if side.get("job") != signature or not record or not os.path.isfile(video):
+        return None
+    return record
+
+
+def run_generate_and_score(pipe, cfg: BenchConfig, model: str = "") -> dict:
+    """Run every job (skipping finished ones), then aggregate and write OUT/results.json, report.md,
+    grid.gif and plots. Returns the results dict; `generated` / `skipped` count this run's jobs."""
+    from chronotope.bench.generate_report import aggregate, write_outputs
+    from chronotope.video import write_video
+
+    cfg.check()
+    guidance = float(cfg.guidance if cfg.guidance is not None else pipe.defaults.get("guidance_scale", 5.0))
+    fps = float(pipe.defaults.get("fps", 8.0))
+    videos_dir = os.path.join(cfg.out, "videos")
+    os.makedirs(videos_dir, exist_ok=True)
+    prompts = plan_prompts(cfg)
+    jobs = plan_jobs(cfg, prompts)
+    records, generated, skipped, warm = [], 0, 0, False
+    for job in tqdm(jobs, desc="generate-and-score", unit="video", disable=not cfg.progress):
+        path = os.path.join(videos_dir, job.name + job.ext)
+        side_path = os.path.join(videos_dir, job.name + ".json")
+        signature = _signature(job, cfg, model, guidance)
+        record = _load_sidecar(side_path, signature)
+        if record is not None:
+            records.append(record)
+            skipped += 1
+            continue
+        if not warm:  # one-time costs (text encoder load, first kernels) stay out of the timings
+            pipe(job.prompt.caption, num_frames=1, height=16, width=16, num_inference_steps=1, seed=0,
+                 expand_prompt=False, progress=False)
+            warm = True
+        frames, record = run_job(pipe, job, cfg, fps, guidance)
+        record["path"] = os.path.relpath(path, cfg.out)
+        write_video(path, frames, fps)
+        _write_json(side_path, {"prompt": job.prompt.caption, "spec": job.prompt.spec, "video": job.name + job.ext,
+                                "job": signature, "record": record})
+        records.append(record)
+        generated += 1
+    summary = aggregate(records, cfg)
+    result = {"config": {**asdict(cfg), "model": model, "guidance_scale": guidance, "fps": fps},
+              "summary": summary, "videos": records, "generated": generated, "skipped": skipped}
+    write_outputs(result, cfg)
+    return result
+
+
+__all__ = ["BENCH_MODES", "BenchConfig", "BenchPrompt", "Job", "plan_jobs", "plan_prompts", "psnr",
+           "run_generate_and_score", "run_job", "seam_ratio"]
