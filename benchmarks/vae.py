@@ -1,0 +1,217 @@
+"""VAE benchmark: our `wan-match` CausalVAE against diffusers' AutoencoderKLWan(base_dim=32, z_dim=16).
+
+Speed is encode+decode throughput measured side by side in this one run (same threads, fp32, random
+weights, warm-up then median). Peak memory is the RSS growth of a fresh subprocess over its state
+after building the model (torch's CPU allocations are invisible to tracemalloc). mem_long_vs_short
+is that growth when decoding an 8x longer latent over a short one, frames written out as uint8.
+
+    .venv/bin/python benchmarks/vae.py --quick            # ~minutes on 2 cores
+    .venv/bin/python benchmarks/vae.py --vae runs/vae/vae # + PSNR of a trained VAE on World clips
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource  # fallback for peak RSS
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+CHUNK_FRAMES, CHUNK_LATENT = 4, 1  # ours codes in the same chunks as Wan (4 frames in, 1 latent frame out)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_mb() -> float:
+    """Peak RSS of this process image. Not ru_maxrss: Linux carries that over fork+exec from the parent."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _reset_peak() -> None:
+    """Restart the peak-RSS count from the current RSS (Linux >= 4.0), so the peak is the measured step's."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def build(name: str):
+    import torch
+
+    torch.manual_seed(0)
+    if name == "wan":
+        from diffusers import AutoencoderKLWan
+
+        return AutoencoderKLWan(base_dim=32, z_dim=16).eval()
+    from chronotope.config import VAE_PRESETS
+    from chronotope.vae.model import CausalVAE
+
+    return CausalVAE(VAE_PRESETS["wan-match"]()).eval()
+
+
+def roundtrip(name: str, model, x):
+    """encode + decode one clip [1, 3, T, H, W]."""
+    if name == "wan":
+        return model.decode(model.encode(x).latent_dist.mode()).sample
+    return model.decode(model.encode(x, chunk_frames=CHUNK_FRAMES).mode(), chunk_latent_frames=CHUNK_LATENT)
+
+
+def stream_decode(name: str, model, z, out) -> None:
+    """Decode latents [1, 16, t, h, w], writing uint8 frames to the file `out` as they come."""
+    if name == "wan":
+        chunks = [model.decode(z).sample]  # diffusers decodes the whole latent, then returns it
+    else:
+        chunks = model.decode_iter(z, chunk_latent_frames=1)
+    for x in chunks:
+        out.write(((x[0].permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy().tobytes())
+
+
+def worker(spec: dict) -> dict:
+    """One measurement in this (fresh) process: peak RSS growth of a round trip or a streamed decode."""
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    model = build(spec["model"])
+    g = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        if spec["kind"] == "roundtrip":
+            T, H, W = spec["shape"]
+            x = torch.rand(1, 3, T, H, W, generator=g) * 2 - 1
+            _reset_peak()
+            base = _rss_mb()
+            roundtrip(spec["model"], model, x)
+        else:
+            t, h, w = spec["shape"]
+            z = torch.randn(1, 16, t, h, w, generator=g)
+            _reset_peak()
+            base = _rss_mb()
+            with open(os.devnull, "wb") as out:
+                stream_decode(spec["model"], model, z, out)
+    return {"base_mb": base, "peak_mb": _peak_mb(), "delta_mb": _peak_mb() - base}
+
+
+def measure(spec: dict) -> dict:
+    cmd = [sys.executable, __file__, "--worker", json.dumps(spec)]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if res.returncode:
+        raise RuntimeError(f"worker {spec} failed:\n{res.stderr[-2000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def speed(shape: tuple[int, int, int], repeats: int, threads: int) -> dict:
+    """Median seconds per encode+decode, ours and Wan's, interleaved in this process."""
+    import torch
+
+    torch.set_num_threads(threads)
+    models = {name: build(name) for name in ("ours", "wan")}
+    x = torch.rand(1, 3, *shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    times: dict[str, list[float]] = {name: [] for name in models}
+    with torch.inference_mode():
+        for name, model in models.items():  # warm-up
+            roundtrip(name, model, x)
+        for _ in range(repeats):
+            for name, model in models.items():
+                t0 = time.perf_counter()
+                roundtrip(name, model, x)
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(v) for name, v in times.items()} | {"all": times}
+
+
+def psnr_world(vae_dir: str, num: int = 16) -> float:
+    import torch
+
+    from chronotope.vae.losses import psnr
+    from chronotope.vae.model import CausalVAE
+    from chronotope.world.generate import iter_world
+
+    vae = CausalVAE.from_pretrained(vae_dir)
+    scores = []
+    with torch.inference_mode():
+        for _, frames in iter_world(num, seed=987_654, height=64, width=64, num_frames=17):
+            x = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1  # [1, 3, T, H, W]
+            scores.append(psnr(vae.decode(vae.encode(x).mode()), x).item())
+    return statistics.mean(scores)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="17x64x64 only, fewer repeats, 64x64 memory test")
+    p.add_argument("--vae", help="trained VAE folder for psnr_world")
+    p.add_argument("--threads", type=int, default=torch_threads())
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return 0
+
+    shapes = [(17, 64, 64)] if args.quick else [(17, 64, 64), (65, 128, 128)]
+    result: dict = {"threads": args.threads, "speed": {}, "memory": {}}
+    rows = []
+    ratios = []
+    for shape in shapes:
+        repeats = 3 if shape[0] * shape[1] * shape[2] <= 17 * 64 * 64 else 2
+        s = speed(shape, repeats, args.threads)
+        mem = {name: measure({"model": name, "kind": "roundtrip", "shape": shape, "threads": args.threads})
+               for name in ("ours", "wan")}
+        key = "x".join(map(str, shape))
+        ratio = s["wan"] / s["ours"]
+        ratios.append(ratio)
+        result["speed"][key] = {"ours_s": s["ours"], "wan_s": s["wan"], "ours_clips_per_s": 1 / s["ours"],
+                                "wan_clips_per_s": 1 / s["wan"], "speed_vs_wan": ratio, "times": s["all"],
+                                "ours_peak_mb": mem["ours"]["delta_mb"], "wan_peak_mb": mem["wan"]["delta_mb"]}
+        rows.append((f"enc+dec {key}", f"{1 / s['ours']:.3f} clips/s", f"{1 / s['wan']:.3f} clips/s", f"{ratio:.2f}x"))
+        rows.append((f"peak RSS growth {key}", f"{mem['ours']['delta_mb']:.0f} MB", f"{mem['wan']['delta_mb']:.0f} MB",
+                     f"{mem['ours']['delta_mb'] / max(mem['wan']['delta_mb'], 1e-9):.2f}x"))
+
+    h = 8 if args.quick else 16  # latent side: 64x64 or 128x128 frames
+    short, long = 4, 32  # latent frames: 13 and 125 frames (past the allocator warm-up of the first chunks)
+    mem = {(name, t): measure({"model": name, "kind": "decode", "shape": (t, h, h), "threads": args.threads})
+           for name in ("ours", "wan") for t in (short, long)}
+    mem_ratio = {n: mem[(n, long)]["delta_mb"] / max(mem[(n, short)]["delta_mb"], 1e-9) for n in ("ours", "wan")}
+    result["memory"] = {"frame_size": h * 8, "short_latent_frames": short, "long_latent_frames": long,
+                        **{f"{n}_{'long' if t == long else 'short'}_mb": m["delta_mb"] for (n, t), m in mem.items()},
+                        "ours_long_vs_short": mem_ratio["ours"], "wan_long_vs_short": mem_ratio["wan"]}
+    rows.append((f"decode {long}/{short} latent frames, mem ratio",
+                 f"{mem_ratio['ours']:.2f}x", f"{mem_ratio['wan']:.2f}x", ""))
+
+    speed_vs_wan = min(ratios)
+    psnr = f"{psnr_world(args.vae):.2f}" if args.vae else "not measured"
+    result.update({"speed_vs_wan": speed_vs_wan, "mem_long_vs_short": mem_ratio["ours"], "psnr_world": psnr,
+                   "quick": args.quick,
+                   "chunking": {"encode_chunk_frames": CHUNK_FRAMES, "decode_chunk_latent_frames": CHUNK_LATENT}})
+
+    print(f"{'measure':<40} {'ours':>14} {'wan':>14} {'ratio':>8}")
+    for r in rows:
+        print(f"{r[0]:<40} {r[1]:>14} {r[2]:>14} {r[3]:>8}")
+    out = ROOT / "benchmarks" / "results" / "vae.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".vae.json.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(result, f, indent=2)
+    os.replace(tmp, out)
+    print(f"vae: speed_vs_wan={speed_vs_wan:.2f} mem_long_vs_short={mem_ratio['ours']:.2f} psnr_world={psnr}")
+    return 0
+
+
+def torch_threads() -> int:
+    return int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

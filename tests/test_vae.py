@@ -1,0 +1,238 @@
+"""Causal 3D VAE (chronotope/vae): shapes, causality, chunked/tiled coding, save/load, losses. CPU, debug preset."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from chronotope.config import VAE_PRESETS, VAEConfig
+from chronotope.vae.losses import psnr, ssim, vae_loss
+from chronotope.vae.model import CausalVAE, measure_latent_stats
+from chronotope.vae.tiling import tile_spans, tiled_call
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny convs run faster on one thread, and far faster when other processes share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def vae() -> CausalVAE:
+    torch.manual_seed(0)
+    return CausalVAE(VAE_PRESETS["debug"]()).eval()
+
+
+def clip(T: int, H: int = 32, W: int = 32, B: int = 1, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(B, 3, T, H, W, generator=g) * 2 - 1
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+
+
+@pytest.mark.parametrize("T", [1, 5, 9, 17])
+def test_shapes(vae: CausalVAE, T: int) -> None:
+    x = clip(T, 32, 48, B=2)
+    with torch.no_grad():
+        post = vae.encode(x)
+        assert post.mean.shape == (2, 4, 1 + (T - 1) // 4, 4, 6) == (2, *vae.latent_shape(T, 32, 48))
+        assert post.logvar.shape == post.mean.shape and post.kl().shape == (2,)
+        y = vae.decode(post.mode())
+    assert y.shape == x.shape and y.abs().max() <= 1.0
+
+
+@pytest.mark.parametrize("tf,sf,T,H,t,h", [(1, 4, 3, 16, 3, 4), (2, 8, 5, 32, 3, 4), (4, 16, 9, 32, 3, 2)])
+def test_other_factors(tf: int, sf: int, T: int, H: int, t: int, h: int) -> None:
+    n = sf.bit_length()  # log2(sf) + 1 widths
+    config = VAEConfig(latent_channels=2, temporal_factor=tf, spatial_factor=sf, widths=[4] * n, num_res_blocks=1)
+    vae = CausalVAE(config)
+    with torch.no_grad():
+        z = vae.encode(clip(T, H, H)).mode()
+        assert z.shape == (1, 2, t, h, h)
+        assert vae.decode(z).shape == (1, 3, T, H, H)
+
+
+def test_encoder_and_decoder_are_causal(vae: CausalVAE) -> None:
+    x = clip(17)
+    x2 = x.clone()
+    x2[:, :, 5:] = clip(12, seed=1)  # change every frame after the first 5 (= latent frames 0 and 1)
+    with torch.no_grad():
+        z, z2 = vae.encode(x).mean, vae.encode(x2).mean
+        assert (z[:, :, :2] - z2[:, :, :2]).abs().max() <= 1e-6
+        assert (z[:, :, 2:] - z2[:, :, 2:]).abs().max() > 1e-3  # the change does reach later latents
+        y, y2 = vae.decode(z), vae.decode(z2)
+    assert (y[:, :, :5] - y2[:, :, :5]).abs().max() <= 1e-5
+    assert (y[:, :, 5:] - y2[:, :, 5:]).abs().max() > 1e-3
+
+
+def test_image_is_first_frame_of_video(vae: CausalVAE) -> None:
+    x = clip(9)
+    with torch.no_grad():
+        z_video = vae.encode(x).mean
+        z_image = vae.encode(x[:, :, :1]).mean
+        assert z_image.shape[2] == 1
+        assert (z_video[:, :, :1] - z_image).abs().max() <= 1e-6
+        assert (vae.decode(z_video)[:, :, :1] - vae.decode(z_image)).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("chunk", [4, 8])
+def test_chunked_encode_equals_whole(vae: CausalVAE, chunk: int) -> None:
+    x = clip(17)
+    with torch.no_grad():
+        whole = vae.encode(x, chunk_frames=None)
+        chunked = vae.encode(x, chunk_frames=chunk)
+    assert rel_err(chunked.mean, whole.mean) < 1e-5
+    assert rel_err(chunked.logvar, whole.logvar) < 1e-5
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3])
+def test_chunked_decode_equals_whole(vae: CausalVAE, chunk: int) -> None:
+    z = torch.randn(1, 4, 5, 4, 4, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        whole = vae.decode(z, chunk_latent_frames=None, clamp=False)
+        parts = list(vae.decode_iter(z, chunk_latent_frames=chunk, clamp=False))
+    sizes = [p.shape[2] for p in parts]
+    assert sizes[0] == 1 + 4 * (min(chunk, 5) - 1) and sum(sizes) == 17
+    assert rel_err(torch.cat(parts, dim=2), whole) < 1e-5
+
+
+def test_chunk_size_must_fit_temporal_factor(vae: CausalVAE) -> None:
+    with pytest.raises(ValueError, match="multiple of temporal_factor"):
+        vae.encode(clip(9), chunk_frames=3)
+
+
+def test_tiled_call_blends_to_exact_for_pointwise_fn() -> None:
+    x = torch.randn(1, 2, 3, 40, 56)
+    seen = []
+
+    def fn(t: torch.Tensor, i: int) -> torch.Tensor:  # 2x nearest upsampling: position-wise up to scale
+        seen.append(i)
+        return (t * 3 + 1).repeat_interleave(2, dim=-1).repeat_interleave(2, dim=-2)
+
+    y = tiled_call(fn, x, tile=16, overlap=8, scale=(2, 1))
+    assert torch.allclose(y, fn(x, -1), atol=1e-5)
+    num_tiles = len(tile_spans(40, 16, 8)) * len(tile_spans(56, 16, 8))
+    assert seen[:-1] == list(range(num_tiles)) and len(seen) == num_tiles + 1
+    assert tile_spans(40, 16, 8)[-1] == (24, 40) and tile_spans(10, 16, 8) == [(0, 10)]
+
+
+def test_tiled_vae_matches_whole_when_tiles_cover_and_blends_otherwise(vae: CausalVAE) -> None:
+    x = clip(5, 64, 64)
+    with torch.no_grad():
+        z = vae.encode(x).mean
+        y = vae.decode(z)
+        assert torch.equal(vae.decode(z, tile_size=64, tile_overlap=16), y)  # one tile = whole frame
+        assert rel_err(vae.encode(x, tile_size=64, tile_overlap=16).mean, z) < 1e-6
+        err_no_overlap = (vae.decode(z, tile_size=32, tile_overlap=0) - y).abs().mean()
+        err_overlap = (vae.decode(z, tile_size=48, tile_overlap=32) - y).abs().mean()
+        tiled_enc = vae.encode(x, tile_size=48, tile_overlap=32).mean
+        # tiled + chunked decode == tiled whole decode: each tile keeps its own causal cache
+        a = vae.decode(z, tile_size=48, tile_overlap=32, chunk_latent_frames=1)
+        b = vae.decode(z, tile_size=48, tile_overlap=32)
+    assert err_overlap < err_no_overlap
+    assert (tiled_enc - z).abs().mean() < 0.5 * z.abs().mean()
+    assert rel_err(a, b) < 1e-5
+
+
+def test_invalid_sizes_raise_with_nearest_valid(vae: CausalVAE) -> None:
+    with pytest.raises(ValueError, match="5 or 9"):
+        vae.latent_shape(8, 32, 32)
+    with pytest.raises(ValueError, match="16 or 24"):
+        vae.latent_shape(9, 20, 32)
+    with pytest.raises(ValueError, match="num_frames"):
+        vae.encode(clip(6))
+    with pytest.raises(ValueError, match="latents"):
+        vae.decode(torch.zeros(1, 3, 2, 4, 4))
+    with pytest.raises(ValueError, match="tile_size"):
+        vae.decode(torch.zeros(1, 4, 2, 4, 4), tile_size=20)
+    with pytest.raises(ValueError, match="widths"):
+        VAEConfig(spatial_factor=16, widths=[8, 8, 8, 8])
+    with pytest.raises(ValueError, match="temporal_factor"):
+        VAEConfig(temporal_factor=3)
+
+
+def test_save_load_round_trip_is_bitwise(vae: CausalVAE, tmp_path) -> None:
+    vae.set_latent_stats([0.1, -0.2, 0.3, 0.0], [1.5, 0.5, 2.0, 1.0])
+    try:
+        vae.save_pretrained(tmp_path / "vae")
+        assert sorted(p.name for p in (tmp_path / "vae").iterdir()) == ["config.json", "model.safetensors"]
+        loaded = CausalVAE.from_pretrained(tmp_path / "vae")
+    finally:
+        vae.config.latent_mean = vae.config.latent_std = None
+    assert loaded.config.latent_std == [1.5, 0.5, 2.0, 1.0]
+    for (k, a), (k2, b) in zip(vae.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(a, b)
+    with pytest.raises(FileNotFoundError):
+        CausalVAE.from_pretrained(tmp_path / "missing")
+
+
+def test_latent_normalisation(vae: CausalVAE) -> None:
+    batches = [clip(5, seed=s) * 0.5 for s in range(3)]
+    mean, std = measure_latent_stats(vae, batches)
+    assert len(mean) == len(std) == 4
+    config = vae.config
+    try:
+        vae.set_latent_stats(mean, std)
+        with torch.no_grad():
+            z = torch.cat([vae.encode_latents(b) for b in batches])
+            assert z.mean(dim=(0, 2, 3, 4)).abs().max() < 1e-4
+            assert (z.std(dim=(0, 2, 3, 4), unbiased=False) - 1).abs().max() < 1e-3
+            raw = vae.encode(batches[0]).mode()
+            assert torch.allclose(vae.denormalize(vae.normalize(raw)), raw, atol=1e-5)
+            assert torch.allclose(vae.decode_latents(vae.normalize(raw)), vae.decode(raw), atol=1e-5)
+    finally:
+        config.latent_mean = config.latent_std = None
+
+
+def test_metrics() -> None:
+    x = clip(3)
+    assert psnr(x, x).item() > 100 and abs(ssim(x, x).item() - 1) < 1e-5
+    noisy = (x + 0.1 * torch.randn_like(x)).clamp(-1, 1)
+    assert 20 < psnr(noisy, x).item() < 30 and ssim(noisy, x).item() < 0.95
+    assert abs(psnr(x * 0, x * 0 + 0.02).item() - 10 * torch.log10(torch.tensor(4 / 0.02**2)).item()) < 1e-3
+
+
+def test_loss_is_finite_and_decreases() -> None:
+    torch.manual_seed(0)
+    vae = CausalVAE(VAE_PRESETS["debug"]())
+    coarse = clip(5, 2, 2, B=2)  # smooth content (white noise would be incompressible)
+    x = torch.nn.functional.interpolate(coarse, size=(5, 16, 16), mode="trilinear")
+    opt = torch.optim.Adam(vae.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(20):
+        recon, posterior = vae(x, generator=torch.Generator().manual_seed(0))
+        loss, metrics = vae_loss(x, recon, posterior)
+        assert torch.isfinite(loss) and set(metrics) >= {"l1", "ssim", "kl", "psnr"}
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.85 * losses[0]
+
+
+def test_fast_cpu_path_matches_reference(monkeypatch) -> None:
+    """Channels-last memory + direct oneDNN convs give the same outputs and gradients as plain F.conv3d."""
+    import chronotope.vae.layers as layers
+
+    torch.manual_seed(0)
+    fast = CausalVAE(VAE_PRESETS["debug"]())
+    ref = CausalVAE(VAE_PRESETS["debug"]())
+    ref.load_state_dict(fast.state_dict())
+    x = clip(5, 16, 16)
+
+    def run(model: CausalVAE) -> tuple[torch.Tensor, torch.Tensor]:
+        recon, _ = model(x, sample=False)
+        recon.square().mean().backward()
+        return recon.detach(), model.encoder.conv_in.weight.grad.clone()
+
+    y_fast, g_fast = run(fast)
+    monkeypatch.setattr(layers, "_mkldnn_ok", lambda t: False)
+    monkeypatch.setattr(layers, "CHANNELS_LAST", torch.contiguous_format)
+    ref.to(memory_format=torch.contiguous_format)
+    y_ref, g_ref = run(ref)
+    assert rel_err(y_fast, y_ref) < 1e-4 and rel_err(g_fast, g_ref) < 1e-4
