@@ -7,6 +7,11 @@ checkpoints (chronotope/train/checkpoint.py) and bit-exact resume: the data orde
 function of (epoch seed, position) and every RNG is saved, so a run stopped at step k and resumed
 reproduces the uninterrupted run. Distribution (DDP/FSDP/compile) wraps `task.model` from
 outside (chronotope/train/parallel.py); here only small rank helpers decide who writes.
+
+Under `torchrun` the same loop is data parallel: each rank reads its own share of every step's
+data (the task splits by `get_rank()`), draws its own noise (generator seeded by seed + rank),
+accumulates `grad_accum` micro-batches (DDP all-reduces only the last), and the logged metrics
+are reduced over ranks; rank 0 alone writes logs, plots and checkpoints.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from chronotope.train import checkpoint as ckpt
+from chronotope.train import parallel
 from chronotope.train.ema import EMA
 from chronotope.train.plots import plot_metrics, read_metrics
 
@@ -47,6 +53,10 @@ class TrainTask(Protocol):
     def batches(self, epoch_seed: int, position: int) -> Iterator[Any]: ...
 
     def loss(self, model: nn.Module, batch: Any, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+
+_RANK_STRIDE = 1_000_003  # noise seed of rank r: seed + 1 + r * stride (rank 0 keeps seed + 1)
+_COUNT_KEYS = ("tokens", "items", "samples", "pixels")  # metrics summed over micro-batches; others averaged
 
 
 class TrainingDiverged(RuntimeError):
@@ -126,13 +136,19 @@ class Trainer:
         progress: bool = True,
         plot: bool = True,
         config: dict[str, Any] | None = None,
+        grad_accum: int = 1,
+        parallel_mode: str = "auto",
+        activation_checkpointing: bool = False,
+        compile: bool = False,
+        bf16: bool = False,
+        device: str | None = None,
     ) -> None:
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         if schedule not in ("constant", "cosine"):
             raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
         for name, value in (("ckpt_every", ckpt_every), ("keep_last", keep_last), ("log_every", log_every),
-                            ("max_bad_steps", max_bad_steps)):
+                            ("max_bad_steps", max_bad_steps), ("grad_accum", grad_accum)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if lr <= 0:
@@ -141,15 +157,23 @@ class Trainer:
         self.lr, self.warmup_steps, self.schedule, self.min_lr_ratio = lr, warmup_steps, schedule, min_lr_ratio
         self.grad_clip, self.ckpt_every, self.keep_last, self.log_every = grad_clip, ckpt_every, keep_last, log_every
         self.seed, self.max_bad_steps, self.progress, self.plot = seed, max_bad_steps, progress, plot
+        # scale-out: join torchrun's process group (a no-op for one process), then wrap from outside
+        self.dist = parallel.init_distributed(device)
+        self.parallel_mode = parallel.resolve_parallel(parallel_mode, self.dist.world_size, self.dist.device)
+        parallel.check_bf16(bf16, self.dist.device)
+        self.grad_accum, self.bf16, self.device = grad_accum, bf16, self.dist.device
         self.config = {
             "steps": steps, "lr": lr, "weight_decay": weight_decay, "betas": list(betas),
             "warmup_steps": warmup_steps, "schedule": schedule, "min_lr_ratio": min_lr_ratio,
-            "grad_clip": grad_clip, "ema_decay": ema_decay, "seed": seed, "world_size": get_world_size(),
-            "task": config or {},
+            "grad_clip": grad_clip, "ema_decay": ema_decay, "seed": seed, "world_size": self.dist.world_size,
+            "grad_accum": grad_accum, "parallel": self.parallel_mode, "compile": compile, "bf16": bf16,
+            "activation_checkpointing": activation_checkpointing, "task": config or {},
         }
-        self.model = task.model
+        self.model = parallel.parallelize(task.model, self.parallel_mode, self.device,
+                                          activation_checkpointing=activation_checkpointing, compile=compile)
         seed_everything(seed)
-        self.generator = torch.Generator().manual_seed(seed + 1)  # the task's noise generator
+        # the task's noise generator: its own stream per rank, so ranks do not draw identical noise
+        self.generator = torch.Generator().manual_seed(self._noise_seed(self.dist.rank))
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the task's model has no trainable parameters")
@@ -167,6 +191,9 @@ class Trainer:
                              "pass resume=True (--resume) to continue that run, or choose a new output folder")
         if self.resumed_from is None:
             self._truncate_metrics(0)  # a run starting at step 0 owns the log (a crash before ckpt 1 left lines)
+
+    def _noise_seed(self, rank: int, salt: int = 0) -> int:
+        return self.seed + 1 + _RANK_STRIDE * rank + salt
 
     # -- schedule --------------------------------------------------------------------------
 
@@ -199,33 +226,42 @@ class Trainer:
 
     # -- checkpoints -----------------------------------------------------------------------
 
-    def _state(self) -> dict[str, Any]:
-        return {
+    def _state(self, rng_ranks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        state = {
             "epoch": self.epoch, "position": self.position, "skipped_total": self.skipped_total,
             "bad_in_a_row": self.bad_in_a_row, "elapsed": self._elapsed(),
             "ema_updates": self.ema.num_updates if self.ema else 0,
             "rng": ckpt.capture_rng(self.generator), "config": self.config,
         }
+        if rng_ranks is not None:  # every rank's RNGs: exact resume on the same number of ranks
+            state["rng_ranks"] = rng_ranks
+        return state
 
     def save(self) -> Path | None:
-        """Checkpoint the current step (rank 0 writes; others wait); then samples, export, plot, prune."""
+        """Checkpoint the current step (rank 0 writes; others wait); then samples, export, plot, prune.
+
+        Every rank takes part in gathering the state (FSDP shards, each rank's RNG); only rank 0 writes."""
+        model_sd = parallel.model_state_dict(self.model)
+        opt_sd = parallel.optimizer_state_dict(self.model, self.optimizer)
+        ema_sd = parallel.gather_full(self.ema.state_dict()) if self.ema else None
+        rng_ranks = parallel.all_gather(ckpt.capture_rng(self.generator)) if self.dist.world_size > 1 else None
         path = None
         if is_main_process():
-            path = ckpt.save_checkpoint(
-                self.out_dir, self.step, unwrap(self.model).state_dict(), self._state(),
-                self.optimizer.state_dict(), self.ema.state_dict() if self.ema else None,
-            )
+            path = ckpt.save_checkpoint(self.out_dir, self.step, model_sd, self._state(rng_ranks), opt_sd, ema_sd)
             ckpt.prune_checkpoints(self.out_dir, self.keep_last)
-            self._after_checkpoint(path)
+            self._after_checkpoint(path, ema_sd if ema_sd is not None else model_sd)
         barrier()
         return path
 
-    def _after_checkpoint(self, path: Path) -> None:
+    def _after_checkpoint(self, path: Path, eval_state: dict[str, torch.Tensor] | None = None) -> None:
         """Samples, exported model and plot, with every RNG put back so they do not change training."""
         rng = ckpt.capture_rng(self.generator)
         try:
             model = unwrap(self.model)
-            eval_model = self.ema.averaged_model(model) if self.ema else model
+            if parallel.is_fsdp(model):  # FSDP (GPU, untested on CPU): a plain copy from the gathered weights
+                eval_model = parallel.plain_copy(model, eval_state).to(self.device)
+            else:
+                eval_model = self.ema.averaged_model(model) if self.ema else model
             was_training = eval_model.training
             eval_model.eval()
             with torch.no_grad():
@@ -246,18 +282,29 @@ class Trainer:
             return
         data = ckpt.load_checkpoint(path)
         state = data["state"]
-        unwrap(self.model).load_state_dict(data["model"], strict=True)
+        parallel.load_model_state_dict(self.model, data["model"])
         if data["optimizer"] is not None:
-            self.optimizer.load_state_dict(data["optimizer"])
+            parallel.load_optimizer_state_dict(self.model, self.optimizer, data["optimizer"])
         if self.ema is not None:
             if data["ema"] is not None:
-                self.ema.load_state_dict(data["ema"], state.get("ema_updates", 0))
+                self.ema.load_state_dict(parallel.shard_like(data["ema"], self.ema.shadow), state.get("ema_updates", 0))
             else:  # the run had no EMA before: start one from the current weights
                 self.ema = EMA(unwrap(self.model), self.ema.decay)
         self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
         self.skipped_total, self.bad_in_a_row = state["skipped_total"], state["bad_in_a_row"]
         self.elapsed_before = state["elapsed"]
-        ckpt.restore_rng(state["rng"], self.generator)
+        saved_world = int(state.get("config", {}).get("world_size", 1))
+        rank, world = self.dist.rank, self.dist.world_size
+        if saved_world == world and world > 1 and len(state.get("rng_ranks", [])) == world:
+            ckpt.restore_rng(state["rng_ranks"][rank], self.generator)  # exact: each rank its own stream
+        else:
+            ckpt.restore_rng(state["rng"], self.generator)
+            if rank > 0:  # a new rank (or a run saved before rng_ranks): a fresh stream of its own
+                self.generator.manual_seed(self._noise_seed(rank, salt=self.step))
+        if saved_world != world:  # `position` counts this rank's batches: keep the global data position
+            self.position = self.position * saved_world // world
+            self._print(f"resuming a {saved_world}-rank run on {world} ranks: data split and noise continue "
+                        "from the same epoch and global position, but not bit-exactly")
         self.resumed_from = path
         self._truncate_metrics(self.step)
         self._print(f"resumed from {path} at step {self.step}")
@@ -289,6 +336,24 @@ class Trainer:
 
     # -- main loop -------------------------------------------------------------------------
 
+    def _accumulate(self) -> tuple[float, dict[str, float]]:
+        """Forward + backward of `grad_accum` micro-batches; gradients hold their mean. Under DDP only
+        the last backward all-reduces (no_sync before). Returns (mean loss, merged metrics)."""
+        losses, merged = [], {}
+        for micro in range(self.grad_accum):
+            batch = self._next_batch()
+            with parallel.no_sync(self.model, skip_sync=micro < self.grad_accum - 1):
+                with parallel.autocast(self.bf16, self.device):
+                    loss, metrics = self.task.loss(self.model, batch, self.generator)
+                # also for a NaN loss, so DDP ranks stay in step; the update is skipped in fit
+                (loss if self.grad_accum == 1 else loss / self.grad_accum).backward()
+            losses.append(float(loss.detach()))
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)):
+                    merged.setdefault(k, []).append(float(v))
+        out = {k: (sum(v) if k in _COUNT_KEYS else sum(v) / len(v)) for k, v in merged.items()}
+        return sum(losses) / len(losses), out
+
     def fit(self) -> dict[str, Any]:
         """Run until `steps`; returns dict(step, loss, skipped_total, checkpoint, resumed_from)."""
         if is_main_process():
@@ -302,16 +367,14 @@ class Trainer:
         self.model.train()
         try:
             while self.step < self.steps:
-                batch = self._next_batch()
                 lr = self.lr_at(self.step)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                loss, metrics = self.task.loss(self.model, batch, self.generator)
-                loss.backward()  # also for a NaN loss, so DDP ranks stay in step; the update is skipped below
+                loss_value, metrics = self._accumulate()
                 clip = self.grad_clip if self.grad_clip else float("inf")
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
-                loss_value = float(loss.detach())
+                grad_norm = parallel.scalar(torch.nn.utils.clip_grad_norm_(self.params, clip))
                 ok = math.isfinite(loss_value) and math.isfinite(grad_norm)
+                ok = parallel.all_ranks_true(ok, self.device)  # every rank skips the same steps
                 if ok:
                     self.optimizer.step()
                     if self.ema is not None:
@@ -381,14 +444,27 @@ class _Window:
                 self.extra.setdefault(k, []).append(float(v))
 
     def record(self, trainer: Trainer, lr: float) -> dict[str, Any]:
+        """The log line of this window. Under several ranks a collective (every rank calls it at the same
+        step): loss, grad norm and extras are means over all ranks' steps, throughput and bad items sums."""
         dt = max(time.perf_counter() - self.t0, 1e-9)
-        mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+        mine = {"loss": (sum(self.losses), len(self.losses)), "grad_norm": (sum(self.grad_norms), len(self.grad_norms)),
+                **{k: (sum(v), len(v)) for k, v in self.extra.items()}}
+        local = (mine, self.count, int(getattr(trainer.task, "bad_items", 0)))
+        ranks = parallel.all_gather(local) if trainer.dist.world_size > 1 else [local]
+        sums: dict[str, list[float]] = {}
+        for m, _, _ in ranks:
+            for k, (total, n) in m.items():
+                acc = sums.setdefault(k, [0.0, 0])
+                acc[0], acc[1] = acc[0] + total, acc[1] + n
+        mean = {k: (total / n if n else float("nan")) for k, (total, n) in sums.items()}
         rec = {
-            "step": trainer.step, "loss": mean(self.losses), "grad_norm": mean(self.grad_norms), "lr": lr,
-            "throughput": self.count / dt, "throughput_unit": self.unit, "skipped": self.skipped,
-            "skipped_total": trainer.skipped_total, "bad_items": int(getattr(trainer.task, "bad_items", 0)),
+            "step": trainer.step, "loss": mean["loss"], "grad_norm": mean["grad_norm"], "lr": lr,
+            "throughput": sum(r[1] for r in ranks) / dt, "throughput_unit": self.unit, "skipped": self.skipped,
+            "skipped_total": trainer.skipped_total, "bad_items": sum(r[2] for r in ranks),
             "epoch": trainer.epoch, "elapsed": round(trainer._elapsed(), 3),
         }
-        rec.update({k: mean(v) for k, v in self.extra.items() if k not in rec})  # the trainer's keys win
+        if trainer.dist.world_size > 1:
+            rec["world_size"] = trainer.dist.world_size
+        rec.update({k: v for k, v in mean.items() if k not in rec})  # the trainer's keys win
         # JSON has no NaN: a window of only skipped steps logs null
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in rec.items()}

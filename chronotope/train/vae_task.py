@@ -156,9 +156,13 @@ class VAETask:
         for video in batch:
             groups.setdefault(tuple(video.shape), []).append(video)
         total, sums, pixels = 0.0, {}, 0
+        device = next(model.parameters()).device
+        # posterior noise from the task's (CPU) generator; on a GPU from the CUDA RNG instead, since a CPU
+        # generator cannot draw CUDA tensors (so a GPU VAE run resumes exactly except for that noise)
+        gen = generator if device.type == "cpu" else None
         for shape, videos in groups.items():
-            x = torch.stack(videos).float()  # [b, 3, T, H, W]
-            recon, posterior = model(x, sample=True, generator=generator)
+            x = torch.stack(videos).float().to(device)  # [b, 3, T, H, W]
+            recon, posterior = model(x, sample=True, generator=gen)
             loss, metrics = vae_loss(x, recon, posterior, **self.loss_kwargs)
             w = len(videos) / len(batch)
             total = total + w * loss
