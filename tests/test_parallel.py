@@ -309,7 +309,8 @@ def test_options_checked_with_clear_errors(tmp_path):
 
 
 def test_cli_options_and_plot_verb(tmp_path, capsys):
-    from chronotope.cli import build_parser, main, trainer_kwargs
+    from chronotope.cli import build_parser, main
+    from chronotope.cli.train import trainer_kwargs
 
     args = build_parser().parse_args(["train", "dit", "--data", "c", "--out", str(tmp_path / "r"), "--parallel", "ddp",
                                       "--activation-checkpointing", "--compile", "--grad-accum", "3",

@@ -1,0 +1,34 @@
+"""`chronotope <verb>`: the command line. Each verb parses its arguments and calls the library.
+
+One file per group of verbs (world.py, bench.py, train.py, vae.py, generate.py); heavy imports
+(torch, av) happen inside the handlers so that `chronotope --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from chronotope.cli.bench import add_bench
+from chronotope.cli.generate import add_expand, add_generate
+from chronotope.cli.train import add_flops, add_plot, add_train
+from chronotope.cli.vae import add_encode, add_reconstruct
+from chronotope.cli.world import add_demo, add_manifest, add_world
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chronotope", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for add in (add_world, add_manifest, add_demo, add_bench, add_train, add_encode, add_reconstruct, add_flops,
+                add_generate, add_expand, add_plot):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args) or 0
+    except (ValueError, FileNotFoundError) as err:
+        print(f"chronotope {args.verb}: error: {err}", file=sys.stderr)
+        return 2

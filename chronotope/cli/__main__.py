@@ -1,0 +1,5 @@
+import sys
+
+from chronotope.cli import main
+
+sys.exit(main())

