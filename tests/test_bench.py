@@ -176,6 +176,8 @@ UNRELATED = {
     "shuffled": ("color", "shape", "size", "background", "count", "consistency", "flicker"),
     "noise": ("background", "count"),
 }
+# heavy noise is cleaned before detection: color, shape, size, motion survive it (flicker, on the raw frames, does not)
+DENOISED = ("color", "shape", "size", "motion", "background", "count", "consistency")
 
 
 @pytest.mark.parametrize("name", list(CORRUPTIONS))
@@ -186,6 +188,29 @@ def test_corruption_breaks_its_attribute_only(name):
     assert res["broken"] <= 0.3, res
     for attribute in UNRELATED[name]:
         assert res["attributes"][attribute] >= 0.9, (attribute, res)
+    if name == "noise":
+        assert res["attributes"]["flicker"] <= 0.3, res
+        for attribute in DENOISED:
+            assert res["attributes"][attribute] >= 0.8, (attribute, res)
+
+
+def test_noise_estimate_and_median_filter():
+    from chronotope.bench.detect import estimate_noise, median3
+
+    rng = np.random.default_rng(0)
+    clean = _draw("square", 30, 30, 19.2, "green", bg="gray", T=3)
+    assert estimate_noise(clean) == 0.0
+    noisy = np.clip(clean + rng.normal(0, 16, clean.shape), 0, 255).round().astype(np.uint8)
+    assert 12 < estimate_noise(noisy) < 20
+    f = rng.integers(0, 256, (2, 9, 11, 3), dtype=np.uint8)
+    p = np.pad(f, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+    ref = np.median(np.stack([p[:, i:i + 9, j:j + 11] for i in range(3) for j in range(3)]), axis=0)
+    assert np.array_equal(median3(f), ref)
+    det = detect(np.clip(_draw("triangle", 30, 30, 19.2, "blue", bg="white", T=5).astype(np.float32)
+                         + rng.normal(0, 64, (5, 64, 64, 3)), 0, 255).round().astype(np.uint8))
+    k = COLOR_NAMES.index("blue")
+    assert det.denoised and (shape_of_fill(det.fill[:, k]) == 2).mean() >= 0.8
+    assert np.all(np.abs(det.extent[:, k] * 64 - 19.2) < 3.0)
 
 
 # --- files, folders, manifests, CLI ------------------------------------------------------------

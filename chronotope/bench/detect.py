@@ -6,6 +6,14 @@ component (labelled by vectorised union-find: hook roots, then pointer-jump, O(l
 numpy, no scipy). For each object color and frame we keep the component with the most *interior*
 pixels (pixels whose 4 neighbours share its class): anti-aliased fringes, e.g. the pink ring that a
 red disc on white leaves, are one pixel wide, have no interior and never win or count as objects.
+
+Noisy videos (robust noise estimate from the median absolute difference of neighbouring pixels, Donoho's
+MAD estimator, above NOISY_SIGMA levels) are first cleaned by an exact 3x3 median filter per frame and
+channel (a median is unbiased even where noise clips at 0 or 255), and each object is then measured by
+matched templates instead of its rim: the per-pixel coverage is compared with a circle, a square and a
+triangle of the component's area at its centroid, and the best fit gives the shape and the extent.
+Residual noise makes the bbox and rim of a component ragged; the sum of squared errors over a template
+averages it out. Flicker, which must report the noise, is measured by score.py on the raw frames.
 """
 
 from __future__ import annotations
@@ -56,6 +64,8 @@ class Detections:
     border_color: np.ndarray  # [T, 3] per-frame median of the border pixels
     height: int
     width: int
+    noise_sigma: float = 0.0  # estimated per-pixel noise std of the input (0-255 levels)
+    denoised: bool = False  # True when detection ran on the median-filtered frames with template fits
 
     @property
     def present(self) -> np.ndarray:
@@ -187,13 +197,111 @@ def _soft_measure(
     return float(alpha.sum()), float(alpha.max(0).sum()), float(alpha.max(1).sum())
 
 
-def detect(frames: np.ndarray, max_dist: float = 90.0, min_object: float = 0.001) -> Detections:
+NOISY_SIGMA = 6.0  # noise std (0-255 levels) above which detection denoises; World renders estimate 0
+NOISY_OBJECT = 1.5  # ... where a solid component must be this many times larger to count as an object
+_SCALES = (0.8, 0.9, 1.0, 1.1, 1.2)  # template sizes tried, relative to the component's area
+
+
+def estimate_noise(frames: np.ndarray, max_frames: int = 8) -> float:
+    """Robust per-pixel noise std of frames uint8 [T, H, W, 3] in 0-255 levels (0 for flat synthetic renders).
+
+    Median absolute difference of horizontally neighbouring pixels / (0.6745 * sqrt 2): flat regions,
+    which are most pixels of a World video, give 0 without noise; edges are too few to move the median.
+    """
+    f = frames[:: max(1, frames.shape[0] // max_frames)].astype(np.int16)  # a sample of <= ~max_frames frames
+    if f.shape[2] < 2:
+        return 0.0
+    return float(np.median(np.abs(f[:, :, 1:] - f[:, :, :-1]))) / (0.6745 * np.sqrt(2.0))
+
+
+def median3(frames: np.ndarray) -> np.ndarray:
+    """Exact 3x3 spatial median of each frame and channel, frames uint8 [T, H, W, C] -> same (edges replicated).
+
+    Sort every horizontal triple (lo <= mid <= hi), then the median of the 9 is the median of
+    (max of the 3 lo's, median of the 3 mid's, min of the 3 hi's) over the vertical triple: 19 min/max ops.
+    """
+    p = np.pad(frames, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")  # [T, H+2, W+2, C]
+    a, b, c = p[:, :, :-2], p[:, :, 1:-1], p[:, :, 2:]  # [T, H+2, W, C] each
+
+    def sort3(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        lo, hi = np.minimum(a, b), np.maximum(a, b)
+        mid = np.maximum(lo, np.minimum(hi, c))
+        return np.minimum(lo, c), mid, np.maximum(hi, c)
+
+    lo, mid, hi = sort3(a, b, c)
+    lo = np.maximum(np.maximum(lo[:, :-2], lo[:, 1:-1]), lo[:, 2:])  # [T, H, W, C]
+    hi = np.minimum(np.minimum(hi[:, :-2], hi[:, 1:-1]), hi[:, 2:])
+    mid = sort3(mid[:, :-2], mid[:, 1:-1], mid[:, 2:])[1]
+    return sort3(lo, mid, hi)[1]
+
+
+def _template(shape: str, d: float, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """Coverage [h, w] of a shape of size d (diameter / side / base = height) whose centroid is at offsets 0.
+
+    dx [1, w], dy [h, 1]: pixel-centre offsets from the centroid. Same edges as world.render's coverage.
+    """
+    half = d / 2
+    if shape == "circle":
+        return np.clip(half + 0.5 - np.sqrt(dx * dx + dy * dy), 0.0, 1.0)
+    if shape == "square":
+        return np.clip(half + 0.5 - np.abs(dx), 0.0, 1.0) * np.clip(half + 0.5 - np.abs(dy), 0.0, 1.0)
+    dy = dy + half / 3  # offsets from the box centre: a triangle's centroid lies d/6 below it
+    rows = np.clip(half + 0.5 - np.abs(dy), 0.0, 1.0)
+    return rows * np.clip(0.5 - (2 * np.abs(dx) - dy - half) / np.sqrt(5.0), 0.0, 1.0)
+
+
+def _template_measure(
+    frame: np.ndarray, obj: np.ndarray, body: np.ndarray, lab: np.ndarray, root: int, k: int,
+    bg: np.ndarray, box: tuple[int, int, int, int], pillar: tuple[int, int] | None,
+) -> tuple[float, float, float]:
+    """(area, width, height) of one component of a denoised frame from its best-fitting shape template.
+
+    The coverage alpha (projection on color - background, as in _soft_measure) over the box grown by 3 px
+    is compared with each shape of the component's area at its centroid; the returned (area, w, h) have
+    the best shape's fill ratio and size, so Detections.fill / extent read as for clean videos.
+    """
+    H, W = obj.shape
+    y0, y1, x0, x1 = box
+    ya, yb, xa, xb = max(y0 - 3, 0), min(y1 + 4, H), max(x0 - 3, 0), min(x1 + 4, W)
+    own = lab[ya:yb, xa:xb] == root  # [h, w]
+    o = obj[ya:yb, xa:xb]
+    weight = ~((o >= 0) & (o != k) & body[ya:yb, xa:xb])  # other objects may cover this one: no evidence
+    if pillar is not None:
+        weight[:, max(pillar[0] - 1 - xa, 0):max(pillar[1] + 2 - xa, 0)] = False
+    v = _REFS[k] - bg  # [3]
+    n2 = float(v @ v)
+    if n2 < 30.0**2:
+        alpha = own.astype(np.float32)
+    else:
+        alpha = np.clip((frame[ya:yb, xa:xb].astype(np.float32) - bg) @ v / n2, 0.0, 1.0)
+    area = float(own.sum())
+    ys, xs = np.nonzero(own)
+    dy = (np.arange(ya, yb, dtype=np.float32) - (ys.mean() + ya))[:, None]  # [h, 1]
+    dx = (np.arange(xa, xb, dtype=np.float32) - (xs.mean() + xa))[None, :]  # [1, w]
+    best, best_d, best_err = "circle", 0.0, np.inf
+    for shape, fill in FILL.items():
+        for scale in _SCALES:  # the component's area is itself noisy (ragged rim): search the size too
+            d = scale * np.sqrt(area / fill)
+            err = float((weight * (alpha - _template(shape, d, dx, dy)) ** 2).sum())
+            if err < best_err:
+                best, best_d, best_err = shape, d, err
+    return FILL[best] * best_d * best_d, best_d, best_d
+
+
+def detect(frames: np.ndarray, max_dist: float = 90.0, min_object: float = 0.001,
+           denoise: bool | None = None) -> Detections:
     """Measure every object color in every frame of frames uint8 [T, H, W, 3].
 
     A color counts as an object in a frame (`significant`) when its best component has at least
     min_object * min(H, W)^2 interior pixels (2 to 4 pixels at 48 to 64 px: a small triangle there has ~6 to 12).
+    denoise: median-filter and fit templates (see the module docstring); None = when estimate_noise > NOISY_SIGMA.
     """
     T, H, W, _ = frames.shape
+    sigma = estimate_noise(frames)
+    noisy = sigma > NOISY_SIGMA if denoise is None else bool(denoise)
+    if noisy:
+        frames = median3(frames)
+    measure = _template_measure if noisy else _soft_measure
     K = len(COLOR_NAMES)
     cls = classify_pixels(frames, max_dist)
     obj = cls.copy()
@@ -226,7 +334,7 @@ def detect(frames: np.ndarray, max_dist: float = 90.0, min_object: float = 0.001
                           ("y0", y0), ("y1", y1), ("x0", x0), ("x1", x1)):
             out[name][ct[sel], ck[sel]] = val[sel]
     m = min(H, W)
-    significant = out["interior"] >= max(2.0, min_object * m * m)
+    significant = out["interior"] >= max(2.0, min_object * m * m * (NOISY_OBJECT if noisy else 1.0))
     border = np.concatenate(
         [frames[:, 0], frames[:, -1], frames[:, 1:-1, 0], frames[:, 1:-1, -1]], axis=1
     )  # [T, 2W + 2(H-2), 3]
@@ -240,9 +348,16 @@ def detect(frames: np.ndarray, max_dist: float = 90.0, min_object: float = 0.001
         lab3, body3 = lab.reshape(T, H, W), body.reshape(T, H, W)
         for i in sel[out["interior"][ct[sel], ck[sel]] >= 1]:
             ti, ki = int(ct[i]), int(ck[i])
-            a, w, h = _soft_measure(frames[ti], obj[ti], body3[ti], lab3[ti], int(roots[i]), ki, border_color[ti],
+            a, w, h = measure(frames[ti], obj[ti], body3[ti], lab3[ti], int(roots[i]), ki, border_color[ti],
                                     (int(y0[i]), int(y1[i]), int(x0[i]), int(x1[i])), pillar)
             soft["soft_area"][ti, ki], soft["soft_w"][ti, ki], soft["soft_h"][ti, ki] = a, w, h
+            if noisy and h > 0:  # the fitted template's box: the raw bbox of a noisy component is ragged
+                cyc, cxc = out["cy"][ti, ki] + 0.5, out["cx"][ti, ki] + 0.5  # continuous centroid
+                top = cyc - (2 * h / 3 if shape_of_fill(np.float64(a / (w * h))) == 2 else h / 2)
+                out["x0"][ti, ki] = max(np.floor(cxc - w / 2 + 0.25), 0)
+                out["x1"][ti, ki] = min(np.ceil(cxc + w / 2 - 0.25) - 1, W - 1)
+                out["y0"][ti, ki] = max(np.floor(top + 0.25), 0)
+                out["y1"][ti, ki] = min(np.ceil(top + h - 0.25) - 1, H - 1)
     return Detections(
         **{k: v for k, v in out.items()},
         **soft,
@@ -251,6 +366,8 @@ def detect(frames: np.ndarray, max_dist: float = 90.0, min_object: float = 0.001
         border_color=border_color,
         height=H,
         width=W,
+        noise_sigma=sigma,
+        denoised=noisy,
     )
 
 

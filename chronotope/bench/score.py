@@ -19,6 +19,8 @@ scorable for the video (None ones are left out):
     consistency  per object: shape class and area of unoccluded frames agree with their majority / median
     flicker      1 - ramp(2 -> 12 levels) of the mean frame-to-frame change of the background (median
                  |pixel diff|, change of the border median): noise and global flashes, not moving objects
+                 (always on the raw frames: detection median-filters noisy videos, bench.detect, so heavy
+                 noise costs flicker and leaves color, shape, size, motion, count and background high)
 
 An object whose color is absent (or not given) is measured on a spare color's track for shape, size
 and motion (the assignment of spare colors that agrees best), so that one mistake costs one attribute.
