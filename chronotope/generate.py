@@ -20,10 +20,18 @@ import torch
 
 from chronotope import modes
 from chronotope.diffusion.flow import interpolate, shift_for_tokens
-from chronotope.pipeline import (MODES, PipelineOutput, VideoPipeline, _note, initial_noise, resolve_size, schedule,
-                                 tokens_per_sample)
-from chronotope.text.expand import expand_prompt as _expand
 from chronotope.long_video import generate_long
+from chronotope.pipeline import (
+    MODES,
+    PipelineOutput,
+    VideoPipeline,
+    _note,
+    initial_noise,
+    resolve_size,
+    schedule,
+    tokens_per_sample,
+)
+from chronotope.text.expand import expand_prompt as _expand
 from chronotope.video import read_video, write_video
 
 NEEDS = {"i2v": ("image",), "extend": ("video",), "connect": ("video", "video_end"), "edit": ("video",)}

@@ -11,9 +11,6 @@ frames go straight to the output file: memory holds one window's latents and K f
 
 from __future__ import annotations
 
-import os
-import tempfile
-from fractions import Fraction
 
 import numpy as np
 import torch
@@ -21,47 +18,26 @@ from tqdm.auto import tqdm
 
 from chronotope import modes
 from chronotope.pipeline import initial_noise
-from chronotope.video import write_video
+from chronotope.video import Mp4Writer, write_video
 
 
 class FrameSink:
-    """Collects frames, or streams them into an mp4 at `path` (temp file in the same folder, os.replace on
-    close, removed on failure), so a long video never sits in memory and a failure leaves no output file."""
+    """Collects frames, or streams them into an mp4 at `path` (chronotope.video.Mp4Writer: atomic, removed
+    on failure), so a long video never sits in memory and a failure leaves no output file."""
 
     def __init__(self, path: str | None, fps: float):
-        self.path, self.fps, self.frames, self.container = path, fps, [], None
-        self.streaming = path is not None and str(path).lower().endswith(".mp4")
+        self.path, self.fps, self.frames = path, fps, []
+        self.writer = Mp4Writer(path, fps) if path is not None and str(path).lower().endswith(".mp4") else None
 
     def write(self, frames: np.ndarray) -> None:  # uint8 [n, H, W, 3]
-        if not self.streaming:
+        if self.writer is not None:
+            self.writer.write(frames)
+        else:
             self.frames.append(frames)
-            return
-        import av
-
-        if self.container is None:
-            folder = os.path.dirname(os.path.abspath(self.path))
-            os.makedirs(folder, exist_ok=True)
-            fd, self.tmp = tempfile.mkstemp(prefix=".gen.", suffix=".tmp.mp4", dir=folder)
-            os.close(fd)
-            self.container = av.open(self.tmp, mode="w", format="mp4")
-            self.stream = self.container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
-            self.stream.pix_fmt, self.stream.options = "yuv420p", {"crf": "18"}
-            self.stream.height, self.stream.width = frames.shape[1] // 2 * 2, frames.shape[2] // 2 * 2
-            self.count = 0
-        for f in frames:
-            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(f[: self.stream.height, : self.stream.width]), format="rgb24")
-            vf.pts, self.count = self.count, self.count + 1
-            self.container.mux(self.stream.encode(vf))
 
     def close(self, ok: bool = True) -> np.ndarray | None:
-        if self.container is not None:
-            if ok:
-                self.container.mux(self.stream.encode(None))
-            self.container.close()
-            if ok:
-                os.replace(self.tmp, self.path)
-            elif os.path.exists(self.tmp):
-                os.remove(self.tmp)
+        if self.writer is not None:
+            self.writer.close(ok)
             return None
         frames = np.concatenate(self.frames) if self.frames else None
         if ok and self.path is not None and frames is not None:
@@ -121,6 +97,6 @@ def generate_long(pipe, image: np.ndarray | None, total: int, n_w: int, k: int, 
         raise
     finally:
         bar.close()
-    frames = [] if paths is not None and all(s.streaming for s in sinks) else list(frames)
+    frames = [] if paths is not None and all(s.writer is not None for s in sinks) else list(frames)
     mask = torch.cat(masks)[None].expand(B, -1).clone()
     return frames, torch.cat(latents, dim=2), mask

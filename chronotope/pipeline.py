@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 from torch import Tensor
 
 from chronotope import modes
+from chronotope.atomic import atomic_write_json
 from chronotope.config import DIT_PRESETS, VAE_PRESETS
 from chronotope.diffusion.flow import apply_shift
 from chronotope.diffusion.samplers import cfg_velocity, get_sampler
@@ -104,13 +104,6 @@ def to_uint8(x: Tensor) -> np.ndarray:
     return ((x.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 4, 1).cpu().numpy()
 
 
-def _atomic_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
-
-
 class VideoPipeline:
     """vae (CausalVAE) + dit (DiT) + text_encoder (anything with encode(prompts) -> (emb, mask)).
 
@@ -172,7 +165,7 @@ class VideoPipeline:
         index = {"_class_name": "VideoPipeline", "vae": ["chronotope.vae.model", "CausalVAE"],
                  "dit": ["chronotope.dit.model", "DiT"], "text_encoder": self.text_encoder_name,
                  "defaults": self.defaults}
-        _atomic_json(folder / "model_index.json", index)
+        atomic_write_json(folder / "model_index.json", index)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, text_encoder=None) -> "VideoPipeline":

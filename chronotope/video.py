@@ -17,9 +17,12 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
+
+from chronotope.atomic import atomic_write, publish
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".webm", ".mov", ".mkv", ".avi", ".gif")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -251,21 +254,7 @@ def _check_frames(frames: np.ndarray) -> np.ndarray:
 
 def _atomic_write(path: str, write) -> None:
     """Call write(tmp_path) on a temp file next to `path`, then rename it onto `path`."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    base, ext = os.path.splitext(os.path.basename(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=f".tmp{ext}", dir=folder)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; outputs get the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, write, fsync=False)
 
 
 def _encode_png(frame: np.ndarray) -> bytes:
@@ -366,6 +355,74 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, *, crf:
         if pad_h or pad_w:
             frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
     _atomic_write(path, lambda tmp: _write_av(tmp, frames, float(fps), ext[1:], crf))
+
+
+class Mp4Writer:
+    """Stream frames into an H.264 mp4 as they come (long videos never sit in memory), atomically:
+    frames go to a temp file beside `path`, renamed onto it by close(); close(ok=False), or leaving a
+    `with` block by an exception, removes it. Odd sizes are padded as in write_video.
+
+        with Mp4Writer("long.mp4", fps=8) as out:
+            for chunk in chunks:        # uint8 [n, H, W, 3], same H, W every time
+                out.write(chunk)
+    """
+
+    def __init__(self, path: str | os.PathLike, fps: float, *, crf: int = 18):
+        if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
+            raise ValueError(f"fps must be a positive number, got {fps!r}")
+        self.path, self.fps, self.crf = Path(path), float(fps), crf
+        self.container = self.stream = self.tmp = None
+        self.size: tuple[int, int] | None = None
+        self.count = 0
+
+    def _open(self, height: int, width: int) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".tmp.mp4", dir=self.path.parent)
+        os.close(fd)
+        rate = Fraction(self.fps).limit_denominator(1001)
+        self.container = av.open(self.tmp, mode="w", format="mp4")
+        self.stream = self.container.add_stream("libx264", rate=rate)
+        self.stream.pix_fmt, self.stream.options = "yuv420p", {"crf": str(self.crf), "preset": "medium"}
+        self.stream.height, self.stream.width = height + height % 2, width + width % 2
+        self.size = (height, width)
+
+    def write(self, frames: np.ndarray) -> None:
+        frames = _check_frames(frames)
+        if self.container is None:
+            self._open(*frames.shape[1:3])
+        if frames.shape[1:3] != self.size:
+            raise ValueError(f"{self.path}: frames of {frames.shape[1:3]} after frames of {self.size}; "
+                             "one video has one size")
+        pad_h, pad_w = self.size[0] % 2, self.size[1] % 2
+        if pad_h or pad_w:
+            frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+        for f in frames:
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")
+            vf.pts = self.count
+            self.count += 1
+            self.container.mux(self.stream.encode(vf))
+
+    def close(self, ok: bool = True) -> None:
+        if self.container is None:
+            if ok:
+                raise ValueError(f"{self.path}: no frames were written")
+            return
+        try:
+            if ok:
+                self.container.mux(self.stream.encode(None))
+        finally:
+            self.container.close()
+            self.container = None
+        if ok:
+            publish(self.tmp, self.path)
+        elif os.path.exists(self.tmp):
+            os.remove(self.tmp)
+
+    def __enter__(self) -> "Mp4Writer":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(ok=exc_type is None)
 
 
 def write_frames(folder: str | os.PathLike, frames: np.ndarray) -> list[str]:

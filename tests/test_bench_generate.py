@@ -13,7 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from chronotope.bench.generate import BenchConfig, Job, plan_jobs, plan_prompts, psnr, run_generate_and_score, seam_ratio
+from chronotope.bench.generate import (
+    BenchConfig,
+    Job,
+    plan_jobs,
+    plan_prompts,
+    psnr,
+    run_generate_and_score,
+    seam_ratio,
+)
 from chronotope.bench.generate_report import TARGETS, aggregate
 from chronotope.cli import main
 from chronotope.pipeline import PipelineOutput, VideoPipeline

@@ -12,14 +12,7 @@ import av
 import numpy as np
 import pytest
 
-from chronotope.video import (
-    IMAGE_FPS,
-    VideoReadError,
-    probe_video,
-    read_video,
-    write_frames,
-    write_video,
-)
+from chronotope.video import IMAGE_FPS, VideoReadError, probe_video, read_video, write_frames, write_video
 
 
 def ffprobe(path: str) -> dict:
@@ -270,3 +263,24 @@ def test_bad_inputs_raise_video_read_error(tmp_path, reader):
         message = str(info.value)
         assert path in message, f"{name}: message does not name the file: {message}"
         assert reason in message, f"{name}: expected {reason!r} in {message!r}"
+
+
+def test_mp4_writer_streams_atomically(tmp_path):
+    from chronotope.video import Mp4Writer
+
+    path = tmp_path / "stream.mp4"
+    with Mp4Writer(path, fps=8) as out:
+        for i in range(3):
+            out.write(np.full((4, 33, 47, 3), 60 * i, np.uint8))  # odd size: padded like write_video
+    frames, fps = read_video(path)
+    assert frames.shape == (12, 34, 48, 3) and fps == 8
+    assert abs(int(frames[-1].mean()) - 120) <= 3
+    with pytest.raises(RuntimeError):
+        with Mp4Writer(tmp_path / "failed.mp4", fps=8) as out:
+            out.write(np.zeros((2, 16, 16, 3), np.uint8))
+            raise RuntimeError("generation failed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stream.mp4"]  # no output, no temp file
+    with pytest.raises(ValueError, match="one size"):
+        with Mp4Writer(tmp_path / "sizes.mp4", fps=8) as out:
+            out.write(np.zeros((1, 16, 16, 3), np.uint8))
+            out.write(np.zeros((1, 32, 32, 3), np.uint8))

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -26,6 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from chronotope import modes as modes_lib
+from chronotope.atomic import atomic_write_json
 from chronotope.bench.score import ATTRIBUTES, score_video
 from chronotope.sizes import parse_aspect_ratio, size_for
 from chronotope.world import detailed_caption, is_heldout, render, sample_scene
@@ -268,15 +268,7 @@ def _signature(job: Job, cfg: BenchConfig, model: str, guidance: float) -> dict:
 
 
 def _write_json(path: str, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write_json(path, data)
 
 
 def _load_sidecar(path: str, signature: dict) -> dict | None:

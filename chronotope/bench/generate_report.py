@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 import numpy as np
 
-from chronotope.bench.run import _atomic_write_text, summarise
+from chronotope.atomic import atomic_write, atomic_write_text
+from chronotope.bench.run import summarise
 from chronotope.bench.score import ATTRIBUTES
 
 COLUMNS = ("overall",) + ATTRIBUTES
@@ -173,14 +173,7 @@ def report_markdown(result: dict, grid_prompts: list[str]) -> str:
 
 
 def _save_figure(fig, path: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".plot.", suffix=".png", dir=os.path.dirname(os.path.abspath(path)))
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=100, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png"))
 
 
 def write_plots(summary: dict, out: str) -> list[str]:
@@ -245,10 +238,10 @@ def write_grid(result: dict, out: str, count: int) -> list[str]:
 
 def write_outputs(result: dict, cfg) -> None:
     """results.json, grid.gif, plots, report.md under cfg.out (each written atomically)."""
-    _atomic_write_text(os.path.join(cfg.out, "results.json"), json.dumps(result, indent=1))
+    atomic_write_text(os.path.join(cfg.out, "results.json"), json.dumps(result, indent=1))
     prompts = write_grid(result, cfg.out, cfg.grid_videos)
     write_plots(result["summary"], cfg.out)
-    _atomic_write_text(os.path.join(cfg.out, "report.md"), report_markdown(result, prompts))
+    atomic_write_text(os.path.join(cfg.out, "report.md"), report_markdown(result, prompts))
 
 
 __all__ = ["TARGETS", "aggregate", "report_markdown", "write_grid", "write_outputs", "write_plots"]

@@ -12,11 +12,11 @@ from __future__ import annotations
 import csv
 import json
 import os
-import tempfile
 
 import numpy as np
 from tqdm import tqdm
 
+from chronotope.atomic import atomic_write_text
 from chronotope.bench.score import ATTRIBUTES, check_spec, score_video
 from chronotope.world.vocab import HELDOUT
 
@@ -114,18 +114,6 @@ def summarise(results: list[dict]) -> dict:
     return out
 
 
-def _atomic_write_text(path: str, text: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
 
 def report_markdown(summary: dict, failed: int) -> str:
     """A markdown table: one row per group (all / seen / held-out), one column per attribute."""
@@ -167,6 +155,6 @@ def run_bench(dir_or_manifest: str | os.PathLike, out_dir: str | os.PathLike) ->
         scores.pop("path")
         videos.append({"path": item["path"], "spec": spec, "heldout": _is_heldout(spec), "scores": scores})
     result = {"summary": summarise(videos), "videos": videos, "errors": errors}
-    _atomic_write_text(os.path.join(out_dir, "results.json"), json.dumps(result, indent=1))
-    _atomic_write_text(os.path.join(out_dir, "report.md"), report_markdown(result["summary"], len(errors)))
+    atomic_write_text(os.path.join(out_dir, "results.json"), json.dumps(result, indent=1))
+    atomic_write_text(os.path.join(out_dir, "report.md"), report_markdown(result["summary"], len(errors)))
     return result

@@ -7,7 +7,6 @@ import sys
 
 from chronotope.cli.options import int_list, str_list
 
-
 # --- bench -------------------------------------------------------------------------------------
 
 
@@ -65,7 +64,8 @@ def run_bench_score(args: argparse.Namespace) -> int:
 
 
 def run_bench_run(args: argparse.Namespace) -> int:
-    from chronotope.bench import report_markdown, run_bench as bench
+    from chronotope.bench import report_markdown
+    from chronotope.bench import run_bench as bench
 
     result = bench(args.source, args.out)
     print(report_markdown(result["summary"], len(result["errors"])), end="")

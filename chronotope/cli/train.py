@@ -6,7 +6,6 @@ import argparse
 
 from chronotope.cli.options import int_list, str_list
 
-
 # --- train / reconstruct / encode (trainer, checkpoints, VAE tools) ---------------------------
 
 

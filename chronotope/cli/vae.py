@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 
-
 def add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("reconstruct", help="encode and decode a video/image with a VAE, print PSNR / SSIM")
     p.add_argument("--vae", required=True, help="VAE folder (config.json + model.safetensors), e.g. RUN/vae")

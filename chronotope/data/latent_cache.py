@@ -30,19 +30,11 @@ from safetensors.torch import save_file
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from chronotope.atomic import atomic_write_text
 from chronotope.video import VideoReadError
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 _META_KEYS = ("text", "short_text", "spec", "path", "fps")
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _read_index(path: Path) -> list[dict[str, Any]]:
@@ -106,7 +98,7 @@ def encode_to_cache(
     done = set(meta["shards"])
     # keep only index lines of recorded shards (a crash may have appended lines of an unrecorded one)
     rows = [r for r in _read_index(index_path) if r.get("shard") in done]
-    _atomic_text(index_path, "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_text(index_path, "".join(json.dumps(r) + "\n" for r in rows))
     n_shards = (len(dataset) + shard_size - 1) // shard_size
     todo = [k for k in range(n_shards) if shard_name(k) not in done]
     bar = tqdm(total=len(dataset), initial=len(dataset) - sum(
@@ -156,12 +148,12 @@ def encode_to_cache(
             meta["items"] += len(lines)
             meta["failures"] += len(failed)
             meta["failed"] += failed
-            _atomic_text(meta_path, json.dumps(meta, indent=1))
+            atomic_write_text(meta_path, json.dumps(meta, indent=1))
     finally:
         bar.close()
         vae.train(was_training)
     if not meta_path.exists():  # an empty data set still leaves a valid (empty) cache
-        _atomic_text(meta_path, json.dumps(meta, indent=1))
+        atomic_write_text(meta_path, json.dumps(meta, indent=1))
     return {"items": meta["items"], "failures": meta["failures"], "shards": len(meta["shards"]),
             "encoded_now": sum(meta["shards"][shard_name(k)]["items"] for k in todo)}
 

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from chronotope.atomic import atomic_write_text, fsync_dir  # noqa: F401 (the trainer uses ckpt.atomic_write_text)
+
 MARKER = "COMPLETE"
 _NAME = re.compile(r"^ckpt-(\d{7,})$")
 
@@ -36,34 +38,9 @@ _NAME = re.compile(r"^ckpt-(\d{7,})$")
 # --- small atomic-IO helpers ------------------------------------------------------------------
 
 
-def fsync_dir(path: str | os.PathLike) -> None:
-    """fsync a directory so that renames/creations inside it survive a power loss (no-op on Windows)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _fsync_file(path: Path) -> None:
     with open(path, "rb+") as f:
         os.fsync(f.fileno())
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to a temp file in the same folder, fsync it, then os.replace onto `path`."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # --- RNG states -------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from chronotope.atomic import atomic_write, swap_in_folder
 from chronotope.diffusion import flow
 from chronotope.dit.patches import PackedBatch, Sample, pack
 
@@ -56,10 +56,9 @@ class TextEmbeddings:
         emb = torch.cat([nn.functional.pad(e, (0, 0, 0, length - e.shape[1])) for e, _ in chunks])
         mask = torch.cat([nn.functional.pad(m, (0, length - m.shape[1])) for _, m in chunks])
         null_emb, null_mask = torch.zeros(length, emb.shape[-1]), torch.zeros(length, dtype=torch.bool)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        save_file({"emb": emb.half().contiguous(), "mask": mask.to(torch.uint8), "null_emb": null_emb.half(),
-                   "null_mask": null_mask.to(torch.uint8)}, str(tmp))
-        os.replace(tmp, path)
+        tensors = {"emb": emb.half().contiguous(), "mask": mask.to(torch.uint8), "null_emb": null_emb.half(),
+                   "null_mask": null_mask.to(torch.uint8)}
+        atomic_write(path, lambda tmp: save_file(tensors, tmp))
         return cls(emb.half(), mask, (null_emb.half(), null_mask))
 
 
@@ -184,28 +183,20 @@ class DiTTask:
         """RUN_DIR/dit/ (config.json + model.safetensors) and, when the cache names its VAE, the whole
         pipeline folder RUN_DIR/model/ (model_index.json + vae/ + dit/) that `chronotope generate
         --model` loads. Each folder is written beside its old version and swapped in whole."""
-        _swap_in(Path(run_dir) / "dit", lambda tmp: model.save_pretrained(str(tmp)), step)
+        _export(Path(run_dir) / "dit", lambda tmp: model.save_pretrained(str(tmp)), step)
         if self.vae_dir and Path(self.vae_dir).is_dir():
             from chronotope.pipeline import VideoPipeline
             from chronotope.vae.model import CausalVAE
 
             pipe = VideoPipeline(CausalVAE.from_pretrained(self.vae_dir), model, None, self.text_encoder_name)
-            _swap_in(Path(run_dir) / "model", pipe.save_pretrained, step)
+            _export(Path(run_dir) / "model", pipe.save_pretrained, step)
         return Path(run_dir) / "dit"
 
 
-def _swap_in(final: Path, write, step: int) -> None:
-    """write(tmp_folder), then replace `final` by it so a reader sees the old or the new folder, whole."""
-    import shutil
 
-    tmp, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
-    for p in (tmp, old):
-        if p.exists():
-            shutil.rmtree(p)
-    write(tmp)
-    (tmp / "training.json").write_text(json.dumps({"step": step}))
-    if final.exists():
-        os.rename(final, old)
-    os.rename(tmp, final)
-    if old.exists():
-        shutil.rmtree(old)
+def _export(folder: Path, save, step: int) -> None:
+    def write(tmp: Path) -> None:
+        save(tmp)
+        (tmp / "training.json").write_text(json.dumps({"step": step}))
+
+    swap_in_folder(folder, write)

@@ -5,13 +5,13 @@ Uses the same `VideoPipeline` as `chronotope generate`, so what the grid shows i
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+from chronotope.atomic import atomic_write_json
 
 _VAE_CACHE: dict[str, nn.Module] = {}
 _TEXT_CACHE: dict[str, object] = {}
@@ -56,7 +56,5 @@ def write_sample_grid(dit: nn.Module, vae_dir: str, prompts: list[str], out_dir:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "grid.gif"
     write_video(path, grid(videos), fps=8)
-    tmp = out_dir / ".prompts.json.tmp"
-    tmp.write_text(json.dumps({"step": step, "prompts": prompts, "layout": "row-major, 4 per row"}, indent=1))
-    os.replace(tmp, out_dir / "prompts.json")
+    atomic_write_json(out_dir / "prompts.json", {"step": step, "prompts": prompts, "layout": "row-major, 4 per row"})
     return path

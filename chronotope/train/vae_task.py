@@ -11,8 +11,6 @@ latent mean/std measured on a few training items (chronotope/vae/model.py measur
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from chronotope.atomic import atomic_write_json, swap_in_folder
 
 _ITEM_ERRORS = (ValueError, OSError)  # a RuntimeError ("too many failures") must stop the run
 
@@ -203,9 +203,7 @@ class VAETask:
             recon = model.decode(model.encode(x).mode())  # [1, 3, T, H, W]
             write_video(out_dir / f"recon-{i}.png", strip(x[0], recon[0], min_height=128)[None], fps=1)
             scores[f"recon-{i}"] = float(psnr(x, recon))
-        tmp = out_dir / ".psnr.json.tmp"
-        tmp.write_text(json.dumps({"step": step, "psnr": scores}, indent=1))
-        os.replace(tmp, out_dir / "psnr.json")
+        atomic_write_json(out_dir / "psnr.json", {"step": step, "psnr": scores})
 
     @torch.no_grad()
     def export(self, model: nn.Module, run_dir: Path, step: int) -> Path:
@@ -216,17 +214,8 @@ class VAETask:
         if videos:
             mean, std = measure_latent_stats(model, (v[None].float() for v in videos))
             model.set_latent_stats(mean, [max(s, 1e-4) for s in std])
-        final = Path(run_dir) / self.export_dir_name
-        tmp = final.with_name(final.name + ".tmp")
-        old = final.with_name(final.name + ".old")
-        for p in (tmp, old):
-            if p.exists():
-                shutil.rmtree(p)
-        model.save_pretrained(tmp)
-        (tmp / "training.json").write_text(json.dumps({"step": step, "stats_items": len(videos)}))
-        if final.exists():  # swap folders so a reader sees either the old or the new model, whole
-            os.rename(final, old)
-        os.rename(tmp, final)
-        if old.exists():
-            shutil.rmtree(old)
-        return final
+        def write(tmp: Path) -> None:
+            model.save_pretrained(tmp)
+            (tmp / "training.json").write_text(json.dumps({"step": step, "stats_items": len(videos)}))
+
+        return swap_in_folder(Path(run_dir) / self.export_dir_name, write)

@@ -14,13 +14,14 @@ import functools
 import json
 import multiprocessing
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import product
 
 import numpy as np
 from tqdm import tqdm
+
+from chronotope.atomic import atomic_write_text
 
 from ..data.manifest import aspect_ratio_name, write_manifest
 from ..sizes import size_for
@@ -82,17 +83,7 @@ def _track_json(tracks: list[dict]) -> list[dict]:
 
 
 def _write_json(path: str, obj: dict) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, separators=(",", ":"))
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; data sets are shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write_text(path, json.dumps(obj, separators=(",", ":")))
 
 
 def make_item(item: WorldItem, out_dir: str, include_heldout: bool = False, tracks: bool = True) -> dict:
