@@ -79,6 +79,7 @@ def run_generate(args: argparse.Namespace) -> int:
     try:
         if args.prompt is not None:
             path, side = generate_to_file(pipe, args.out or "generated", model, args.gif, prompt=args.prompt, **base)
+            print(f"prompt: {_expanded(side)}")
             print(f"wrote {path} and {side}")
             return 0
         rows, folder = read_prompts(args.prompts), args.out or "generated"
@@ -135,3 +136,11 @@ def run_expand(args: argparse.Namespace) -> int:
     if out.note:
         print(f"({out.note})", file=sys.stderr)
     return 0
+
+
+def _expanded(sidecar: str) -> str:
+    """The prompt the model saw (expanded when expansion was on), as recorded in the sidecar."""
+    import json
+
+    with open(sidecar, encoding="utf-8") as f:
+        return json.load(f).get("expanded_prompt") or ""
