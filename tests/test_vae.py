@@ -236,3 +236,25 @@ def test_fast_cpu_path_matches_reference(monkeypatch) -> None:
     ref.to(memory_format=torch.contiguous_format)
     y_ref, g_ref = run(ref)
     assert rel_err(y_fast, y_ref) < 1e-4 and rel_err(g_fast, g_ref) < 1e-4
+
+
+def test_overfits_world_objects_not_just_background() -> None:
+    """Regression: with RMS norm over channels per position the VAE only learnt World's flat background
+    (one-batch PSNR stuck at the background-only ~20.5 dB). Per-frame GroupNorm learns the objects too."""
+    from chronotope.world.generate import iter_world
+
+    frames = [torch.from_numpy(f) for _, f in iter_world(2, seed=5, height=32, width=32, num_frames=1)]
+    x = torch.stack([f.permute(3, 0, 1, 2).float() / 127.5 - 1 for f in frames])  # [2, 3, 1, 32, 32]
+    background_psnr = psnr(x[:, :, :, :1, :1].expand_as(x), x).item()  # every pixel = the corner colour
+    torch.manual_seed(0)
+    config = VAEConfig(latent_channels=8, widths=[16, 16, 32, 32], num_res_blocks=1, mid_attention=False)
+    vae = CausalVAE(config)
+    opt = torch.optim.Adam(vae.parameters(), lr=2e-3)
+    for _ in range(60):
+        recon, _ = vae(x, sample=False)
+        loss = (recon - x).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    # measured: ~23 dB here; the old RMS-norm model stayed at ~19.5 dB (below the background-only 20.5 dB)
+    assert psnr(recon.detach().clamp(-1, 1), x).item() > background_psnr + 1.5

@@ -29,7 +29,7 @@ from torch import nn
 
 from chronotope.config import VAEConfig, config_from_dict
 from chronotope.vae.layers import (
-    CHANNELS_LAST, Cache, CausalConv3d, ChannelRMSNorm, Downsample, ResBlock, SpatialAttention, Upsample,
+    CHANNELS_LAST, Cache, CausalConv3d, Downsample, FrameGroupNorm, ResBlock, SpatialAttention, Upsample,
 )
 from chronotope.vae.tiling import tiled_call
 
@@ -84,7 +84,7 @@ class Encoder(nn.Module):
                 blocks.append(Downsample(width, time=cfg.temporal_down[level]))
         self.down = Stack(blocks)
         self.mid = _mid(prev, cfg.mid_attention)
-        self.norm_out = ChannelRMSNorm(prev)
+        self.norm_out = FrameGroupNorm(prev)
         self.conv_out = CausalConv3d(prev, 2 * cfg.latent_channels)
         # Start with a narrow posterior (std ~ 0.05): with the default init the sampled noise (std ~ 1)
         # drowns the signal and the first hundreds of steps only learn to shrink it.
@@ -116,7 +116,7 @@ class Decoder(nn.Module):
                 blocks.append(Upsample(width, width // 2, time=time_up[level]))
                 prev = width // 2
         self.up = Stack(blocks)
-        self.norm_out = ChannelRMSNorm(prev)
+        self.norm_out = FrameGroupNorm(prev)
         self.conv_out = CausalConv3d(prev, cfg.in_channels)
 
     def forward(self, z: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
