@@ -13,11 +13,11 @@ import csv
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
+from chronotope.atomic import atomic_write
 from chronotope.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, VideoReadError, probe_video
 
 MANIFEST_COLUMNS = ("path", "text", "num_frames", "height", "width", "aspect_ratio", "fps")
@@ -123,18 +123,13 @@ def write_manifest(path: str | os.PathLike, rows: list[dict]) -> None:
         if isinstance(r.get("spec"), (dict, list)):
             r["spec"] = json.dumps(r["spec"], separators=(",", ":"))
         out.append(r)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()
             writer.writerows(out)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+
+    atomic_write(path, write)
 
 
 @dataclass
@@ -208,12 +203,13 @@ def build_manifest(folder: str | os.PathLike, out_csv: str | os.PathLike, progre
     write_manifest(out_csv, rows)
     errors_csv = errors_csv_path(out_csv)
     if errors:
-        fd, tmp = tempfile.mkstemp(prefix=".errors.", suffix=".tmp", dir=os.path.dirname(os.path.abspath(errors_csv)))
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(["path", "error"])
-            writer.writerows(errors)
-        os.replace(tmp, errors_csv)
+        def write_errors(tmp: str) -> None:
+            with open(tmp, "w", newline="", encoding="utf-8") as f:
+                writer = csv.writer(f)
+                writer.writerow(["path", "error"])
+                writer.writerows(errors)
+
+        atomic_write(errors_csv, write_errors)
     elif os.path.exists(errors_csv):
         os.remove(errors_csv)  # a stale list from an earlier run would mislead
     num_images = sum(1 for r in rows if r["num_frames"] == 1 and os.path.splitext(r["path"])[1].lower() in IMAGE_EXTENSIONS)

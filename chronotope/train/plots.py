@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from chronotope.atomic import atomic_write
+
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Records of a `metrics.jsonl` (a torn last line from a crash is skipped)."""
@@ -82,11 +84,10 @@ def plot_metrics(records: list[dict[str, Any]], path: str | os.PathLike, title: 
     skipped = rows[-1].get("skipped_total", 0) if rows else 0
     fig.suptitle(f"{title}  steps {steps[0] if steps else 0}-{steps[-1] if steps else 0}, skipped steps {skipped}".strip())
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"), fsync=False)
+    finally:
+        plt.close(fig)
     return path
 
 
