@@ -264,3 +264,28 @@ def test_class_conditional_paper_variant_runs():
     assert out.shape == (packed.tokens.shape[0], 2 * packed.tokens.shape[1]) and torch.isfinite(out).all()
     with pytest.raises(ValueError, match="class_labels"):
         model(packed)
+
+
+@pytest.mark.parametrize("rope", [True, False])
+def test_fused_norm_rope_matches_unfused_ops(rope):
+    """chronotope/dit/fused.py: values and gradients (input, weight) equal RMSNorm -> scale -> RoPE done op by op,
+    on a non-contiguous q/k view of a fused qkv, as SelfAttention passes it."""
+    from chronotope.dit.fused import norm_rope
+
+    g = torch.Generator().manual_seed(0)
+    L, nh, hd = 7, 3, 16
+    qkv = torch.randn(L, 3, nh, hd, generator=g, dtype=torch.float64, requires_grad=True)
+    w = (1 + 0.3 * torch.randn(2, 1, hd, generator=g, dtype=torch.float64)).requires_grad_()
+    cs = tuple(x.double() for x in RoPE3D((4, 6, 6))(torch.rand(L, 3, generator=g) * 5)) if rope else (None, None)
+    grad = torch.randn(L, 2, nh, hd, generator=g, dtype=torch.float64)
+
+    ref = F.rms_norm(qkv[:, :2], (hd,), eps=1e-6) * w
+    if rope:
+        ref = apply_rope(ref, *cs)
+    out = norm_rope(qkv[:, :2], w, *cs)
+    torch.testing.assert_close(out, ref)
+    for a, b in zip(torch.autograd.grad(out, (qkv, w), grad), torch.autograd.grad(ref, (qkv, w), grad)):
+        torch.testing.assert_close(a, b)
+    assert torch.autograd.gradcheck(lambda x, s: norm_rope(x[:, :2], s, *cs), (qkv, w))
+    with pytest.raises(ValueError, match="both cos and sin"):
+        norm_rope(qkv[:, :2], w, cs[0] if rope else torch.ones(hd), None)

@@ -5,8 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chronotope.dit.patches import (Sample, pack, pack_to_budget, patchify, position_ids, token_grid, unpack,
-                                    unpatchify)
+from chronotope.dit.patches import Sample, pack, pack_to_budget, patchify, position_ids, token_grid, unpack, unpatchify
 
 
 @pytest.mark.parametrize("patch", [(1, 2, 2), (2, 2, 2), (1, 1, 1), (1, 4, 2)])

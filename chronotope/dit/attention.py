@@ -45,10 +45,11 @@ def segments(cu_seqlens: Tensor) -> Segments:
 
 def _sdpa(q: Tensor, k: Tensor, v: Tensor, seg: Segments) -> Tensor:
     outs = []
+    whole = len(seg.runs) == 1  # no slicing then: a slice's backward zero-fills and copies the full gradient
     for start, _, count, length in seg.runs:
         sl = slice(start, start + count * length)
         # [count*length, nh, hd] -> [count, nh, length, hd] (a view)
-        qs, ks, vs = (x[sl].unflatten(0, (count, length)).transpose(1, 2) for x in (q, k, v))
+        qs, ks, vs = ((x if whole else x[sl]).unflatten(0, (count, length)).transpose(1, 2) for x in (q, k, v))
         o = F.scaled_dot_product_attention(qs, ks, vs)  # [count, nh, length, hd]
         outs.append(o.transpose(1, 2).flatten(0, 1))  # [count*length, nh, hd]
     return outs[0] if len(outs) == 1 else torch.cat(outs)
@@ -154,12 +155,13 @@ def cross_attention(
     at least one True, or SDPA returns NaN) or None when all are valid. Returns [L, nh, hd].
     """
     seg = seg if seg is not None else segments(cu_seqlens)
-    outs = []
+    outs, whole = [], len(seg.runs) == 1  # one run: no slicing (a slice's backward zero-fills and copies)
     for start, first, count, length in seg.runs:
         rows = slice(first, first + count)
-        qs = q[start:start + count * length].unflatten(0, (count, length)).transpose(1, 2)  # [n, nh, l, hd]
-        ks, vs = k[rows].transpose(1, 2), v[rows].transpose(1, 2)  # [n, nh, Lt, hd]
-        m = None if mask is None else mask[rows][:, None, None, :]  # [n, 1, 1, Lt]
+        qs = (q if whole else q[start:start + count * length]).unflatten(0, (count, length)).transpose(1, 2)
+        kr, vr, mr = (k, v, mask) if whole else (k[rows], v[rows], None if mask is None else mask[rows])
+        ks, vs = kr.transpose(1, 2), vr.transpose(1, 2)  # [n, nh, Lt, hd]; qs [n, nh, l, hd]
+        m = None if mr is None else mr[:, None, None, :]  # [n, 1, 1, Lt]
         o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=m)
         outs.append(o.transpose(1, 2).flatten(0, 1))  # [n*l, nh, hd]
     return outs[0] if len(outs) == 1 else torch.cat(outs)

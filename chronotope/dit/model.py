@@ -41,8 +41,8 @@ class DiT(nn.Module):
         if self.class_conditional:
             self.y_embedder = nn.Embedding(cfg.num_classes + 1, cfg.width)  # last row: the null class (CFG)
         else:
-            # caption projection as PixArt / Wan: Linear -> GELU(tanh) -> Linear
-            self.text_embedder = nn.Sequential(nn.Linear(cfg.text_dim, cfg.width), nn.GELU(approximate="tanh"),
+            # caption projection as PixArt / Wan: Linear -> GELU -> Linear (exact GELU: faster on CPU, see Mlp)
+            self.text_embedder = nn.Sequential(nn.Linear(cfg.text_dim, cfg.width), nn.GELU(),
                                                nn.Linear(cfg.width, cfg.width))
             self.null_text = nn.Parameter(torch.randn(cfg.width) * 0.02)
         axes = cfg.rope_axes or default_rope_axes(head_dim)
