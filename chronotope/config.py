@@ -39,6 +39,7 @@ class VAEConfig:
     widths: list[int] = field(default_factory=lambda: [32, 64, 128, 128])
     num_res_blocks: int = 2  # per encoder level; the decoder uses num_res_blocks + 1 (as SD / Wan)
     mid_attention: bool = True  # per-frame spatial self-attention in the middle blocks
+    shortcuts: bool = True  # DC-AE's parameter-free space/time-to-channel residuals at every resampling step
     latent_mean: list[float] | None = None
     latent_std: list[float] | None = None
 

@@ -13,6 +13,12 @@ exact (GroupNorm over T would not be). An earlier RMS norm over channels at each
 RMS_norm) could not learn World's sparse objects on flat backgrounds: it rescales every position on
 its own, so nothing contrasts an object with the frame around it, and one-batch overfitting stalled
 at the background-only PSNR (~20 dB). Per-frame GroupNorm subtracts the frame's mean, so objects stand out.
+
+Shortcuts (`shortcut=True`, DC-AE's "space-to-channel" residuals, Chen et al. 2024): every
+resampling step also adds a parameter-free path (space-to-channel or channel-to-space, averaged or
+repeated to the new width; frame averaging or repeating in time), so the network starts close to a
+plain rearrangement of pixels and only learns the residual. Without them the World VAE plateaued at
+about 20 dB with small objects missing; with them a 2D check reached 27 dB in 800 steps.
 """
 
 from __future__ import annotations
@@ -46,13 +52,17 @@ class CausalConv3d(nn.Conv3d):
         kernel_size: tuple[int, int, int] = (3, 3, 3),
         time_stride: int = 1,
         space_stride: int = 1,
+        time_shortcut: bool = False,
     ) -> None:
         kt, kh, kw = kernel_size
+        if time_shortcut and (in_channels != out_channels or space_stride != 1 or time_stride > kt):
+            raise ValueError("time_shortcut needs equal widths, no space stride and time_stride <= kernel_t")
         super().__init__(
             in_channels, out_channels, kernel_size,
             stride=(time_stride, space_stride, space_stride), padding=(0, kh // 2, kw // 2),
         )
         self.time_pad = kt - 1  # frames of past context each output needs
+        self.time_shortcut = time_shortcut  # add the mean of the newest time_stride frames of each window
 
     def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
         if self.time_pad == 0:
@@ -68,10 +78,14 @@ class CausalConv3d(nn.Conv3d):
                 f"a time chunk is too short for a causal conv (kernel {kt}, stride {st}); "
                 "use chunk sizes that are multiples of the VAE's temporal_factor"
             )
+        n_out = (x.shape[2] - kt) // st + 1
         if cache is not None:
-            n_out = (x.shape[2] - kt) // st + 1
             cache[self] = x[:, :, n_out * st :].clone(memory_format=_format(x))  # where the next window starts
-        return self._conv(x)
+        y = self._conv(x)
+        if self.time_shortcut:  # window j is x[j*st : j*st + kt]; its newest st frames, averaged
+            newest = [x[:, :, kt - st + i : kt - st + i + (n_out - 1) * st + 1 : st] for i in range(st)]
+            y = y + sum(newest) / st
+        return y
 
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
         # F.conv3d picks PyTorch's slow reference kernel for small inputs (N*C*T*H < 20480, batch 1);
@@ -86,6 +100,31 @@ class CausalConv3d(nn.Conv3d):
 def _format(x: torch.Tensor) -> torch.memory_format:
     channels_last = x.is_contiguous(memory_format=CHANNELS_LAST) and not x.is_contiguous()
     return CHANNELS_LAST if channels_last else torch.contiguous_format
+
+
+def match_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """Parameter-free width change of [B, C, ...]: average groups of C / channels (C > channels) or repeat
+    each channel channels / C times (C < channels)."""
+    C = x.shape[1]
+    if C == channels:
+        return x
+    if C > channels:
+        if C % channels:
+            raise ValueError(f"cannot average {C} channels down to {channels}")
+        return x.unflatten(1, (channels, C // channels)).mean(dim=2)
+    if channels % C:
+        raise ValueError(f"cannot repeat {C} channels up to {channels}")
+    return x.repeat_interleave(channels // C, dim=1)
+
+
+def space_to_channel(x: torch.Tensor) -> torch.Tensor:
+    """[B, C, T, H, W] -> [B, 4C, T, H/2, W/2]: each 2x2 block of a frame moved into channels."""
+    return rearrange(x, "b c t (h i) (w j) -> b (c i j) t h w", i=2, j=2)
+
+
+def channel_to_space(x: torch.Tensor) -> torch.Tensor:
+    """[B, 4C, T, H, W] -> [B, C, T, 2H, 2W], the inverse of space_to_channel."""
+    return rearrange(x, "b (c i j) t h w -> b c t (h i) (w j)", i=2, j=2)
 
 
 def _groups(channels: int) -> int:
@@ -120,18 +159,33 @@ class FrameGroupNorm(nn.Module):
         return y.reshape(B, T, C, H, W).transpose(1, 2)
 
 
-class ResBlock(nn.Module):
-    """Pre-norm residual block: (per-frame GroupNorm, SiLU, causal conv 3x3x3) x 2, plus a 1x1x1 shortcut if widths differ."""
+class MatchChannels(nn.Module):
+    """match_channels as a module: [B, C, ...] -> [B, channels, ...]."""
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return match_channels(x, self.channels)
+
+
+class ResBlock(nn.Module):
+    """Pre-norm residual block: (per-frame GroupNorm, SiLU, causal conv 3x3x3) x 2, plus a 1x1x1 conv shortcut
+    (or, with `shortcut`, a parameter-free channel repeat / average) if widths differ."""
+
+    def __init__(self, in_channels: int, out_channels: int, shortcut: bool = False) -> None:
         super().__init__()
         self.norm1 = FrameGroupNorm(in_channels)
         self.conv1 = CausalConv3d(in_channels, out_channels)
         self.norm2 = FrameGroupNorm(out_channels)
         self.conv2 = CausalConv3d(out_channels, out_channels)
-        self.shortcut = (
-            CausalConv3d(in_channels, out_channels, (1, 1, 1)) if in_channels != out_channels else nn.Identity()
-        )
+        if in_channels == out_channels:
+            self.shortcut = nn.Identity()
+        elif shortcut:  # parameter-free (repeat or average channels), so the pixel path stays a rearrangement
+            self.shortcut = MatchChannels(out_channels)
+        else:
+            self.shortcut = CausalConv3d(in_channels, out_channels, (1, 1, 1))
 
     def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)), cache)  # [B, Cout, T, H, W]
@@ -160,14 +214,17 @@ class Downsample(nn.Module):
     """Halve H and W with a stride-2 3x3 conv per frame; optionally halve time (1 + 2k -> 1 + k frames)
     with a causal stride-2 conv over time (kernel 3), as Wan's `downsample2d` / `downsample3d`."""
 
-    def __init__(self, channels: int, time: bool) -> None:
+    def __init__(self, channels: int, time: bool, shortcut: bool = False) -> None:
         super().__init__()
+        self.shortcut = shortcut
         self.space = CausalConv3d(channels, channels, (1, 3, 3), space_stride=2)
-        self.time = CausalConv3d(channels, channels, (3, 1, 1), time_stride=2) if time else None
+        self.time = CausalConv3d(channels, channels, (3, 1, 1), time_stride=2, time_shortcut=shortcut) if time else None
 
     def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
-        x = self.space(x)  # [B, C, T, H/2, W/2]
-        return self.time(x, cache) if self.time is not None else x  # [B, C, 1 + (T-1)/2, H/2, W/2]
+        y = self.space(x)  # [B, C, T, H/2, W/2]
+        if self.shortcut:
+            y = y + match_channels(space_to_channel(x), y.shape[1])
+        return self.time(y, cache) if self.time is not None else y  # [B, C, 1 + (T-1)/2, H/2, W/2]
 
 
 class Upsample(nn.Module):
@@ -175,8 +232,9 @@ class Upsample(nn.Module):
     first frame of a clip is dropped: 1 + k -> 1 + 2k), then nearest 2x in space and a 3x3 conv to
     `out_channels` (Wan 2.1 halves the width here)."""
 
-    def __init__(self, channels: int, out_channels: int, time: bool) -> None:
+    def __init__(self, channels: int, out_channels: int, time: bool, shortcut: bool = False) -> None:
         super().__init__()
+        self.shortcut = shortcut
         self.time = CausalConv3d(channels, 2 * channels, (3, 1, 1)) if time else None
         self.space = CausalConv3d(channels, out_channels, (1, 3, 3))
 
@@ -186,9 +244,14 @@ class Upsample(nn.Module):
             if cache is not None:
                 cache[self] = True
             fmt = _format(x)
-            x = rearrange(self.time(x, cache), "b (two c) t h w -> b c (t two) h w", two=2)  # [B, C, 2T, H, W]
+            y = self.time(x, cache)  # [B, 2C, T, H, W]
+            if self.shortcut:  # both new frames start as copies of their latent frame
+                y = y + torch.cat([x, x], dim=1)
+            x = rearrange(y, "b (two c) t h w -> b c (t two) h w", two=2)  # [B, C, 2T, H, W]
             if first:
                 x = x[:, :, 1:]  # the first latent frame stands for one frame only
             x = x.contiguous(memory_format=fmt)
-        x = F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest")  # [B, C, T, 2H, 2W]
-        return self.space(x)
+        y = self.space(F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest"))  # [B, Cout, T, 2H, 2W]
+        if self.shortcut:
+            y = y + channel_to_space(match_channels(x, 4 * y.shape[1]))
+        return y

@@ -29,7 +29,15 @@ from torch import nn
 
 from chronotope.config import VAEConfig, config_from_dict
 from chronotope.vae.layers import (
-    CHANNELS_LAST, Cache, CausalConv3d, Downsample, FrameGroupNorm, ResBlock, SpatialAttention, Upsample,
+    CHANNELS_LAST,
+    Cache,
+    CausalConv3d,
+    Downsample,
+    FrameGroupNorm,
+    ResBlock,
+    SpatialAttention,
+    Upsample,
+    match_channels,
 )
 from chronotope.vae.tiling import tiled_call
 
@@ -78,14 +86,15 @@ class Encoder(nn.Module):
         prev = w[0]
         for level, width in enumerate(w):
             for _ in range(cfg.num_res_blocks):
-                blocks.append(ResBlock(prev, width))
+                blocks.append(ResBlock(prev, width, shortcut=cfg.shortcuts))
                 prev = width
             if level < len(w) - 1:
-                blocks.append(Downsample(width, time=cfg.temporal_down[level]))
+                blocks.append(Downsample(width, time=cfg.temporal_down[level], shortcut=cfg.shortcuts))
         self.down = Stack(blocks)
         self.mid = _mid(prev, cfg.mid_attention)
         self.norm_out = FrameGroupNorm(prev)
         self.conv_out = CausalConv3d(prev, 2 * cfg.latent_channels)
+        self.shortcut = cfg.shortcuts
         # Start with a narrow posterior (std ~ 0.05): with the default init the sampled noise (std ~ 1)
         # drowns the signal and the first hundreds of steps only learn to shrink it.
         with torch.no_grad():
@@ -94,7 +103,11 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
         x = self.conv_in(x, cache)
         x = self.mid(self.down(x, cache), cache)
-        return self.conv_out(F.silu(self.norm_out(x)), cache)
+        moments = self.conv_out(F.silu(self.norm_out(x)), cache)  # [B, 2*latent, t, h, w]
+        if self.shortcut:  # the mean also gets the features averaged down to the latent width
+            mean, logvar = moments.chunk(2, dim=1)
+            moments = torch.cat([mean + match_channels(x, mean.shape[1]), logvar], dim=1)
+        return moments
 
 
 class Decoder(nn.Module):
@@ -105,22 +118,26 @@ class Decoder(nn.Module):
         w = cfg.widths[::-1]
         time_up = cfg.temporal_down[::-1]
         self.conv_in = CausalConv3d(cfg.latent_channels, w[0])
+        self.shortcut = cfg.shortcuts
         self.mid = _mid(w[0], cfg.mid_attention)
         blocks: list[nn.Module] = []
         prev = w[0]
         for level, width in enumerate(w):
             for _ in range(cfg.num_res_blocks + 1):
-                blocks.append(ResBlock(prev, width))
+                blocks.append(ResBlock(prev, width, shortcut=cfg.shortcuts))
                 prev = width
             if level < len(w) - 1:
-                blocks.append(Upsample(width, width // 2, time=time_up[level]))
+                blocks.append(Upsample(width, width // 2, time=time_up[level], shortcut=cfg.shortcuts))
                 prev = width // 2
         self.up = Stack(blocks)
         self.norm_out = FrameGroupNorm(prev)
         self.conv_out = CausalConv3d(prev, cfg.in_channels)
 
     def forward(self, z: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
-        x = self.mid(self.conv_in(z, cache), cache)
+        x = self.conv_in(z, cache)  # [B, w0, t, h, w]
+        if self.shortcut:
+            x = x + match_channels(z, x.shape[1])
+        x = self.mid(x, cache)
         x = self.up(x, cache)
         return self.conv_out(F.silu(self.norm_out(x)), cache)
 
