@@ -7,6 +7,7 @@ is that growth when decoding an 8x longer latent over a short one, frames writte
 
     .venv/bin/python benchmarks/vae.py --quick            # ~minutes on 2 cores
     .venv/bin/python benchmarks/vae.py --vae runs/vae/vae # + PSNR of a trained VAE on World clips
+    .venv/bin/python benchmarks/vae.py --vae runs/vae/vae --psnr-only   # the PSNR table alone
 """
 
 from __future__ import annotations
@@ -133,31 +134,66 @@ def speed(shape: tuple[int, int, int], repeats: int, threads: int) -> dict:
     return {name: statistics.median(v) for name, v in times.items()} | {"all": times}
 
 
-def psnr_world(vae_dir: str, num: int = 16) -> float:
+# held-out World shapes: (aspect ratio, frames); fresh seeds, never training data (that starts at seed 1000)
+WORLD_EVAL = [("1:1", 17), ("16:9", 17), ("9:16", 17), ("4:3", 33), ("1:1", 1)]
+TEST_SOURCES = ["testsrc2", "mandelbrot", "smptebars"]  # ffmpeg lavfi sources: generalisation, no target
+
+
+def psnr_world(vae_dir: str, per_shape: int = 8) -> dict:
+    """Reconstruction PSNR (dB, posterior mode, clamped) of a trained VAE on held-out World clips of several
+    aspect ratios and lengths, and on ffmpeg test sources at 64x64 if ffmpeg is installed."""
+    import shutil
+
+    import numpy as np
     import torch
 
+    from chronotope.sizes import size_for
     from chronotope.vae.losses import psnr
     from chronotope.vae.model import CausalVAE
     from chronotope.world.generate import iter_world
 
-    vae = CausalVAE.from_pretrained(vae_dir)
-    scores = []
+    vae = CausalVAE.from_pretrained(vae_dir).eval()
+
+    def score(frames: np.ndarray) -> float:  # [T, H, W, 3] uint8
+        x = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1  # [1, 3, T, H, W]
+        return psnr(vae.decode(vae.encode(x).mode()).clamp(-1, 1), x).item()
+
+    world: dict[str, float] = {}
     with torch.inference_mode():
-        for _, frames in iter_world(num, seed=987_654, height=64, width=64, num_frames=17):
-            x = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1  # [1, 3, T, H, W]
-            scores.append(psnr(vae.decode(vae.encode(x).mode()), x).item())
-    return statistics.mean(scores)
+        for k, (ratio, frames) in enumerate(WORLD_EVAL):
+            h, w = size_for("64px", ratio)
+            clips = iter_world(per_shape, seed=987_654 + 1000 * k, height=h, width=w, num_frames=frames)
+            world[f"{ratio} {frames}f {h}x{w}"] = statistics.mean(score(f) for _, f in clips)
+        other: dict[str, float] = {}
+        if shutil.which("ffmpeg"):
+            for src in TEST_SOURCES:
+                raw = subprocess.run(
+                    ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", f"{src}=size=64x64:rate=8", "-frames:v", "17",
+                     "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], capture_output=True, check=True).stdout
+                other[src] = score(np.frombuffer(raw, np.uint8).reshape(17, 64, 64, 3).copy())
+    cfg = vae.config
+    return {"psnr_world": statistics.mean(world.values()), "world": world, "ffmpeg_sources": other,
+            "compression": cfg.compression, "vae": str(vae_dir)}
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="17x64x64 only, fewer repeats, 64x64 memory test")
     p.add_argument("--vae", help="trained VAE folder for psnr_world")
+    p.add_argument("--psnr-only", action="store_true", help="with --vae: only the PSNR table (no speed/memory)")
     p.add_argument("--threads", type=int, default=torch_threads())
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
+        return 0
+    if args.psnr_only:
+        if not args.vae:
+            raise SystemExit("--psnr-only needs --vae DIR (a trained VAE folder)")
+        quality = psnr_world(args.vae)
+        for name, value in {**quality["world"], **quality["ffmpeg_sources"]}.items():
+            print(f"PSNR {name:<28} {value:6.2f} dB")
+        print(f"vae: psnr_world={quality['psnr_world']:.2f} at {quality['compression']:.0f}x compression")
         return 0
 
     shapes = [(17, 64, 64)] if args.quick else [(17, 64, 64), (65, 128, 128)]
@@ -191,8 +227,13 @@ def main() -> int:
                  f"{mem_ratio['ours']:.2f}x", f"{mem_ratio['wan']:.2f}x", ""))
 
     speed_vs_wan = min(ratios)
-    psnr = f"{psnr_world(args.vae):.2f}" if args.vae else "not measured"
+    quality = psnr_world(args.vae) if args.vae else None
+    psnr = f"{quality['psnr_world']:.2f}" if quality else "not measured"
+    if quality:
+        rows += [(f"PSNR {name}", f"{value:.2f} dB", "", "") for name, value in
+                 {**quality["world"], **quality["ffmpeg_sources"]}.items()]
     result.update({"speed_vs_wan": speed_vs_wan, "mem_long_vs_short": mem_ratio["ours"], "psnr_world": psnr,
+                   "quality": quality,
                    "quick": args.quick,
                    "chunking": {"encode_chunk_frames": CHUNK_FRAMES, "decode_chunk_latent_frames": CHUNK_LATENT}})
 

@@ -258,3 +258,29 @@ def test_overfits_world_objects_not_just_background() -> None:
         opt.step()
     # measured: ~23 dB here; the old RMS-norm model stayed at ~19.5 dB (below the background-only 20.5 dB)
     assert psnr(recon.detach().clamp(-1, 1), x).item() > background_psnr + 1.5
+
+
+def test_shortcut_paths_are_exact_rearrangements() -> None:
+    """The parameter-free shortcuts: space<->channel are inverses, repeat-then-average is the identity, and
+    a time-stride-2 causal conv with zero weights outputs frame 0, then the mean of each later frame pair."""
+    from chronotope.vae.layers import CausalConv3d, channel_to_space, match_channels, space_to_channel
+
+    x = clip(5, 8, 8, B=2)  # [2, 3, 5, 8, 8]
+    assert space_to_channel(x).shape == (2, 12, 5, 4, 4)
+    torch.testing.assert_close(channel_to_space(space_to_channel(x)), x, rtol=0, atol=0)
+    torch.testing.assert_close(match_channels(match_channels(x, 12), 3), x)
+    with pytest.raises(ValueError, match="cannot"):
+        match_channels(x, 5)
+    conv = CausalConv3d(3, 3, (3, 1, 1), time_stride=2, time_shortcut=True)
+    torch.nn.init.zeros_(conv.weight), torch.nn.init.zeros_(conv.bias)
+    expected = torch.stack([x[:, :, 0], (x[:, :, 1] + x[:, :, 2]) / 2, (x[:, :, 3] + x[:, :, 4]) / 2], dim=2)
+    torch.testing.assert_close(conv(x), expected)
+
+
+def test_shortcuts_are_an_architecture_switch() -> None:
+    """shortcuts=False is the plain network (learned 1x1 width changes); both keep causality and shapes."""
+    plain, short = (CausalVAE(VAEConfig(latent_channels=4, widths=[8, 8, 16, 16], num_res_blocks=1, shortcuts=s))
+                    for s in (False, True))
+    assert sum(p.numel() for p in plain.parameters()) > sum(p.numel() for p in short.parameters())
+    x = clip(9, 32, 32)
+    assert plain(x, sample=False)[0].shape == short(x, sample=False)[0].shape == x.shape
