@@ -161,6 +161,9 @@ def test_encode_cache_resume_and_reader(data, vae_dir, tmp_path, capsys):
     with torch.no_grad():
         z = vae.encode_latents(x[None])[0]
     assert torch.allclose(item["latent"], z, atol=2e-3 * (1 + z.abs().max().item()))
+    whole = tmp_path / "whole"  # --chunk-frames 0 codes each clip in one pass: the same latents
+    assert main([*args[:5], str(whole), *args[6:], "--chunk-frames", "0", "--threads", "1"]) == 0
+    assert torch.allclose(LatentCache(whole)[1]["latent"], item["latent"], atol=2e-3 * (1 + z.abs().max().item()))
 
     # resume: a shard whose record never made it into cache.json is redone, its stray index lines dropped
     last = shard_name(2)

@@ -67,6 +67,9 @@ def add_encode(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-pixels", type=int, default=4096, help="pixel budget H*W per frame (default 4096)")
     p.add_argument("--shard-size", type=int, default=256, help="items per safetensors shard (default 256)")
     p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16", help="stored dtype")
+    p.add_argument("--chunk-frames", type=int, default=16,
+                   help="frames encoded per causal chunk, 0 = whole clip (faster for short clips; default 16)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=run_encode)
 
@@ -78,12 +81,19 @@ def run_encode(args: argparse.Namespace) -> int:
     from chronotope.data.latent_cache import encode_to_cache
     from chronotope.vae.model import CausalVAE
 
+    if args.chunk_frames < 0:
+        raise ValueError(f"--chunk-frames must be >= 0 (0 = whole clip), got {args.chunk_frames}")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     vae = CausalVAE.from_pretrained(args.vae)
     dataset = VideoDataset(args.manifest, num_frames=args.num_frames, max_pixels=args.max_pixels, random_start=False)
     settings = {"manifest": os.path.abspath(args.manifest), "num_frames": args.num_frames,
                 "max_pixels": args.max_pixels}
     counts = encode_to_cache(vae, dataset, args.out, vae_dir=os.path.abspath(args.vae), shard_size=args.shard_size,
-                             dtype=args.dtype, settings=settings, progress=not args.no_progress)
+                             dtype=args.dtype, settings=settings, progress=not args.no_progress,
+                             encode_kwargs={"chunk_frames": args.chunk_frames or None})
     print(f"{args.out}: {counts['items']} items in {counts['shards']} shards ({counts['encoded_now']} encoded now), "
           f"{counts['failures']} unreadable (listed in cache.json)")
     return 0
