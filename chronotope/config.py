@@ -40,6 +40,7 @@ class VAEConfig:
     num_res_blocks: int = 2  # per encoder level; the decoder uses num_res_blocks + 1 (as SD / Wan)
     mid_attention: bool = True  # per-frame spatial self-attention in the middle blocks
     shortcuts: bool = True  # DC-AE's parameter-free space/time-to-channel residuals at every resampling step
+    time_kernel: int = 3  # time taps of the 3x3 convs outside the resampling layers; 1 = per-frame (2D + time resampling)
     latent_mean: list[float] | None = None
     latent_std: list[float] | None = None
 
@@ -48,6 +49,8 @@ class VAEConfig:
             raise ValueError(f"temporal_factor must be 1, 2 or 4, got {self.temporal_factor}")
         if self.spatial_factor not in (4, 8, 16):
             raise ValueError(f"spatial_factor must be 4, 8 or 16, got {self.spatial_factor}")
+        if self.time_kernel not in (1, 3):
+            raise ValueError(f"time_kernel must be 1 (per-frame convs) or 3 (3x3x3 convs), got {self.time_kernel}")
         n_down = self.spatial_factor.bit_length() - 1
         if len(self.widths) != n_down + 1:
             raise ValueError(
@@ -88,8 +91,10 @@ def _vae_debug() -> VAEConfig:
 
 def _vae_world() -> VAEConfig:
     """Small and fast, sized for 64px World clips: 8x space, 4x time, 16 channels = 48x compression.
-    Narrow at full resolution (where the FLOPs are), wide at 8x8: 7.4M params, 10 GMAC per 17x64x64 clip."""
-    return VAEConfig(latent_channels=16, widths=[16, 32, 64, 128], num_res_blocks=1)
+    Narrow at full resolution (where the FLOPs are), wide at 8x8. Per-frame 3x3 convs (time_kernel=1):
+    time is mixed only by the causal time down/upsampling convs. On 2 CPU cores this learns images
+    ~2 dB faster per step than 3x3x3 convs and steps 2.5x faster (docs/training-world.md)."""
+    return VAEConfig(latent_channels=16, widths=[16, 32, 64, 128], num_res_blocks=1, time_kernel=1)
 
 
 def _vae_wan_match() -> VAEConfig:

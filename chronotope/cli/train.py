@@ -102,6 +102,9 @@ def add_train_vae(models: argparse._SubParsersAction) -> None:
                    help="clip lengths (4k+1) to train on, each clip once per length; 1 = still frames (default 1,17)")
     p.add_argument("--max-pixels", type=int, default=4096, help="pixel budget H*W per frame (default 4096 = 64x64)")
     p.add_argument("--kl-weight", type=float, default=None, help="KL weight of the VAE loss (default: vae_loss's)")
+    p.add_argument("--ssim-weight", type=float, default=None, help="weight of 1 - SSIM in the VAE loss (default 0.05)")
+    p.add_argument("--grad-weight", type=float, default=None,
+                   help="weight of the image-gradient L1 in the VAE loss (default 0)")
     add_trainer_args(p, steps=1000, lr=2e-4, batch_size=4, ckpt_every=200)
     p.set_defaults(handler=run_train_vae)
 
@@ -131,7 +134,8 @@ def run_train_vae(args: argparse.Namespace) -> int:
     model = CausalVAE(config)
     datasets = [VideoDataset(args.data, num_frames=n, max_pixels=args.max_pixels, seed=args.seed)
                 for n in args.num_frames]
-    loss_kwargs = {} if args.kl_weight is None else {"kl_weight": args.kl_weight}
+    weights = {"kl_weight": args.kl_weight, "ssim_weight": args.ssim_weight, "grad_weight": args.grad_weight}
+    loss_kwargs = {k: v for k, v in weights.items() if v is not None}
     task = VAETask(model, MixedLengths(datasets), batch_size=args.batch_size, loss_kwargs=loss_kwargs)
     run_config = {"vae": config.to_dict(), "preset": args.preset, "data": args.data, "num_frames": args.num_frames,
                   "max_pixels": args.max_pixels, "batch_size": args.batch_size, "loss": loss_kwargs}

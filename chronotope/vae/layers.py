@@ -171,15 +171,16 @@ class MatchChannels(nn.Module):
 
 
 class ResBlock(nn.Module):
-    """Pre-norm residual block: (per-frame GroupNorm, SiLU, causal conv 3x3x3) x 2, plus a 1x1x1 conv shortcut
+    """Pre-norm residual block: (per-frame GroupNorm, SiLU, causal conv time_kernel x 3 x 3) x 2, plus a 1x1x1 conv shortcut
     (or, with `shortcut`, a parameter-free channel repeat / average) if widths differ."""
 
-    def __init__(self, in_channels: int, out_channels: int, shortcut: bool = False) -> None:
+    def __init__(self, in_channels: int, out_channels: int, shortcut: bool = False, time_kernel: int = 3) -> None:
         super().__init__()
+        kernel = (time_kernel, 3, 3)
         self.norm1 = FrameGroupNorm(in_channels)
-        self.conv1 = CausalConv3d(in_channels, out_channels)
+        self.conv1 = CausalConv3d(in_channels, out_channels, kernel)
         self.norm2 = FrameGroupNorm(out_channels)
-        self.conv2 = CausalConv3d(out_channels, out_channels)
+        self.conv2 = CausalConv3d(out_channels, out_channels, kernel)
         if in_channels == out_channels:
             self.shortcut = nn.Identity()
         elif shortcut:  # parameter-free (repeat or average channels), so the pixel path stays a rearrangement

@@ -71,8 +71,9 @@ class Stack(nn.ModuleList):
         return x
 
 
-def _mid(width: int, attention: bool) -> Stack:
-    return Stack([ResBlock(width, width), *([SpatialAttention(width)] if attention else []), ResBlock(width, width)])
+def _mid(width: int, attention: bool, time_kernel: int) -> Stack:
+    attn = [SpatialAttention(width)] if attention else []
+    return Stack([ResBlock(width, width, time_kernel=time_kernel), *attn, ResBlock(width, width, time_kernel=time_kernel)])
 
 
 class Encoder(nn.Module):
@@ -81,19 +82,20 @@ class Encoder(nn.Module):
     def __init__(self, cfg: VAEConfig) -> None:
         super().__init__()
         w = cfg.widths
-        self.conv_in = CausalConv3d(cfg.in_channels, w[0])
+        kernel = (cfg.time_kernel, 3, 3)
+        self.conv_in = CausalConv3d(cfg.in_channels, w[0], kernel)
         blocks: list[nn.Module] = []
         prev = w[0]
         for level, width in enumerate(w):
             for _ in range(cfg.num_res_blocks):
-                blocks.append(ResBlock(prev, width, shortcut=cfg.shortcuts))
+                blocks.append(ResBlock(prev, width, shortcut=cfg.shortcuts, time_kernel=cfg.time_kernel))
                 prev = width
             if level < len(w) - 1:
                 blocks.append(Downsample(width, time=cfg.temporal_down[level], shortcut=cfg.shortcuts))
         self.down = Stack(blocks)
-        self.mid = _mid(prev, cfg.mid_attention)
+        self.mid = _mid(prev, cfg.mid_attention, cfg.time_kernel)
         self.norm_out = FrameGroupNorm(prev)
-        self.conv_out = CausalConv3d(prev, 2 * cfg.latent_channels)
+        self.conv_out = CausalConv3d(prev, 2 * cfg.latent_channels, kernel)
         self.shortcut = cfg.shortcuts
         # Start with a narrow posterior (std ~ 0.05): with the default init the sampled noise (std ~ 1)
         # drowns the signal and the first hundreds of steps only learn to shrink it.
@@ -117,21 +119,22 @@ class Decoder(nn.Module):
         super().__init__()
         w = cfg.widths[::-1]
         time_up = cfg.temporal_down[::-1]
-        self.conv_in = CausalConv3d(cfg.latent_channels, w[0])
+        kernel = (cfg.time_kernel, 3, 3)
+        self.conv_in = CausalConv3d(cfg.latent_channels, w[0], kernel)
         self.shortcut = cfg.shortcuts
-        self.mid = _mid(w[0], cfg.mid_attention)
+        self.mid = _mid(w[0], cfg.mid_attention, cfg.time_kernel)
         blocks: list[nn.Module] = []
         prev = w[0]
         for level, width in enumerate(w):
             for _ in range(cfg.num_res_blocks + 1):
-                blocks.append(ResBlock(prev, width, shortcut=cfg.shortcuts))
+                blocks.append(ResBlock(prev, width, shortcut=cfg.shortcuts, time_kernel=cfg.time_kernel))
                 prev = width
             if level < len(w) - 1:
                 blocks.append(Upsample(width, width // 2, time=time_up[level], shortcut=cfg.shortcuts))
                 prev = width // 2
         self.up = Stack(blocks)
         self.norm_out = FrameGroupNorm(prev)
-        self.conv_out = CausalConv3d(prev, cfg.in_channels)
+        self.conv_out = CausalConv3d(prev, cfg.in_channels, kernel)
 
     def forward(self, z: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
         x = self.conv_in(z, cache)  # [B, w0, t, h, w]
