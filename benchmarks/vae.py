@@ -176,6 +176,18 @@ def psnr_world(vae_dir: str, per_shape: int = 8) -> dict:
             "compression": cfg.compression, "vae": str(vae_dir)}
 
 
+RESULT = ROOT / "benchmarks" / "results" / "vae.json"
+
+
+def write_result(result: dict) -> None:
+    """benchmarks/results/vae.json, written atomically."""
+    RESULT.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=RESULT.parent, prefix=".vae.json.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(result, f, indent=2)
+    os.replace(tmp, RESULT)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="17x64x64 only, fewer repeats, 64x64 memory test")
@@ -194,6 +206,8 @@ def main() -> int:
         for name, value in {**quality["world"], **quality["ffmpeg_sources"]}.items():
             print(f"PSNR {name:<28} {value:6.2f} dB")
         print(f"vae: psnr_world={quality['psnr_world']:.2f} at {quality['compression']:.0f}x compression")
+        old = json.loads(RESULT.read_text()) if RESULT.is_file() else {}  # keep the speed/memory keys
+        write_result({**old, "psnr_world": f"{quality['psnr_world']:.2f}", "quality": quality})
         return 0
 
     shapes = [(17, 64, 64)] if args.quick else [(17, 64, 64), (65, 128, 128)]
@@ -240,12 +254,7 @@ def main() -> int:
     print(f"{'measure':<40} {'ours':>14} {'wan':>14} {'ratio':>8}")
     for r in rows:
         print(f"{r[0]:<40} {r[1]:>14} {r[2]:>14} {r[3]:>8}")
-    out = ROOT / "benchmarks" / "results" / "vae.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".vae.json.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp, out)
+    write_result(result)
     print(f"vae: speed_vs_wan={speed_vs_wan:.2f} mem_long_vs_short={mem_ratio['ours']:.2f} psnr_world={psnr}")
     return 0
 

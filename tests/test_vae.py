@@ -20,10 +20,13 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def vae() -> CausalVAE:
+@pytest.fixture(scope="module", params=[3, 1], ids=["time_kernel3", "time_kernel1"])
+def vae(request) -> CausalVAE:
+    """The debug VAE with 3x3x3 convs (Wan-like) and with per-frame convs (the world preset's choice)."""
     torch.manual_seed(0)
-    return CausalVAE(VAE_PRESETS["debug"]()).eval()
+    cfg = VAE_PRESETS["debug"]()
+    cfg.time_kernel = request.param
+    return CausalVAE(cfg).eval()
 
 
 def clip(T: int, H: int = 32, W: int = 32, B: int = 1, seed: int = 0) -> torch.Tensor:
@@ -154,6 +157,8 @@ def test_invalid_sizes_raise_with_nearest_valid(vae: CausalVAE) -> None:
         VAEConfig(spatial_factor=16, widths=[8, 8, 8, 8])
     with pytest.raises(ValueError, match="temporal_factor"):
         VAEConfig(temporal_factor=3)
+    with pytest.raises(ValueError, match="time_kernel must be 1"):
+        VAEConfig(time_kernel=2)
 
 
 def test_save_load_round_trip_is_bitwise(vae: CausalVAE, tmp_path) -> None:

@@ -396,10 +396,26 @@ def test_world_cli_rejects_bad_sizes(tmp_path, capsys):
     assert "32 or 34" in capsys.readouterr().err
 
 
-def test_demo_cli(tmp_path, capsys):
+def test_demo_cli_without_a_shipped_model_renders_world_clips(tmp_path, capsys, monkeypatch):
+    import chronotope.pipeline as pipeline
     from chronotope.cli import main
 
+    monkeypatch.setattr(pipeline, "ASSETS", tmp_path / "no-model")
     assert main(["demo", "--out", str(tmp_path / "demo"), "--num", "3"]) == 0
     printed = capsys.readouterr().out
-    assert printed.count(".mp4") == 3 and "manifest" in printed
+    assert "no model is shipped" in printed and printed.count(".mp4") == 3 and "manifest" in printed
     assert len(list((tmp_path / "demo" / "world").glob("*.mp4"))) == 3
+
+
+def test_demo_cli_generates_with_the_shipped_model(tmp_path, capsys, monkeypatch):
+    import chronotope.pipeline as pipeline
+    from chronotope.cli import main
+    from chronotope.video import read_video
+
+    model = tmp_path / "model"  # a random-weight debug pipeline stands in for the shipped one
+    pipeline.VideoPipeline.from_presets("debug", "debug").save_pretrained(model)
+    monkeypatch.setattr(pipeline, "ASSETS", model)
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--steps", "2"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    frames, _ = read_video(tmp_path / "demo" / "generated.mp4")
+    assert frames.shape == (17, 64, 64, 3)

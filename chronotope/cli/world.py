@@ -80,21 +80,48 @@ def run_manifest(args: argparse.Namespace) -> int:
 # --- demo --------------------------------------------------------------------------------------
 
 
+DEMO_PROMPT = "a red circle moves right on a white background"
+
+
 def add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the README's demo: render a few World clips")
+    p = sub.add_parser("demo", help="the README's demo: generate a video with the shipped World model")
     p.add_argument("--out", default="demo", help="output folder (default: demo)")
-    p.add_argument("--num", type=int, default=4, help="clips to render (default 4)")
+    p.add_argument("--prompt", default=DEMO_PROMPT, help=f'prompt (default "{DEMO_PROMPT}")')
+    p.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--num", type=int, default=4, help="World clips to render when no model is shipped (default 4)")
     p.set_defaults(handler=run_demo)
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    """Generate a 17-frame 64px video with the shipped World model; without one, render World clips."""
+    import os
+
+    from chronotope.pipeline import default_model_dir
+
+    try:
+        model = default_model_dir()
+    except FileNotFoundError as err:
+        print(f"{err}\nrendering World clips instead")
+        return _render_world_clips(args)
+    from chronotope.generate import generate_to_file
+    from chronotope.pipeline import VideoPipeline
+
+    os.makedirs(args.out, exist_ok=True)
+    pipe = VideoPipeline.from_pretrained(str(model))
+    path, side = generate_to_file(pipe, os.path.join(args.out, "generated"), str(model), prompt=args.prompt,
+                                  num_frames=17, resolution="64px", aspect_ratio="1:1",
+                                  num_inference_steps=args.steps, seed=args.seed)
+    print(f"prompt: {args.prompt}\nwrote {path} (parameters in {side})")
+    return 0
+
+
+def _render_world_clips(args: argparse.Namespace) -> int:
     import os
 
     from chronotope.data.manifest import read_manifest
     from chronotope.world.generate import resolve_sizes, write_world
 
-    # for now: World clips with their captions (later: the model's generations next to them)
     sizes = resolve_sizes(resolution="64px", aspect_ratios=["1:1", "16:9", "9:16"])
     manifest = write_world(os.path.join(args.out, "world"), args.num, seed=args.seed, sizes=sizes,
                            num_frames=[17], fps=8.0, progress=False)
