@@ -40,7 +40,7 @@ class VAEConfig:
     num_res_blocks: int = 2  # per encoder level; the decoder uses num_res_blocks + 1 (as SD / Wan)
     mid_attention: bool = True  # per-frame spatial self-attention in the middle blocks
     shortcuts: bool = True  # DC-AE's parameter-free space/time-to-channel residuals at every resampling step
-    time_kernel: int = 3  # time taps of the 3x3 convs outside the resampling layers; 1 = per-frame (2D + time resampling)
+    time_kernel: int = 3  # time taps of the 3x3 convs outside the resampling layers; 1 = per-frame convs
     latent_mean: list[float] | None = None
     latent_std: list[float] | None = None
 

@@ -94,7 +94,7 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    """Generate a 17-frame 64px video with the shipped World model; without one, render World clips."""
+    """Generate a video at the shipped World model's defaults (17 frames, 64x64); without one, render World clips."""
     import os
 
     from chronotope.pipeline import default_model_dir
@@ -110,7 +110,6 @@ def run_demo(args: argparse.Namespace) -> int:
     os.makedirs(args.out, exist_ok=True)
     pipe = VideoPipeline.from_pretrained(str(model))
     path, side = generate_to_file(pipe, os.path.join(args.out, "generated"), str(model), prompt=args.prompt,
-                                  num_frames=17, resolution="64px", aspect_ratio="1:1",
                                   num_inference_steps=args.steps, seed=args.seed)
     print(f"prompt: {args.prompt}\nwrote {path} (parameters in {side})")
     return 0

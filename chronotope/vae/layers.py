@@ -171,8 +171,8 @@ class MatchChannels(nn.Module):
 
 
 class ResBlock(nn.Module):
-    """Pre-norm residual block: (per-frame GroupNorm, SiLU, causal conv time_kernel x 3 x 3) x 2, plus a 1x1x1 conv shortcut
-    (or, with `shortcut`, a parameter-free channel repeat / average) if widths differ."""
+    """Pre-norm residual block: (per-frame GroupNorm, SiLU, causal conv time_kernel x 3 x 3) x 2, plus a 1x1x1
+    conv shortcut (or, with `shortcut`, a parameter-free channel repeat / average) if widths differ."""
 
     def __init__(self, in_channels: int, out_channels: int, shortcut: bool = False, time_kernel: int = 3) -> None:
         super().__init__()

@@ -4,8 +4,8 @@ loss = L1 + ssim_weight * (1 - SSIM) + grad_weight * L1 of image gradients + kl_
 SSIM (Wang et al. 2004, Gaussian window) and image-gradient L1 push toward sharp edges, but they trade
 against PSNR: on World images (world preset, 200 steps, docs/training-world.md) L1 alone reached
 22.4 dB, L1 + 0.2 SSIM 20.0 dB, L1 + 0.5 gradient 20.2 dB, L1 + 0.05 SSIM 21.5 dB. The defaults keep a
-small SSIM term and no gradient term. The KL is summed over latent values and divided by the number of pixel values, so
-kl_weight = 1e-6 means what it means in Stable Diffusion's VAE (a nearly deterministic latent).
+small SSIM term and no gradient term. The KL is summed over latent values and divided by the number
+of pixel values, so kl_weight = 1e-6 means what it means in Stable Diffusion's VAE (a nearly deterministic latent).
 """
 
 from __future__ import annotations

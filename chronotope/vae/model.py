@@ -73,7 +73,8 @@ class Stack(nn.ModuleList):
 
 def _mid(width: int, attention: bool, time_kernel: int) -> Stack:
     attn = [SpatialAttention(width)] if attention else []
-    return Stack([ResBlock(width, width, time_kernel=time_kernel), *attn, ResBlock(width, width, time_kernel=time_kernel)])
+    return Stack([ResBlock(width, width, time_kernel=time_kernel), *attn,
+                  ResBlock(width, width, time_kernel=time_kernel)])
 
 
 class Encoder(nn.Module):
