@@ -68,10 +68,10 @@ class CausalConv3d(nn.Conv3d):
         if self.time_pad == 0:
             return self._conv(x)
         if cache is not None and self in cache:
-            x = torch.cat([cache[self], x], dim=2)  # [B, C, kept + T, H, W]
+            x = cat_time([cache[self], x])  # [B, C, kept + T, H, W]
         else:  # start of a clip: replicate the first frame into the past (in x's memory format, so cat keeps it)
             past = x[:, :, :1].expand(-1, -1, self.time_pad, -1, -1).contiguous(memory_format=_format(x))
-            x = torch.cat([past, x], dim=2)  # [B, C, pad + T, H, W]
+            x = cat_time([past, x])  # [B, C, pad + T, H, W]
         kt, st = self.kernel_size[0], self.stride[0]
         if x.shape[2] < kt:
             raise ValueError(
@@ -100,6 +100,15 @@ class CausalConv3d(nn.Conv3d):
 def _format(x: torch.Tensor) -> torch.memory_format:
     channels_last = x.is_contiguous(memory_format=CHANNELS_LAST) and not x.is_contiguous()
     return CHANNELS_LAST if channels_last else torch.contiguous_format
+
+
+def cat_time(xs: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate [B, C, T_i, H, W] along time, keeping the memory format. For channels-last memory
+    ([B, T, H, W, C]) the frames are contiguous blocks; torch.cat along dim 2 does not see that and
+    runs ~3.5x slower than the same cat on the permuted [B, T, H, W, C] view."""
+    if all(x.is_contiguous(memory_format=CHANNELS_LAST) and not x.is_contiguous() for x in xs):
+        return torch.cat([x.permute(0, 2, 3, 4, 1) for x in xs], dim=1).permute(0, 4, 1, 2, 3)
+    return torch.cat(xs, dim=2)
 
 
 def match_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
@@ -156,7 +165,9 @@ class FrameGroupNorm(nn.Module):
         # memory this is a view (2D channels-last), and group_norm has a fused channels-last CPU kernel.
         frames = x.transpose(1, 2).reshape(B * T, C, H, W)
         y = F.group_norm(frames, self.groups, self.weight, self.bias, self.eps)
-        return y.reshape(B, T, C, H, W).transpose(1, 2)
+        # With one frame (B * T == 1) group_norm cannot tell the layout and returns NCHW; restore x's, or
+        # every later conv and cat of the chunk pays a slow layout-changing copy (a third of decode time).
+        return y.reshape(B, T, C, H, W).transpose(1, 2).contiguous(memory_format=_format(x))
 
 
 class MatchChannels(nn.Module):
