@@ -243,6 +243,27 @@ def test_fast_cpu_path_matches_reference(monkeypatch) -> None:
     assert rel_err(y_fast, y_ref) < 1e-4 and rel_err(g_fast, g_ref) < 1e-4
 
 
+def test_chunked_coding_stays_channels_last(vae: CausalVAE) -> None:
+    """Every conv of a chunked decode gets channels-last input, even in the one-frame first chunk (where
+    group_norm alone would return NCHW and each later conv and cat would pay a layout-changing copy)."""
+    import chronotope.vae.layers as layers
+
+    seen: list[bool] = []
+    convs = [m for m in vae.decoder.modules() if isinstance(m, layers.CausalConv3d)]
+    hooks = [m.register_forward_pre_hook(lambda _, args: seen.append(
+        args[0].is_contiguous(memory_format=torch.channels_last_3d))) for m in convs]
+    try:
+        with torch.no_grad():
+            vae.decode(torch.randn(1, vae.config.latent_channels, 3, 4, 4), chunk_latent_frames=1)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(seen) >= 3 * len(convs) and all(seen)
+    parts = [torch.randn(1, 4, t, 3, 5).contiguous(memory_format=torch.channels_last_3d) for t in (2, 1, 3)]
+    cat = layers.cat_time(parts)
+    assert torch.equal(cat, torch.cat(parts, dim=2)) and cat.is_contiguous(memory_format=torch.channels_last_3d)
+
+
 def test_overfits_world_objects_not_just_background() -> None:
     """Regression: with RMS norm over channels per position the VAE only learnt World's flat background
     (one-batch PSNR stuck at the background-only ~20.5 dB). Per-frame GroupNorm learns the objects too."""
