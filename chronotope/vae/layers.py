@@ -106,7 +106,7 @@ def cat_time(xs: list[torch.Tensor]) -> torch.Tensor:
     """Concatenate [B, C, T_i, H, W] along time, keeping the memory format. For channels-last memory
     ([B, T, H, W, C]) the frames are contiguous blocks; torch.cat along dim 2 does not see that and
     runs ~3.5x slower than the same cat on the permuted [B, T, H, W, C] view."""
-    if all(x.is_contiguous(memory_format=CHANNELS_LAST) and not x.is_contiguous() for x in xs):
+    if all(_format(x) is CHANNELS_LAST for x in xs):
         return torch.cat([x.permute(0, 2, 3, 4, 1) for x in xs], dim=1).permute(0, 4, 1, 2, 3)
     return torch.cat(xs, dim=2)
 
