@@ -101,6 +101,23 @@ def test_lr_warmup_and_cosine(tmp_path):
     assert 0.1 < t.lr_at(55) < 1.0
 
 
+def test_wsd_cooldown_finishes_a_resumed_constant_run(tmp_path):
+    t = _trainer(ToyTask(), tmp_path / "a", steps=100, warmup_steps=10, schedule="wsd", decay_steps=20, lr=1.0)
+    lrs = [t.lr_at(s) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[10:80] == [1.0] * 70  # warmup, then stable until the cooldown
+    assert all(a > b for a, b in zip(lrs[79:], lrs[80:])) and lrs[99] == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="decay_steps"):
+        _trainer(ToyTask(), tmp_path / "b", steps=100, warmup_steps=10, schedule="wsd", decay_steps=95)
+
+    # a constant-lr run, resumed with a longer wsd schedule: the cooldown starts where the new schedule says
+    out = tmp_path / "run"
+    _trainer(ToyTask(), out, steps=10, ckpt_every=10).fit()
+    _trainer(ToyTask(), out, steps=20, ckpt_every=10, schedule="wsd", decay_steps=5, resume=True).fit()
+    lr = {r["step"]: r["lr"] for r in read_metrics(out / "metrics.jsonl")}
+    assert [lr[s] for s in range(1, 16)] == [1e-2] * 15
+    assert lr[16] < 1e-2 and lr[20] == pytest.approx(1e-3)
+
+
 def test_checkpoint_layout_and_retention(tmp_path):
     out = tmp_path / "run"
     _trainer(ToyTask(), out, steps=20, ckpt_every=5, keep_last=2).fit()

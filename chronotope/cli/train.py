@@ -18,7 +18,12 @@ def add_trainer_args(p: argparse.ArgumentParser, steps: int, lr: float, batch_si
     p.add_argument("--lr", type=float, default=lr, help=f"peak AdamW learning rate (default {lr})")
     p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default 0)")
     p.add_argument("--warmup", type=int, default=0, help="linear warmup steps (default 0)")
-    p.add_argument("--schedule", choices=("constant", "cosine"), default="constant", help="lr after warmup")
+    p.add_argument("--schedule", choices=("constant", "cosine", "wsd"), default="constant",
+                   help="lr after warmup: constant, cosine to --min-lr-ratio, or wsd = constant then a cooldown over "
+                        "the last --decay-steps (resume a constant run with it and a larger --steps to finish it)")
+    p.add_argument("--decay-steps", type=int, default=0, help="wsd: cooldown steps at the end of --steps")
+    p.add_argument("--min-lr-ratio", type=float, default=0.1,
+                   help="cosine / wsd: final lr as a fraction of --lr (default 0.1)")
     p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm, 0 = off (default 1.0)")
     p.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay (warmed up), 0 = no EMA (default 0.999)")
     p.add_argument("--ckpt-every", type=int, default=ckpt_every, help=f"checkpoint every N steps (default {ckpt_every})")
@@ -47,7 +52,7 @@ def trainer_kwargs(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     return dict(
         out_dir=args.out, steps=args.steps, lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup,
-        schedule=args.schedule, grad_clip=args.grad_clip or None, ema_decay=args.ema_decay or None,
+        schedule=args.schedule, decay_steps=args.decay_steps, min_lr_ratio=args.min_lr_ratio, grad_clip=args.grad_clip or None, ema_decay=args.ema_decay or None,
         ckpt_every=args.ckpt_every, keep_last=args.keep_last, log_every=args.log_every, seed=args.seed,
         resume=args.resume, progress=not args.no_progress, grad_accum=args.grad_accum, parallel_mode=args.parallel,
         activation_checkpointing=args.activation_checkpointing, compile=args.compile, bf16=args.bf16,

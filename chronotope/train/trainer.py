@@ -105,6 +105,9 @@ def seed_everything(seed: int) -> None:
 # --- the loop ---------------------------------------------------------------------------------
 
 
+SCHEDULES = ("constant", "cosine", "wsd")
+
+
 class Trainer:
     """Train `task.model` for `steps` optimizer steps, writing everything under `out_dir`.
 
@@ -125,6 +128,7 @@ class Trainer:
         warmup_steps: int = 0,
         schedule: str = "constant",
         min_lr_ratio: float = 0.1,
+        decay_steps: int = 0,
         grad_clip: float | None = 1.0,
         ema_decay: float | None = 0.999,
         ckpt_every: int = 100,
@@ -145,8 +149,11 @@ class Trainer:
     ) -> None:
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
-        if schedule not in ("constant", "cosine"):
-            raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+        if schedule == "wsd" and not 0 < decay_steps <= steps - warmup_steps:
+            raise ValueError(f"schedule 'wsd' needs 0 < decay_steps <= steps - warmup_steps "
+                             f"({steps - warmup_steps}), got {decay_steps}")
         for name, value in (("ckpt_every", ckpt_every), ("keep_last", keep_last), ("log_every", log_every),
                             ("max_bad_steps", max_bad_steps), ("grad_accum", grad_accum)):
             if value < 1:
@@ -155,6 +162,7 @@ class Trainer:
             raise ValueError(f"lr must be > 0, got {lr}")
         self.task, self.out_dir, self.steps = task, Path(out_dir), steps
         self.lr, self.warmup_steps, self.schedule, self.min_lr_ratio = lr, warmup_steps, schedule, min_lr_ratio
+        self.decay_steps = decay_steps
         self.grad_clip, self.ckpt_every, self.keep_last, self.log_every = grad_clip, ckpt_every, keep_last, log_every
         self.seed, self.max_bad_steps, self.progress, self.plot = seed, max_bad_steps, progress, plot
         # scale-out: join torchrun's process group (a no-op for one process), then wrap from outside
@@ -164,7 +172,7 @@ class Trainer:
         self.grad_accum, self.bf16, self.device = grad_accum, bf16, self.dist.device
         self.config = {
             "steps": steps, "lr": lr, "weight_decay": weight_decay, "betas": list(betas),
-            "warmup_steps": warmup_steps, "schedule": schedule, "min_lr_ratio": min_lr_ratio,
+            "warmup_steps": warmup_steps, "schedule": schedule, "min_lr_ratio": min_lr_ratio, "decay_steps": decay_steps,
             "grad_clip": grad_clip, "ema_decay": ema_decay, "seed": seed, "world_size": self.dist.world_size,
             "grad_accum": grad_accum, "parallel": self.parallel_mode, "compile": compile, "bf16": bf16,
             "activation_checkpointing": activation_checkpointing, "task": config or {},
@@ -198,13 +206,25 @@ class Trainer:
     # -- schedule --------------------------------------------------------------------------
 
     def lr_at(self, step: int) -> float:
-        """Learning rate for optimizer step `step` (0-based): linear warmup, then constant or cosine."""
+        """Learning rate for optimizer step `step` (0-based): linear warmup, then
+
+        constant: lr;
+        cosine:   lr -> min_lr_ratio * lr over the steps after warmup;
+        wsd:      warmup-stable-decay: lr until the last `decay_steps` steps, then a (1 - sqrt) cooldown to
+                  min_lr_ratio * lr. A constant-lr run can be resumed with it (a larger `steps`) to finish:
+                  the cooldown buys most of what a cosine run of the same length would.
+        """
         if self.warmup_steps and step < self.warmup_steps:
             return self.lr * (step + 1) / self.warmup_steps
+        low = self.min_lr_ratio
         if self.schedule == "cosine":
             span = max(1, self.steps - self.warmup_steps)
             progress = min(1.0, (step - self.warmup_steps) / span)
-            return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+            return self.lr * (low + (1 - low) * 0.5 * (1 + math.cos(math.pi * progress)))
+        if self.schedule == "wsd":
+            start = self.steps - self.decay_steps
+            progress = min(1.0, max(0.0, (step + 1 - start) / self.decay_steps))
+            return self.lr * (low + (1 - low) * (1 - math.sqrt(progress)))
         return self.lr
 
     # -- data ------------------------------------------------------------------------------
