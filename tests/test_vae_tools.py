@@ -109,6 +109,26 @@ def test_train_vae_cli_resume_and_outputs(data, tmp_path, capsys):
     assert state["config"]["task"]["preset"] == "debug"
 
 
+def test_train_vae_decoder_only_keeps_the_latent_space(data, tmp_path, capsys):
+    manifest, run = _manifest(data), tmp_path / "run"
+    base = ["train", "vae", "--data", str(manifest), "--batch-size", "2", "--num-frames", "1,5", "--max-pixels",
+            "1024", "--ckpt-every", "2", "--lr", "1e-2", "--no-progress", "--threads", "1"]
+    assert main(base + ["--preset", "debug", "--out", str(run), "--steps", "2"]) == 0
+    before = CausalVAE.from_pretrained(run / "vae")
+    assert main(base + ["--init", str(run / "vae"), "--decoder-only", "--out", str(tmp_path / "ft"), "--steps", "2",
+                        "--ema-decay", "0"]) == 0
+    assert main(base + ["--decoder-only", "--out", str(tmp_path / "ft"), "--steps", "4", "--resume",
+                        "--ema-decay", "0"]) == 0
+    after = CausalVAE.from_pretrained(tmp_path / "ft" / "vae")
+    a, b = before.state_dict(), after.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("encoder."))  # same latents, bit for bit
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("decoder."))
+    assert after.config.latent_mean == before.config.latent_mean and after.config.latent_std == before.config.latent_std
+    capsys.readouterr()
+    assert main(base + ["--preset", "debug", "--decoder-only", "--out", str(tmp_path / "x"), "--steps", "1"]) == 2
+    assert "--init" in capsys.readouterr().err
+
+
 def test_train_vae_rejects_bad_options(data, tmp_path, capsys):
     base = ["train", "vae", "--data", str(_manifest(data)), "--out", str(tmp_path / "r"), "--steps", "1"]
     assert main(base + ["--preset", "huge"]) == 2

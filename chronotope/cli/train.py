@@ -110,6 +110,11 @@ def add_train_vae(models: argparse._SubParsersAction) -> None:
     p.add_argument("--ssim-weight", type=float, default=None, help="weight of 1 - SSIM in the VAE loss (default 0.05)")
     p.add_argument("--grad-weight", type=float, default=None,
                    help="weight of the image-gradient L1 in the VAE loss (default 0)")
+    p.add_argument("--init", default=None, metavar="VAE_DIR",
+                   help="start from a saved VAE folder (its config wins over --preset)")
+    p.add_argument("--decoder-only", action="store_true",
+                   help="with --init: freeze the encoder and its latent stats, so latent caches and DiTs trained "
+                        "on that VAE stay valid; only the decoder improves")
     add_trainer_args(p, steps=1000, lr=2e-4, batch_size=4, ckpt_every=200)
     p.set_defaults(handler=run_train_vae)
 
@@ -126,24 +131,32 @@ def run_train_vae(args: argparse.Namespace) -> int:
 
     if args.preset not in VAE_PRESETS:
         raise ValueError(f"unknown VAE preset {args.preset!r}; choose one of {sorted(VAE_PRESETS)}")
+    if args.decoder_only and not args.init and not args.resume:
+        raise ValueError("--decoder-only fine-tunes a trained VAE: name its folder with --init VAE_DIR")
     config = VAE_PRESETS[args.preset]()
+    init = CausalVAE.from_pretrained(args.init).train() if args.init else None
+    if init is not None:
+        config = init.config
     last = latest_checkpoint(args.out) if args.resume else None
-    if last is not None:  # the checkpoint's architecture wins over --preset
+    if last is not None:  # the checkpoint's architecture (and its weights, loaded by the trainer) win
         saved = json.loads((last / "trainer_state.json").read_text())["config"]["task"]
         config = config_from_dict(VAEConfig, saved["vae"])
         if saved.get("preset", args.preset) != args.preset:
             print(f"resuming a {saved['preset']!r} VAE from {last} (--preset {args.preset!r} ignored)")
         args.preset = saved.get("preset", args.preset)
+        args.decoder_only = saved.get("decoder_only", args.decoder_only)
     kw = trainer_kwargs(args)
     seed_everything(args.seed)
-    model = CausalVAE(config)
+    model = init if init is not None and last is None else CausalVAE(config)
     datasets = [VideoDataset(args.data, num_frames=n, max_pixels=args.max_pixels, seed=args.seed)
                 for n in args.num_frames]
     weights = {"kl_weight": args.kl_weight, "ssim_weight": args.ssim_weight, "grad_weight": args.grad_weight}
     loss_kwargs = {k: v for k, v in weights.items() if v is not None}
-    task = VAETask(model, MixedLengths(datasets), batch_size=args.batch_size, loss_kwargs=loss_kwargs)
+    task = VAETask(model, MixedLengths(datasets), batch_size=args.batch_size, loss_kwargs=loss_kwargs,
+                   decoder_only=args.decoder_only)
     run_config = {"vae": config.to_dict(), "preset": args.preset, "data": args.data, "num_frames": args.num_frames,
-                  "max_pixels": args.max_pixels, "batch_size": args.batch_size, "loss": loss_kwargs}
+                  "max_pixels": args.max_pixels, "batch_size": args.batch_size, "loss": loss_kwargs,
+                  "init": args.init, "decoder_only": args.decoder_only}
     n_params = sum(p.numel() for p in model.parameters())
     _print_rank0(f"VAE {args.preset}: {n_params / 1e6:.2f}M parameters, {len(task.dataset)} items "
           f"({len(datasets[0])} rows x lengths {args.num_frames}), batch {args.batch_size}")

@@ -87,6 +87,10 @@ class VAETask:
 
     loss_kwargs go to chronotope.vae.losses.vae_loss (e.g. kl weight). `num_sample_items`
     fixed items are reconstructed at each checkpoint; `stats_items` items measure latent stats.
+
+    decoder_only: freeze the encoder and keep the model's latent mean/std, so the latent space stays
+    the one latent caches and DiTs were trained on; only the decoder learns to reconstruct from it
+    (how the Stable Diffusion VAE was fine-tuned after release).
     """
 
     def __init__(
@@ -98,6 +102,7 @@ class VAETask:
         num_sample_items: int = 2,
         stats_items: int = 8,
         export_dir_name: str = "vae",
+        decoder_only: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -107,6 +112,12 @@ class VAETask:
         self.loss_kwargs = loss_kwargs or {}
         self.num_sample_items, self.stats_items = num_sample_items, stats_items
         self.export_dir_name = export_dir_name
+        self.decoder_only = decoder_only
+        if decoder_only:
+            if model.config.latent_mean is None:
+                raise ValueError("decoder-only training keeps the VAE's latent space: start it from a trained VAE "
+                                 "folder whose config has latent_mean/latent_std (--init)")
+            model.encoder.requires_grad_(False)
         self._own_failures = 0
 
     # -- data ------------------------------------------------------------------------------
@@ -210,7 +221,7 @@ class VAETask:
         """Write RUN_DIR/vae/ (config.json + model.safetensors) with measured latent mean/std."""
         from chronotope.vae.model import measure_latent_stats
 
-        videos = self._fixed_items(self.stats_items)
+        videos = [] if self.decoder_only else self._fixed_items(self.stats_items)
         if videos:
             mean, std = measure_latent_stats(model, (v[None].float() for v in videos))
             model.set_latent_stats(mean, [max(s, 1e-4) for s in std])
