@@ -73,6 +73,9 @@ def test_results_structure_and_ranges(run):
     assert 0 < by_name["00000_i2v_s2"]["metrics"]["psnr_first"] < 100
     assert by_name["00000_extend_s2"]["metrics"]["psnr_kept"] == 100.0  # given frames are kept verbatim
     assert by_name["00000_connect_s2"]["num_frames"] == 9
+    ceil = by_name["00000_t2v_s2"]["metrics"]["ceilings"]  # the prompt's render, and it through the random VAE
+    assert ceil["ground_truth"]["color"] == 1.0 and ceil["vae_reconstruction"]["color"] < 1.0
+    assert "ceilings" not in by_name["00000_t2v_s1"]["metrics"]  # steps-table runs repeat the same prompts
     s = res["summary"]
     assert s["steps_table"] == [{"steps": 1, "videos": 4, **{k: s["steps_table"][0][k] for k in ("overall", "seconds_per_video")}},
                                 {"steps": 2, "videos": 4, **{k: s["steps_table"][1][k] for k in ("overall", "seconds_per_video")}}]
@@ -81,6 +84,9 @@ def test_results_structure_and_ranges(run):
     assert s["t2v"]["groups"]["seen"]["color"] < 0.95  # a random model does not draw the colors
     assert {t["key"] for t in s["targets"]} == {t[0] for t in TARGETS}
     assert all(t["status"] in ("PASS", "MISS") for t in s["targets"])  # every mode ran: no n/a
+    c = s["t2v"]["ceilings"]
+    assert c["videos"] == 4 and c["vae_reconstruction"]["overall"] < c["ground_truth"]["overall"]
+    assert 0 < c["vae_psnr"] < 100
 
 
 def test_report_plots_grid_and_rescore(run):
@@ -90,6 +96,7 @@ def test_report_plots_grid_and_rescore(run):
     for _, label, *_ in TARGETS:
         assert label in report
     assert "MISS" in report and "## Sampling steps" in report and "grid.gif" in report
+    assert "| ground truth through the VAE | 4 |" in report
     for name in ("grid.gif", "per_attribute.png", "steps.png"):
         assert (out / name).stat().st_size > 100
     from chronotope.bench import run_bench
@@ -130,6 +137,9 @@ def test_ground_truth_passes_the_t2v_targets(tmp_path):
     for key in ("t2v_overall", "t2v_color", "t2v_shape", "t2v_motion", "heldout_overall", "untrained_ar"):
         assert status[key] == "PASS", (key, res["summary"]["targets"])
     assert status["loop_closure"] == "n/a"  # modes not run are not claimed
+    c = res["summary"]["t2v"]["ceilings"]  # a pipeline without a VAE: ground truth only
+    assert c["ground_truth"]["overall"] == res["summary"]["t2v"]["groups"]["all"]["overall"]
+    assert c["vae_psnr"] is None and "through the VAE" not in (tmp_path / "report.md").read_text()
 
 
 def test_plan_prompts_heldout_share_seeds_and_captions():

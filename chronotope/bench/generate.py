@@ -189,6 +189,18 @@ def _plain(x):
     return x
 
 
+def ceilings(pipe, gt: np.ndarray, spec: dict, fps: float) -> dict:
+    """What a perfect generator would score on a prompt: its scene's ground-truth render, and that render
+    through the model's VAE (encode, decode; when the model has one), the most a DiT can reach with it.
+    gt: uint8 [T, H, W, 3]. Separates what the VAE loses from what the DiT gets wrong."""
+    out = {"ground_truth": _attrs(score_video(gt, spec, fps=fps))}
+    if hasattr(pipe, "encode_video"):
+        recon = pipe.decode(pipe.encode_video(gt)[None])[0]  # [T, H, W, 3]
+        out["vae_reconstruction"] = _attrs(score_video(recon, spec, fps=fps))
+        out["vae_psnr"] = psnr(recon, gt)
+    return out
+
+
 # --- one job ----------------------------------------------------------------------------------------
 
 
@@ -228,7 +240,9 @@ def run_job(pipe, job: Job, cfg: BenchConfig, fps: float, guidance: float) -> tu
     frames = out.frames[0]
     scores = score_video(frames, p.spec, fps=fps)
 
-    if mode == "i2v":
+    if mode == "t2v" and job.steps == cfg.steps:
+        metrics["ceilings"] = ceilings(pipe, render(scene, H, W, T, fps).frames, p.spec, fps)
+    elif mode == "i2v":
         metrics["psnr_first"] = psnr(frames[0], gt[0])
     elif mode == "extend":
         # the output keeps the given frames verbatim (exact); the window's own decode of them (what the
@@ -327,5 +341,5 @@ def run_generate_and_score(pipe, cfg: BenchConfig, model: str = "") -> dict:
     return result
 
 
-__all__ = ["BENCH_MODES", "BenchConfig", "BenchPrompt", "Job", "plan_jobs", "plan_prompts", "psnr",
+__all__ = ["BENCH_MODES", "BenchConfig", "BenchPrompt", "Job", "ceilings", "plan_jobs", "plan_prompts", "psnr",
            "run_generate_and_score", "run_job", "seam_ratio"]

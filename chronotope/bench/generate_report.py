@@ -53,6 +53,16 @@ def _get(d: dict, path: tuple[str, ...]):
     return d
 
 
+def _ceilings(per_video: list[dict | None]) -> dict:
+    """Mean ground-truth and VAE-reconstruction scores of the t2v prompts (bench.generate.ceilings)."""
+    found = [c for c in per_video if c]
+    out = {name: {a: _mean([c[name].get(a) for c in found if name in c]) for a in COLUMNS}
+           for name in ("ground_truth", "vae_reconstruction")}
+    out["videos"] = len(found)
+    out["vae_psnr"] = _mean([c.get("vae_psnr") for c in found])
+    return out
+
+
 def aggregate(records: list[dict], cfg) -> dict:
     """Summary of every record: per mode (at cfg.steps) all / seen / held-out, t2v also by aspect-ratio
     group, each mode's own measures, the steps table, and the targets with PASS / MISS / n/a."""
@@ -66,7 +76,8 @@ def aggregate(records: list[dict], cfg) -> dict:
     groups["trained_ar"] = summarise([r for r in t2v if r["trained_ar"]])["all"]
     groups["untrained_ar"] = summarise([r for r in t2v if not r["trained_ar"]])["all"]
     out["t2v"] = {"groups": groups,
-                  "untrained_over_trained": _ratio(groups["untrained_ar"]["overall"], groups["trained_ar"]["overall"])}
+                  "untrained_over_trained": _ratio(groups["untrained_ar"]["overall"], groups["trained_ar"]["overall"]),
+                  "ceilings": _ceilings([r["metrics"].get("ceilings") for r in t2v])}
 
     def metric(mode: str, key: str) -> list:
         return [r["metrics"].get(key) for r in main if r["mode"] == mode]
@@ -132,8 +143,19 @@ def report_markdown(result: dict, grid_prompts: list[str]) -> str:
     for key, name in (("all", "all"), ("seen", "seen"), ("heldout", "held-out"), ("trained_ar", "trained AR"),
                       ("untrained_ar", "untrained AR")):
         lines.append(_row(name, g[key]))
-    lines += ["", f"Untrained / trained aspect ratios (overall): {_fmt(s['t2v']['untrained_over_trained'])}.",
-              "", "## Every mode (all prompts)", "", head.replace("| set |", "| mode |"), rule]
+    lines += ["", f"Untrained / trained aspect ratios (overall): {_fmt(s['t2v']['untrained_over_trained'])}."]
+    c = s["t2v"]["ceilings"]
+    if c["videos"]:
+        vae = c["vae_psnr"] is not None
+        lines += ["", "Ceilings, on the same t2v prompts: the scenes' ground-truth renders"
+                  + (f", and those renders through the model's VAE (encode, decode; {_fmt(c['vae_psnr'], 2)} dB): the "
+                     "most a DiT can reach with this VAE. The gap between the VAE row and the generated one is the "
+                     "DiT's, the gap above it the VAE's." if vae else "."), "", head, rule,
+                  _row("ground-truth render", {**c["ground_truth"], "videos": c["videos"]})]
+        if vae:
+            lines.append(_row("ground truth through the VAE", {**c["vae_reconstruction"], "videos": c["videos"]}))
+        lines.append(_row("generated", g["all"]))
+    lines += ["", "## Every mode (all prompts)", "", head.replace("| set |", "| mode |"), rule]
     for mode, groups in s["modes"].items():
         lines.append(_row(mode, groups["all"]))
     lines += ["", "Held-out compositions per mode (overall): " + ", ".join(
