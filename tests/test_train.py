@@ -108,6 +108,8 @@ def test_wsd_cooldown_finishes_a_resumed_constant_run(tmp_path):
     assert all(a > b for a, b in zip(lrs[79:], lrs[80:])) and lrs[99] == pytest.approx(0.1)
     with pytest.raises(ValueError, match="decay_steps"):
         _trainer(ToyTask(), tmp_path / "b", steps=100, warmup_steps=10, schedule="wsd", decay_steps=95)
+    with pytest.raises(ValueError, match="min_lr_ratio"):
+        _trainer(ToyTask(), tmp_path / "c", steps=100, schedule="wsd", decay_steps=20, min_lr_ratio=1.5)
 
     # a constant-lr run, resumed with a longer wsd schedule: the cooldown starts where the new schedule says
     out = tmp_path / "run"

@@ -52,7 +52,8 @@ def trainer_kwargs(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     return dict(
         out_dir=args.out, steps=args.steps, lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup,
-        schedule=args.schedule, decay_steps=args.decay_steps, min_lr_ratio=args.min_lr_ratio, grad_clip=args.grad_clip or None, ema_decay=args.ema_decay or None,
+        schedule=args.schedule, decay_steps=args.decay_steps, min_lr_ratio=args.min_lr_ratio,
+        grad_clip=args.grad_clip or None, ema_decay=args.ema_decay or None,
         ckpt_every=args.ckpt_every, keep_last=args.keep_last, log_every=args.log_every, seed=args.seed,
         resume=args.resume, progress=not args.no_progress, grad_accum=args.grad_accum, parallel_mode=args.parallel,
         activation_checkpointing=args.activation_checkpointing, compile=args.compile, bf16=args.bf16,

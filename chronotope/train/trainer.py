@@ -151,6 +151,8 @@ class Trainer:
             raise ValueError(f"steps must be >= 1, got {steps}")
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+        if not 0 <= min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must be in [0, 1] (the final lr as a fraction of lr), got {min_lr_ratio}")
         if schedule == "wsd" and not 0 < decay_steps <= steps - warmup_steps:
             raise ValueError(f"schedule 'wsd' needs 0 < decay_steps <= steps - warmup_steps "
                              f"({steps - warmup_steps}), got {decay_steps}")
