@@ -134,11 +134,11 @@ def run_train_vae(args: argparse.Namespace) -> int:
         raise ValueError(f"unknown VAE preset {args.preset!r}; choose one of {sorted(VAE_PRESETS)}")
     if args.decoder_only and not args.init and not args.resume:
         raise ValueError("--decoder-only fine-tunes a trained VAE: name its folder with --init VAE_DIR")
-    config = VAE_PRESETS[args.preset]()
-    init = CausalVAE.from_pretrained(args.init).train() if args.init else None
-    if init is not None:
-        config = init.config
+    config, init = VAE_PRESETS[args.preset](), None
     last = latest_checkpoint(args.out) if args.resume else None
+    if last is None and args.init:  # a new run from a saved VAE: its config and weights
+        init = CausalVAE.from_pretrained(args.init).train()
+        config = init.config
     if last is not None:  # the checkpoint's architecture (and its weights, loaded by the trainer) win
         saved = json.loads((last / "trainer_state.json").read_text())["config"]["task"]
         config = config_from_dict(VAEConfig, saved["vae"])
@@ -148,7 +148,7 @@ def run_train_vae(args: argparse.Namespace) -> int:
         args.decoder_only = saved.get("decoder_only", args.decoder_only)
     kw = trainer_kwargs(args)
     seed_everything(args.seed)
-    model = init if init is not None and last is None else CausalVAE(config)
+    model = init if init is not None else CausalVAE(config)
     datasets = [VideoDataset(args.data, num_frames=n, max_pixels=args.max_pixels, seed=args.seed)
                 for n in args.num_frames]
     weights = {"kl_weight": args.kl_weight, "ssim_weight": args.ssim_weight, "grad_weight": args.grad_weight}
