@@ -99,3 +99,43 @@ def test_train_dit_cli_resumes_and_exports_a_pipeline(cache, tmp_path):
     out = pipe("a red circle", num_frames=5, height=32, width=32, num_inference_steps=2, seed=0, progress=False,
                expand_prompt=False)
     assert out.frames[0].shape == (5, 32, 32, 3)
+
+
+def test_train_dit_init_and_time_shift_reach_the_model_folder(cache, tmp_path, capsys):
+    from chronotope.cli import main
+
+    vae_dir = tmp_path / "vae"
+    CausalVAE(VAE_PRESETS["debug"]()).save_pretrained(vae_dir)
+    meta = json.loads((cache.dir / "cache.json").read_text())
+    meta["vae"] = str(vae_dir)
+    (cache.dir / "cache.json").write_text(json.dumps(meta))
+    config = DIT_PRESETS["debug"]()
+    config.depth = 1  # not the preset's: the init's config must win over --preset
+    torch.manual_seed(1)
+    init = DiT(config)
+    for p in init.parameters():  # no zero-initialised tensors, so a fresh model cannot pass for it
+        torch.nn.init.normal_(p, std=0.02)
+    init.save_pretrained(str(tmp_path / "init" / "dit"))  # a model folder's layout: init/dit/
+
+    run = tmp_path / "run"
+    common = ["train", "dit", "--preset", "debug", "--data", str(cache.dir), "--out", str(run), "--text-encoder",
+              "debug", "--token-budget", "128", "--ckpt-every", "2", "--no-progress", "--threads", "1",
+              "--lr", "1e-12", "--warmup", "0"]
+    assert main(common + ["--steps", "2", "--init", str(tmp_path / "init"), "--time-shift", "3"]) == 0
+    assert main(common + ["--steps", "4", "--resume", "--time-shift", "5"]) == 0  # the run's own shift wins
+    trained = DiT.from_pretrained(str(run / "dit"))
+    assert trained.config.depth == 1
+    for (name, a), b in zip(trained.state_dict().items(), init.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)  # lr ~0: still the init's weights
+    index = json.loads((run / "model" / "model_index.json").read_text())
+    assert index["defaults"]["time_shift"] == 3.0
+    pipe = VideoPipeline.from_pretrained(run / "model")
+    out = pipe("a red circle", num_frames=5, height=32, width=32, num_inference_steps=2, seed=0, progress=False,
+               expand_prompt=False)
+    assert out.params["shift"] == pytest.approx(3.0)  # 3 x the rule's 1.0 for a few tokens
+
+    capsys.readouterr()
+    assert main(common + ["--steps", "2", "--init", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r2")]) == 2
+    assert "not a DiT folder" in capsys.readouterr().err
+    assert main(common + ["--steps", "2", "--time-shift", "0", "--out", str(tmp_path / "r3")]) == 2
+    assert "time shift" in capsys.readouterr().err

