@@ -11,7 +11,7 @@ from chronotope.dit.attention import attention, cross_attention
 from chronotope.dit.embeddings import RoPE3D, apply_rope, default_rope_axes, rope_positions
 from chronotope.dit.flops import PAPER_LATENT, count_flops, count_params, paper_config
 from chronotope.dit.model import DiT
-from chronotope.dit.patches import Sample, pack, unpack
+from chronotope.dit.patches import Sample, pack, patchify, unpack
 
 C = 4  # debug preset latent channels
 
@@ -289,3 +289,32 @@ def test_fused_norm_rope_matches_unfused_ops(rope):
     assert torch.autograd.gradcheck(lambda x, s: norm_rope(x[:, :2], s, *cs), (qkv, w))
     with pytest.raises(ValueError, match="both cos and sin"):
         norm_rope(qkv[:, :2], w, cs[0] if rope else torch.ones(hd), None)
+
+
+def test_with_patch_resizes_only_the_input_and_output_layers():
+    from einops import rearrange
+
+    torch.manual_seed(0)
+    model = DiT(DIT_PRESETS["debug"]())  # patch (1, 2, 2)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    fine = model.with_patch((1, 1, 1))
+    assert fine.config.patch == (1, 1, 1) and fine.patch_dim == model.config.in_channels
+    coarse_state = model.state_dict()
+    for name, value in fine.state_dict().items():  # the transformer body is shared unchanged
+        if not name.startswith(("x_embedder.", "final_layer.linear.")):
+            assert torch.equal(value, coarse_state[name]), name
+    # a latent constant over each 2x2 block embeds, token for token, like the coarse patch over that block
+    C = model.config.in_channels
+    x = torch.randn(C, 3, 2, 2).repeat_interleave(2, 2).repeat_interleave(2, 3)  # [C, 3, 4, 4]
+    coarse = model.x_embedder(patchify(x, (1, 2, 2)))  # [3*2*2, D]
+    finer = fine.x_embedder(patchify(x, (1, 1, 1)))  # [3*4*4, D]
+    finer = rearrange(finer, "(t h rh w rw) d -> (t h w) (rh rw) d", t=3, h=2, rh=2, w=2, rw=2)
+    torch.testing.assert_close(finer, coarse[:, None].expand_as(finer), atol=1e-5, rtol=0)
+    # each latent element's output is the mean of the coarse outputs over the block it covers
+    h = torch.randn(7, model.config.width)
+    want = model.final_layer.linear(h).view(7, C, 4).mean(-1)
+    torch.testing.assert_close(fine.final_layer.linear(h), want, atol=1e-5, rtol=0)
+    for bad in ((1, 3, 1), (2, 1, 1), (1, 1)):
+        with pytest.raises(ValueError, match="must have 3 axes, each dividing"):
+            model.with_patch(bad)

@@ -185,6 +185,9 @@ def add_train_dit(models: argparse._SubParsersAction) -> None:
     p.add_argument("--init", default=None, metavar="DIT_DIR",
                    help="start from a saved DiT (a dit/ folder or a model folder holding one; its config wins "
                         "over --preset); optimizer, step and schedule start fresh")
+    p.add_argument("--patch", type=int_list, default=None, metavar="PT,PH,PW",
+                   help="spacetime patch instead of the preset's, e.g. 1,1,1; with --init a finer patch than the "
+                        "saved DiT's (its input and output layers resized, the transformer kept: DiT.with_patch)")
     add_trainer_args(p, steps=2000, lr=3e-4, batch_size=0, ckpt_every=250)
     p.add_argument("--global-token-budget", type=int, default=None,
                    help="tokens per optimizer step over all ranks: sets --grad-accum to "
@@ -224,8 +227,14 @@ def run_train_dit(args: argparse.Namespace) -> int:
     config, init = DIT_PRESETS[args.preset](), None
     config.in_channels = cache.rows[0]["shape"][0]  # the VAE decides the latent channels
     last = latest_checkpoint(args.out) if args.resume else None
+    if args.patch is not None and (len(args.patch) != 3 or min(args.patch) < 1):
+        raise ValueError(f"--patch takes three positive sizes PT,PH,PW such as 1,2,2, got {args.patch}")
+    if last is None and args.patch is not None:
+        config.patch = tuple(args.patch)
     if last is None and args.init:  # a new run from a saved DiT: its config and weights
         init = DiT.from_pretrained(str(_dit_folder(args.init))).train()
+        if args.patch is not None and tuple(args.patch) != init.config.patch:
+            init = init.with_patch(tuple(args.patch))
         config = init.config
         if config.in_channels != cache.rows[0]["shape"][0]:
             raise ValueError(f"--init {args.init} takes {config.in_channels}-channel latents but the cache holds "

@@ -148,6 +148,36 @@ class DiT(nn.Module):
             out = full.index_copy(0, keep, out)  # [L, out_dim], zeros at dropped tokens
         return out
 
+    @torch.no_grad()
+    def with_patch(self, patch: tuple[int, int, int]) -> "DiT":
+        """A copy with a finer patch (each axis of `patch` divides this model's), all else kept (FlexiViT-style).
+
+        A finer token is treated as the old patch filled by repeating its values over the block it covers:
+        the new input projection sums the old one's weights over that block, and the new output row of a
+        latent element averages the old rows of the block it covers. The transformer body is shared as is,
+        so a model trained at patch (1, 2, 2) starts at (1, 1, 1) knowing what it knew (4x the tokens:
+        finer position and shape detail); with `pos_scaling="min_side"` the positions keep their range.
+        """
+        from dataclasses import replace
+
+        from einops import reduce
+
+        old, new = tuple(self.config.patch), tuple(int(p) for p in patch)
+        if len(new) != 3 or any(n < 1 or o % n for o, n in zip(old, new)):
+            raise ValueError(f"the new patch {patch} must have 3 axes, each dividing this model's patch {old}")
+        model = DiT(replace(self.config, patch=new))
+        model.load_state_dict({k: v for k, v in self.state_dict().items()
+                               if not k.startswith(("x_embedder.", "final_layer.linear."))}, strict=False)
+        r = [o // n for o, n in zip(old, new)]
+        axes = dict(pt=new[0], ph=new[1], pw=new[2], rt=r[0], rh=r[1], rw=r[2])
+        w_in = self.x_embedder.weight  # [D, C*pt*ph*pw] in the old patch
+        model.x_embedder.weight.copy_(reduce(w_in, "d (c rt pt rh ph rw pw) -> d (c pt ph pw)", "sum", **axes))
+        model.x_embedder.bias.copy_(self.x_embedder.bias)
+        w_out, b_out = self.final_layer.linear.weight, self.final_layer.linear.bias  # [C*pt*ph*pw, D], [...]
+        model.final_layer.linear.weight.copy_(reduce(w_out, "(c rt pt rh ph rw pw) d -> (c pt ph pw) d", "mean", **axes))
+        model.final_layer.linear.bias.copy_(reduce(b_out, "(c rt pt rh ph rw pw) -> (c pt ph pw)", "mean", **axes))
+        return model.train(self.training)
+
     # --- folders: config.json + model.safetensors -------------------------------------------------
 
     def save_pretrained(self, folder: str) -> None:
