@@ -132,6 +132,10 @@ class DiTConfig:
     pos_scaling: str = "min_side"  # "min_side": spatial ids x pos_ref / min(h, w) tokens; "none": integers
     pos_ref: float = 16.0  # token extent of the shorter side that maps to integer positions
     freq_dim: int = 256  # sinusoidal timestep features
+    # also add sinusoidal features of each token's (t, h, w) position to its embedding (zero-initialised
+    # projection): RoPE gives attention only relative offsets, so without them a token cannot tell the
+    # first frame from the last, which "starts right, moves left" needs when the frames are still noise
+    abs_pos: bool = False
     attention: str = "auto"  # "auto" | "sdpa" | "flex" | "flash"
 
     def __post_init__(self) -> None:

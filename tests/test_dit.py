@@ -318,3 +318,30 @@ def test_with_patch_resizes_only_the_input_and_output_layers():
     for bad in ((1, 3, 1), (2, 1, 1), (1, 1)):
         with pytest.raises(ValueError, match="must have 3 axes, each dividing"):
             model.with_patch(bad)
+
+
+def test_abs_pos_starts_as_a_no_op_and_then_tells_frames_apart():
+    torch.manual_seed(0)
+    model = DiT(DIT_PRESETS["debug"]()).eval()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    with_pos = model.with_abs_pos().eval()
+    assert with_pos.config.abs_pos and not model.config.abs_pos
+    C = model.config.in_channels
+    x = torch.randn(C, 3, 4, 4)
+    frozen = x[:, :1].expand(C, 3, 4, 4).contiguous()  # the same content in every frame
+    emb, mask = torch.randn(1, 6, model.config.text_dim), torch.ones(1, 6, dtype=torch.bool)
+
+    def run(m: DiT, latent: torch.Tensor) -> torch.Tensor:
+        packed = pack([Sample(latent, timestep=torch.full((3,), 0.9))], model.config.patch)
+        with torch.no_grad():
+            return unpack(packed, m(packed, emb, mask))[0]  # [C, 3, 4, 4]
+
+    torch.testing.assert_close(run(with_pos, x), run(model, x))  # zero-initialised: the same function
+    # RoPE alone sees only offsets: identical frames get near-identical outputs (only edge effects differ);
+    # trained absolute features (here random) give each frame its own
+    torch.nn.init.normal_(with_pos.pos_embedder.weight, std=0.5)
+    spread = lambda y: float((y - y.mean(1, keepdim=True)).abs().mean())  # noqa: E731
+    assert spread(run(with_pos, frozen)) > 2 * spread(run(model, frozen))
+    with pytest.raises(ValueError, match="already has absolute position"):
+        with_pos.with_abs_pos()

@@ -73,6 +73,16 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.addcmul(x * cos, torch.cat([x2, x1], dim=-1), sin)  # (x1, x2) -> (x1 c - x2 s, x2 c + x1 s)
 
 
+def position_features(pos: Tensor, dim_per_axis: int = 32, max_period: float = 64.0) -> Tensor:
+    """Sinusoidal features of float positions [L, 3] -> [L, 3 * dim_per_axis]: per axis cos and sin at
+    dim_per_axis / 2 frequencies from 1 down to 1 / max_period (periods of about 6 to 400 positions,
+    so they tell apart every token of a clip, where the 10,000-period timestep features would not)."""
+    half = dim_per_axis // 2
+    freqs = max_period ** (-torch.arange(half, dtype=torch.float32, device=pos.device) / half)  # [half]
+    args = pos.float()[:, :, None] * freqs  # [L, 3, half]
+    return torch.cat([args.cos(), args.sin()], dim=-1).flatten(1)  # [L, 3 * dim_per_axis]
+
+
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
     """Sinusoidal features of t in [0, 1] (scaled by 1000 as in DiT): [n] -> [n, dim]."""
     half = dim // 2

@@ -22,9 +22,13 @@ from torch import Tensor
 
 from chronotope.config import DiTConfig, config_from_dict
 from chronotope.dit.attention import segments
-from chronotope.dit.embeddings import RoPE3D, TimestepEmbedder, default_rope_axes, rope_positions
+from chronotope.dit.embeddings import (RoPE3D, TimestepEmbedder, default_rope_axes, position_features,
+                                       rope_positions)
 from chronotope.dit.layers import Context, DiTBlock, FinalLayer
 from chronotope.dit.patches import PackedBatch
+
+
+POS_FEATURES = 32  # sinusoidal features per axis for `DiTConfig.abs_pos`
 
 
 class DiT(nn.Module):
@@ -49,6 +53,7 @@ class DiT(nn.Module):
         if sum(axes) != head_dim:
             raise ValueError(f"rope_axes {axes} must sum to the head dim {head_dim} (width / heads)")
         self.rope = RoPE3D(axes, cfg.rope_theta) if cfg.rope else None
+        self.pos_embedder = nn.Linear(3 * POS_FEATURES, cfg.width) if cfg.abs_pos else None
         self.blocks = nn.ModuleList(
             DiTBlock(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.qk_norm, cross_attention=not self.class_conditional)
             for _ in range(cfg.depth))
@@ -74,6 +79,9 @@ class DiT(nn.Module):
         nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
         nn.init.zeros_(self.final_layer.linear.weight)  # the initial output is exactly zero
         nn.init.zeros_(self.final_layer.linear.bias)
+        if self.pos_embedder is not None:  # starts as a no-op, so it can be added to a trained model
+            nn.init.zeros_(self.pos_embedder.weight)
+            nn.init.zeros_(self.pos_embedder.bias)
 
     def _text(self, text: Tensor, text_mask: Tensor | None, text_idx: Tensor) -> tuple[Tensor, Tensor | None]:
         """Captions [Nt, Lt, Dt] + mask [Nt, Lt] -> per-sample context [N, Lt, D] and mask [N, Lt] (or None)."""
@@ -133,13 +141,16 @@ class DiT(nn.Module):
             c = self.t_embedder(uniq)  # [U, D]
             text_ctx, mask = self._text(text, text_mask, packed.text_idx)
 
-        rope = None
-        if self.rope is not None:
+        rope, pos = None, None
+        if self.rope is not None or self.pos_embedder is not None:
             pos = rope_positions(ids, sample_idx, packed.grids, cfg.pos_scaling, cfg.pos_ref)  # [L, 3]
+        if self.rope is not None:
             rope = self.rope(pos)
         ctx = Context(cu, max_len, segments(cu), rope, inv, text_ctx, mask, cfg.attention)
 
         h = self.x_embedder(x)  # [L, D]
+        if self.pos_embedder is not None:
+            h = h + self.pos_embedder(position_features(pos, POS_FEATURES))
         for block in self.blocks:
             h = block(h, c, ctx)  # [L, D]
         out = self.final_layer(h, c, ctx)  # [L, out_dim]
@@ -176,6 +187,20 @@ class DiT(nn.Module):
         w_out, b_out = self.final_layer.linear.weight, self.final_layer.linear.bias  # [C*pt*ph*pw, D], [...]
         model.final_layer.linear.weight.copy_(reduce(w_out, "(c rt pt rh ph rw pw) d -> (c pt ph pw) d", "mean", **axes))
         model.final_layer.linear.bias.copy_(reduce(b_out, "(c rt pt rh ph rw pw) -> (c pt ph pw)", "mean", **axes))
+        return model.train(self.training)
+
+    @torch.no_grad()
+    def with_abs_pos(self) -> "DiT":
+        """A copy with absolute position features (`DiTConfig.abs_pos`) added: zero-initialised, so it computes
+        exactly what this model computes until training moves them."""
+        from dataclasses import replace
+
+        if self.config.abs_pos:
+            raise ValueError("this DiT already has absolute position features (abs_pos=True)")
+        model = DiT(replace(self.config, abs_pos=True))
+        missing, unexpected = model.load_state_dict(self.state_dict(), strict=False)
+        if unexpected or any(not k.startswith("pos_embedder.") for k in missing):
+            raise RuntimeError(f"unexpected weights moving to abs_pos: missing {missing}, unexpected {unexpected}")
         return model.train(self.training)
 
     # --- folders: config.json + model.safetensors -------------------------------------------------
