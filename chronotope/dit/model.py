@@ -169,16 +169,12 @@ class DiT(nn.Module):
         so a model trained at patch (1, 2, 2) starts at (1, 1, 1) knowing what it knew (4x the tokens:
         finer position and shape detail); with `pos_scaling="min_side"` the positions keep their range.
         """
-        from dataclasses import replace
-
         from einops import reduce
 
         old, new = tuple(self.config.patch), tuple(int(p) for p in patch)
         if len(new) != 3 or any(n < 1 or o % n for o, n in zip(old, new)):
             raise ValueError(f"the new patch {patch} must have 3 axes, each dividing this model's patch {old}")
-        model = DiT(replace(self.config, patch=new))
-        model.load_state_dict({k: v for k, v in self.state_dict().items()
-                               if not k.startswith(("x_embedder.", "final_layer.linear."))}, strict=False)
+        model = self._rebuilt(fresh=("x_embedder.", "final_layer.linear."), patch=new)
         r = [o // n for o, n in zip(old, new)]
         axes = dict(pt=new[0], ph=new[1], pw=new[2], rt=r[0], rh=r[1], rw=r[2])
         w_in = self.x_embedder.weight  # [D, C*pt*ph*pw] in the old patch
@@ -193,15 +189,21 @@ class DiT(nn.Module):
     def with_abs_pos(self) -> "DiT":
         """A copy with absolute position features (`DiTConfig.abs_pos`) added: zero-initialised, so it computes
         exactly what this model computes until training moves them."""
-        from dataclasses import replace
-
         if self.config.abs_pos:
             raise ValueError("this DiT already has absolute position features (abs_pos=True)")
-        model = DiT(replace(self.config, abs_pos=True))
-        missing, unexpected = model.load_state_dict(self.state_dict(), strict=False)
-        if unexpected or any(not k.startswith("pos_embedder.") for k in missing):
-            raise RuntimeError(f"unexpected weights moving to abs_pos: missing {missing}, unexpected {unexpected}")
-        return model.train(self.training)
+        return self._rebuilt(fresh=("pos_embedder.",), abs_pos=True).train(self.training)
+
+    def _rebuilt(self, fresh: tuple[str, ...], **changes) -> "DiT":
+        """A new DiT with `changes` to this one's config, holding this one's weights except those whose names
+        start with one of `fresh` (left as initialised, for the caller to fill)."""
+        from dataclasses import replace
+
+        model = DiT(replace(self.config, **changes))
+        kept = {k: v for k, v in self.state_dict().items() if not k.startswith(fresh)}
+        missing, unexpected = model.load_state_dict(kept, strict=False)
+        if unexpected or any(not k.startswith(fresh) for k in missing):
+            raise RuntimeError(f"rebuilding the DiT with {changes}: missing {missing}, unexpected {unexpected}")
+        return model
 
     # --- folders: config.json + model.safetensors -------------------------------------------------
 

@@ -178,7 +178,7 @@ class DiTTask:
 
     def pipeline_defaults(self) -> dict[str, float]:
         """Sampling settings the model folder must carry: the shift rule it was trained with."""
-        return {"time_shift": self.time_shift} if self.time_shift != 1.0 else {}
+        return {"time_shift": self.time_shift}
 
     def samples(self, model: nn.Module, out_dir: Path, step: int) -> None:
         """A GIF grid of a few prompts (needs the VAE the cache was made with)."""
