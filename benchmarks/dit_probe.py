@@ -15,6 +15,11 @@ variant), this prints the loss with:
 Reported as the loss and its relative increase over `true`. Clips are 17 frames at 64x64 whose
 objects all move left, right, up or down (so a direction swap is always a real change).
 
+Last, how much each swap changes what the DiT is given: the text encoder's token embeddings of the
+swapped caption against the true one's (relative L2 distance over the caption's tokens, and the cosine
+of the most changed token; captions whose token counts differ are left out). A swap the encoder barely
+registers is one the DiT must learn from a faint signal.
+
     .venv/bin/python benchmarks/dit_probe.py --model chronotope/assets/world-model [--num 48]
 """
 
@@ -86,6 +91,7 @@ def probe(model_dir: str, num: int = 48, seed: int = 20_000_000, ts: tuple[float
         err = (v - target).square()
         return float(err.mean() if frame is None else err[:, :, frame].mean())
 
+    text_change = {name: caption_change(enc["true"], enc[name]) for name in ("motion-swap", "color-swap")}
     rows = {}
     for t in ts:
         x_t, target = (1 - t) * x0 + t * noise, noise - x0
@@ -97,7 +103,21 @@ def probe(model_dir: str, num: int = 48, seed: int = 20_000_000, ts: tuple[float
             per_frame.append(loss(mixed, target, t, enc["true"], frame=k))
         row["frames-swap"] = float(np.mean(per_frame))
         rows[f"{t:g}"] = row
-    return {"model": str(model_dir), "clips": N, "seed": seed, "loss": rows}
+    return {"model": str(model_dir), "clips": N, "seed": seed, "loss": rows, "text_change": text_change}
+
+
+def caption_change(true: tuple[torch.Tensor, torch.Tensor], other: tuple[torch.Tensor, torch.Tensor]) -> dict:
+    """How far apart two batches of caption embeddings are, (emb [N, L, D], mask [N, L]) each: mean over the
+    captions of equal token count of the relative L2 distance and of the most changed token's cosine."""
+    dist, cos_min = [], []
+    for e, m, f, k in zip(*true, *other):
+        if int(m.sum()) != int(k.sum()):
+            continue
+        a, b = e[m], f[k]  # [L_i, D]
+        dist.append(float((a - b).norm() / a.norm()))
+        cos_min.append(float(torch.nn.functional.cosine_similarity(a, b, dim=-1).min()))
+    return {"captions": len(dist), "rel_l2": float(np.mean(dist)) if dist else float("nan"),
+            "min_token_cos": float(np.mean(cos_min)) if cos_min else float("nan")}
 
 
 def main() -> None:
@@ -119,6 +139,9 @@ def main() -> None:
         cells = [f"{row['true']:.4f}".rjust(20)]
         cells += [f"{row[n]:.4f} ({100 * (row[n] / row['true'] - 1):+.1f}%)".rjust(20) for n in names[1:]]
         print(f"{t:<6}" + "".join(cells))
+    for name, c in res["text_change"].items():
+        print(f"text encoder, {name}: caption embeddings {100 * c['rel_l2']:.1f}% apart (relative L2), most changed "
+              f"token's cosine {c['min_token_cos']:.2f} ({c['captions']} captions of equal token count)")
     if args.out:
         from chronotope.atomic import atomic_write_json
 
