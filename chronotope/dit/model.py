@@ -183,7 +183,7 @@ class DiT(nn.Module):
         w_out, b_out = self.final_layer.linear.weight, self.final_layer.linear.bias  # [C*pt*ph*pw, D], [...]
         model.final_layer.linear.weight.copy_(reduce(w_out, "(c rt pt rh ph rw pw) d -> (c pt ph pw) d", "mean", **axes))
         model.final_layer.linear.bias.copy_(reduce(b_out, "(c rt pt rh ph rw pw) -> (c pt ph pw)", "mean", **axes))
-        return model.train(self.training)
+        return model
 
     @torch.no_grad()
     def with_abs_pos(self) -> "DiT":
@@ -191,11 +191,11 @@ class DiT(nn.Module):
         exactly what this model computes until training moves them."""
         if self.config.abs_pos:
             raise ValueError("this DiT already has absolute position features (abs_pos=True)")
-        return self._rebuilt(fresh=("pos_embedder.",), abs_pos=True).train(self.training)
+        return self._rebuilt(fresh=("pos_embedder.",), abs_pos=True)
 
     def _rebuilt(self, fresh: tuple[str, ...], **changes) -> "DiT":
         """A new DiT with `changes` to this one's config, holding this one's weights except those whose names
-        start with one of `fresh` (left as initialised, for the caller to fill)."""
+        start with one of `fresh` (left as initialised, for the caller to fill), in this one's train/eval mode."""
         from dataclasses import replace
 
         model = DiT(replace(self.config, **changes))
@@ -203,7 +203,7 @@ class DiT(nn.Module):
         missing, unexpected = model.load_state_dict(kept, strict=False)
         if unexpected or any(not k.startswith(fresh) for k in missing):
             raise RuntimeError(f"rebuilding the DiT with {changes}: missing {missing}, unexpected {unexpected}")
-        return model
+        return model.train(self.training)
 
     # --- folders: config.json + model.safetensors -------------------------------------------------
 
