@@ -40,9 +40,10 @@ sys.path.insert(0, str(ROOT))
 FLIP = {"left": "right", "right": "left", "up": "down", "down": "up"}
 
 
-def fresh_clips(num: int, seed: int) -> list[tuple[np.ndarray, dict[str, str]]]:
-    """`num` fresh 17-frame 64x64 World clips whose objects all move in a straight line, with captions of
-    the true scene and of its motion- and color-swapped versions (same wording seed)."""
+def fresh_clips(num: int, seed: int, objects: int | None = None) -> list[tuple[np.ndarray, dict[str, str]]]:
+    """`num` fresh 17-frame 64x64 World clips whose objects all move in a straight line (exactly `objects`
+    of them when given), with captions of the true scene and of its motion- and color-swapped versions
+    (same wording seed)."""
     from chronotope.world.captions import detailed_caption
     from chronotope.world.render import render
     from chronotope.world.scene import sample_scene
@@ -54,6 +55,8 @@ def fresh_clips(num: int, seed: int) -> list[tuple[np.ndarray, dict[str, str]]]:
         scene = sample_scene(s)
         s += 1
         if scene.pillar_u is not None or not all(o.motion in FLIP for o in scene.objects):
+            continue
+        if objects is not None and len(scene.objects) != objects:
             continue
         used = {o.color for o in scene.objects}
         free = [c for c in colors if c not in used]
@@ -68,14 +71,14 @@ def fresh_clips(num: int, seed: int) -> list[tuple[np.ndarray, dict[str, str]]]:
 
 @torch.no_grad()
 def probe(model_dir: str, num: int = 48, seed: int = 20_000_000, ts: tuple[float, ...] = (0.5, 0.8, 0.95),
-          threads: int | None = None) -> dict:
+          threads: int | None = None, objects: int | None = None) -> dict:
     from chronotope.dit.patches import Sample, pack, unpack
     from chronotope.pipeline import VideoPipeline
 
     if threads:
         torch.set_num_threads(threads)
     pipe = VideoPipeline.from_pretrained(model_dir)
-    clips = fresh_clips(num, seed)
+    clips = fresh_clips(num, seed, objects)
     x0 = torch.stack([pipe.encode_video(frames) for frames, _ in clips])  # [N, C, n, h, w]
     N, n = x0.shape[0], x0.shape[2]
     enc = {name: pipe.text_encoder.encode([c[name] for _, c in clips]) for name in ("true", "motion-swap", "color-swap")}
@@ -103,7 +106,7 @@ def probe(model_dir: str, num: int = 48, seed: int = 20_000_000, ts: tuple[float
             per_frame.append(loss(mixed, target, t, enc["true"], frame=k))
         row["frames-swap"] = float(np.mean(per_frame))
         rows[f"{t:g}"] = row
-    return {"model": str(model_dir), "clips": N, "seed": seed, "loss": rows, "text_change": text_change}
+    return {"model": str(model_dir), "clips": N, "seed": seed, "objects": objects, "loss": rows, "text_change": text_change}
 
 
 def caption_change(true: tuple[torch.Tensor, torch.Tensor], other: tuple[torch.Tensor, torch.Tensor]) -> dict:
@@ -126,14 +129,16 @@ def main() -> None:
                         help="model folder (model_index.json, vae/, dit/); default: the shipped one")
     parser.add_argument("--num", type=int, default=48, help="fresh clips (default 48)")
     parser.add_argument("--seed", type=int, default=20_000_000, help="first World scene seed (default 20,000,000)")
+    parser.add_argument("--objects", type=int, choices=(1, 2, 3), default=None,
+                        help="only scenes with this many objects (default: any, 1 to 3)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out", default=None, help="also write the numbers to this JSON file")
     args = parser.parse_args()
     if args.num < 2:
         raise SystemExit("--num must be >= 2 (frames-swap borrows frames from another clip)")
-    res = probe(args.model, args.num, args.seed, threads=args.threads)
+    res = probe(args.model, args.num, args.seed, threads=args.threads, objects=args.objects)
     names = ("true", "motion-swap", "color-swap", "empty", "frames-swap")
-    print(f"{res['clips']} fresh clips, model {res['model']}")
+    print(f"{res['clips']} fresh clips ({args.objects or '1 to 3'} objects), model {res['model']}")
     print("t     " + "".join(f"{n:>20}" for n in names))
     for t, row in res["loss"].items():
         cells = [f"{row['true']:.4f}".rjust(20)]

@@ -142,6 +142,33 @@ def test_ground_truth_passes_the_t2v_targets(tmp_path):
     assert c["vae_psnr"] is None and "through the VAE" not in (tmp_path / "report.md").read_text()
 
 
+class ShiftRecordingPipe(GroundTruthPipe):
+    """Records the shift-rule scale the pipeline defaults hold when each video is made."""
+
+    def __init__(self):
+        self.defaults = {"num_frames": 17, "fps": 8.0, "time_shift": 3.0}
+        self.seen = []
+
+    def __call__(self, caption, **kw):
+        self.seen.append(self.defaults["time_shift"])
+        return super().__call__(caption, **kw)
+
+
+def test_time_shift_override_reaches_every_video_and_its_sidecar(tmp_path):
+    cfg = BenchConfig(out=str(tmp_path), num=2, num_frames=[17], modes=["t2v"], steps=1, steps_table=[],
+                      untrained_aspect_ratios=[], progress=False)
+    pipe = ShiftRecordingPipe()
+    res = run_generate_and_score(pipe, cfg)
+    assert res["config"]["time_shift_used"] == 3.0 and set(pipe.seen) == {3.0}  # default: the model's own
+    cfg.time_shift = 1.5
+    pipe = ShiftRecordingPipe()
+    res = run_generate_and_score(pipe, cfg)
+    assert res["generated"] == 2 and res["skipped"] == 0  # videos made with another shift are not reused
+    assert res["config"]["time_shift_used"] == 1.5 and set(pipe.seen[1:]) == {1.5}  # [0]: the warm-up call
+    side = json.loads((tmp_path / "videos" / "00000_t2v_s1.json").read_text())
+    assert side["job"]["time_shift"] == 1.5
+
+
 def test_plan_prompts_heldout_share_seeds_and_captions():
     cfg = BenchConfig(out="unused", num=20, heldout_fraction=0.15)
     prompts = plan_prompts(cfg)
@@ -161,7 +188,7 @@ def test_plan_prompts_heldout_share_seeds_and_captions():
 
 @pytest.mark.parametrize("kwargs", [dict(modes=["t2v", "dance"]), dict(num_frames=[8]), dict(num_frames=[5]),
                                     dict(heldout_fraction=1.5), dict(num=0), dict(steps_table=[0]),
-                                    dict(aspect_ratios=["wide"])])
+                                    dict(aspect_ratios=["wide"]), dict(time_shift=0.0)])
 def test_bad_flags_raise_value_error(kwargs):
     with pytest.raises(ValueError):
         BenchConfig(out="unused", **kwargs).check()  # 5 frames: too short for connect's two given clips

@@ -48,6 +48,7 @@ class BenchConfig:
     modes: list[str] = field(default_factory=lambda: list(BENCH_MODES))
     steps: int = 20
     guidance: float | None = None  # None: the model's default (model_index.json), else 5.0
+    time_shift: float | None = None  # scale of the sampler's token-count shift; None: the model's (model_index.json)
     sampler: str = "euler"
     steps_table: list[int] = field(default_factory=lambda: [5, 10, 20, 50])
     steps_table_prompts: int = 20
@@ -78,6 +79,9 @@ class BenchConfig:
                                  f"t2i makes the images), got {t}; e.g. 17,33")
         if self.steps < 1 or any(s < 1 for s in self.steps_table):
             raise ValueError(f"--steps and --steps-table entries must be >= 1, got {self.steps}, {self.steps_table}")
+        if self.time_shift is not None and not self.time_shift > 0:
+            raise ValueError(f"--time-shift must be > 0 (1 = the plain rule, the model's own is in its "
+                             f"model_index.json), got {self.time_shift}")
         if not 0.0 <= self.heldout_fraction <= 1.0:
             raise ValueError(f"--include-heldout-fraction must be in [0, 1], got {self.heldout_fraction}")
 
@@ -274,11 +278,14 @@ def run_job(pipe, job: Job, cfg: BenchConfig, fps: float, guidance: float) -> tu
 
 
 def _signature(job: Job, cfg: BenchConfig, model: str, guidance: float) -> dict:
-    """What makes a saved video reusable on a re-run: same prompt, size, mode, steps, sampler, model."""
+    """What makes a saved video reusable on a re-run: same prompt, size, mode, steps, sampler, shift, model."""
     p = job.prompt
-    return {"model": os.path.abspath(model) if model else "", "mode": job.mode, "scene_seed": p.scene_seed, "height": p.height, "width": p.width,
-            "num_frames": p.num_frames, "steps": job.steps, "guidance_scale": guidance, "sampler": cfg.sampler,
-            "long_window": cfg.long_window if job.mode == "long" else None}
+    sig = {"model": os.path.abspath(model) if model else "", "mode": job.mode, "scene_seed": p.scene_seed, "height": p.height, "width": p.width,
+           "num_frames": p.num_frames, "steps": job.steps, "guidance_scale": guidance, "sampler": cfg.sampler,
+           "long_window": cfg.long_window if job.mode == "long" else None}
+    if cfg.time_shift is not None:  # only when overridden, so earlier runs' sidecars stay reusable
+        sig["time_shift"] = cfg.time_shift
+    return sig
 
 
 def _write_json(path: str, data: dict) -> None:
@@ -308,6 +315,8 @@ def run_generate_and_score(pipe, cfg: BenchConfig, model: str = "") -> dict:
 
     cfg.check()
     guidance = float(cfg.guidance if cfg.guidance is not None else pipe.defaults.get("guidance_scale", 5.0))
+    if cfg.time_shift is not None:  # every mode's schedule reads the shift rule's scale from the defaults
+        pipe.defaults = {**pipe.defaults, "time_shift": float(cfg.time_shift)}
     fps = float(pipe.defaults.get("fps", 8.0))
     videos_dir = os.path.join(cfg.out, "videos")
     os.makedirs(videos_dir, exist_ok=True)
@@ -335,7 +344,8 @@ def run_generate_and_score(pipe, cfg: BenchConfig, model: str = "") -> dict:
         records.append(record)
         generated += 1
     summary = aggregate(records, cfg)
-    result = {"config": {**asdict(cfg), "model": model, "guidance_scale": guidance, "fps": fps},
+    result = {"config": {**asdict(cfg), "model": model, "guidance_scale": guidance, "fps": fps,
+                         "time_shift_used": pipe.defaults.get("time_shift")},
               "summary": summary, "videos": records, "generated": generated, "skipped": skipped}
     write_outputs(result, cfg)
     return result

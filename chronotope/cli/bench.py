@@ -96,6 +96,8 @@ def add_bench_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
     p.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the model's, else 5)")
     p.add_argument("--sampler", default="euler", help="sampler (default euler)")
+    p.add_argument("--time-shift", type=float, default=None, metavar="SCALE",
+                   help="scale of the sampler's token-count timestep shift (default: the model's, in its model_index.json)")
     p.add_argument("--steps-table", type=int_list, default=[5, 10, 20, 50], metavar="LIST",
                    help="t2v steps compared on the first --steps-table-prompts prompts (default 5,10,20,50; '' for none)")
     p.add_argument("--steps-table-prompts", type=int, default=20, metavar="N", help="prompts in the steps table (default 20)")
@@ -117,7 +119,7 @@ def run_bench_generate(args: argparse.Namespace) -> int:
     cfg = BenchConfig(out=args.out, num=args.num, seed=args.seed, aspect_ratios=args.aspect_ratios,
                       untrained_aspect_ratios=args.untrained_aspect_ratios, num_frames=args.num_frames,
                       resolution=args.resolution, modes=args.modes, steps=args.steps, guidance=args.guidance,
-                      sampler=args.sampler, steps_table=args.steps_table, steps_table_prompts=args.steps_table_prompts,
+                      time_shift=args.time_shift, sampler=args.sampler, steps_table=args.steps_table, steps_table_prompts=args.steps_table_prompts,
                       heldout_fraction=args.include_heldout_fraction, long_window=args.long_window,
                       progress=not args.no_progress)
     cfg.check()  # before loading the model: flag mistakes fail fast
