@@ -20,6 +20,12 @@ swapped caption against the true one's (relative L2 distance over the caption's 
 of the most changed token; captions whose token counts differ are left out). A swap the encoder barely
 registers is one the DiT must learn from a faint signal.
 
+And whether the DiT reads direction at all (the loss barely shows it: direction decides where a small
+object goes, a few cells of the latent): on fresh one-object clips it predicts the clean latents from
+pure noise (t = 1, so the caption is all it has), and the probe measures how far the predicted object's
+centroid moves from the first latent frame to the last along the caption's direction, against the
+clips' own motion. A model that ignores direction words predicts about 0 cells.
+
     .venv/bin/python benchmarks/dit_probe.py --model chronotope/assets/world-model [--num 48]
 """
 
@@ -40,10 +46,10 @@ sys.path.insert(0, str(ROOT))
 FLIP = {"left": "right", "right": "left", "up": "down", "down": "up"}
 
 
-def fresh_clips(num: int, seed: int, objects: int | None = None) -> list[tuple[np.ndarray, dict[str, str]]]:
+def fresh_clips(num: int, seed: int, objects: int | None = None) -> list[tuple[np.ndarray, dict[str, str], list[str]]]:
     """`num` fresh 17-frame 64x64 World clips whose objects all move in a straight line (exactly `objects`
-    of them when given), with captions of the true scene and of its motion- and color-swapped versions
-    (same wording seed)."""
+    of them when given): (frames, captions of the true scene and of its motion- and color-swapped versions
+    (same wording seed), each object's motion)."""
     from chronotope.world.captions import detailed_caption
     from chronotope.world.render import render
     from chronotope.world.scene import sample_scene
@@ -65,7 +71,7 @@ def fresh_clips(num: int, seed: int, objects: int | None = None) -> list[tuple[n
         wording = [scene.seed or s, 2]
         captions = {name: detailed_caption(sc, np.random.default_rng(wording))
                     for name, sc in (("true", scene), ("motion-swap", moved), ("color-swap", recolored))}
-        out.append((render(scene, 64, 64, 17, 8.0).frames, captions))
+        out.append((render(scene, 64, 64, 17, 8.0).frames, captions, [o.motion for o in scene.objects]))
     return out
 
 
@@ -79,9 +85,9 @@ def probe(model_dir: str, num: int = 48, seed: int = 20_000_000, ts: tuple[float
         torch.set_num_threads(threads)
     pipe = VideoPipeline.from_pretrained(model_dir)
     clips = fresh_clips(num, seed, objects)
-    x0 = torch.stack([pipe.encode_video(frames) for frames, _ in clips])  # [N, C, n, h, w]
+    x0 = torch.stack([pipe.encode_video(frames) for frames, _, _ in clips])  # [N, C, n, h, w]
     N, n = x0.shape[0], x0.shape[2]
-    enc = {name: pipe.text_encoder.encode([c[name] for _, c in clips]) for name in ("true", "motion-swap", "color-swap")}
+    enc = {name: pipe.text_encoder.encode([c[name] for _, c, _ in clips]) for name in ("true", "motion-swap", "color-swap")}
     enc["empty"] = pipe.text_encoder.encode([""] * N)
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
     other = torch.roll(torch.arange(N), 1)  # frames-swap donor: the previous clip
@@ -106,7 +112,53 @@ def probe(model_dir: str, num: int = 48, seed: int = 20_000_000, ts: tuple[float
             per_frame.append(loss(mixed, target, t, enc["true"], frame=k))
         row["frames-swap"] = float(np.mean(per_frame))
         rows[f"{t:g}"] = row
-    return {"model": str(model_dir), "clips": N, "seed": seed, "objects": objects, "loss": rows, "text_change": text_change}
+    return {"model": str(model_dir), "clips": N, "seed": seed, "objects": objects, "loss": rows, "text_change": text_change,
+            "drift": drift_from_text(pipe, num, seed + 1_000_000)}
+
+
+AXIS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}  # image y grows down
+
+
+def centroids(z: torch.Tensor) -> torch.Tensor:
+    """Latents z [N, C, n, h, w] of one-object scenes -> the object's (x, y) per latent frame [N, n, 2], in
+    latent cells: the centroid of each cell's squared distance from the frame's median (the background)."""
+    bg = z.flatten(3).median(-1).values[..., None, None]  # [N, C, n, 1, 1]
+    e = (z - bg).square().sum(1)  # [N, n, h, w]
+    xs, ys = torch.arange(e.shape[-1], dtype=e.dtype), torch.arange(e.shape[-2], dtype=e.dtype)
+    total = e.sum((-2, -1)).clamp_min(1e-12)
+    return torch.stack([(e.sum(-2) * xs).sum(-1) / total, (e.sum(-1) * ys).sum(-1) / total], -1)
+
+
+@torch.no_grad()
+def drift_from_text(pipe, num: int, seed: int, draws: int = 4) -> dict:
+    """Does the DiT read direction words? On `num` fresh one-object clips, the clean latents it predicts from
+    pure noise (t = 1, so the caption is all it knows; mean over `draws` noise draws) and the clip's own
+    latents: how far the object's centroid moves from the first latent frame to the last along the
+    caption's direction, in latent cells. A model that ignores direction predicts about 0."""
+    from chronotope.dit.patches import Sample, pack, unpack
+
+    clips = fresh_clips(num, seed, objects=1)
+    x0 = torch.stack([pipe.encode_video(frames) for frames, _, _ in clips])  # [N, C, n, h, w]
+    N, n = x0.shape[0], x0.shape[2]
+    text = pipe.text_encoder.encode([c["true"] for _, c, _ in clips])
+    axis = torch.tensor([AXIS[m[0]] for _, _, m in clips])  # [N, 2]
+    gen = torch.Generator().manual_seed(seed)
+    pred = torch.zeros(N, n, 2)
+    for _ in range(draws):
+        noise = torch.randn(x0.shape, generator=gen)
+        packed = pack([Sample(noise[i], timestep=torch.ones(n), text_idx=i) for i in range(N)], pipe.dit.config.patch)
+        v = torch.stack(unpack(packed, pipe.dit(packed, *text)))  # x_1 = noise, so x0_hat = noise - v
+        pred += centroids(noise - v) / draws
+
+    def along(c: torch.Tensor, rows: torch.Tensor) -> float:
+        return float(((c[:, -1] - c[:, 0]) * axis).sum(-1)[rows].mean()) if rows.any() else float("nan")
+
+    horizontal = axis[:, 0] != 0
+    every = torch.ones(N, dtype=torch.bool)
+    return {"clips": N, "draws": draws,
+            "predicted": {"all": along(pred, every), "horizontal": along(pred, horizontal), "vertical": along(pred, ~horizontal)},
+            "truth": {"all": along(centroids(x0), every), "horizontal": along(centroids(x0), horizontal),
+                      "vertical": along(centroids(x0), ~horizontal)}}
 
 
 def caption_change(true: tuple[torch.Tensor, torch.Tensor], other: tuple[torch.Tensor, torch.Tensor]) -> dict:
@@ -147,6 +199,10 @@ def main() -> None:
     for name, c in res["text_change"].items():
         print(f"text encoder, {name}: caption embeddings {100 * c['rel_l2']:.1f}% apart (relative L2), most changed "
               f"token's cosine {c['min_token_cos']:.2f} ({c['captions']} captions of equal token count)")
+    d = res["drift"]
+    print(f"direction read from the caption alone (t = 1, {d['clips']} one-object clips): the predicted object moves "
+          f"{d['predicted']['all']:+.2f} latent cells along the caption's direction (horizontal {d['predicted']['horizontal']:+.2f}, "
+          f"vertical {d['predicted']['vertical']:+.2f}); the clips themselves {d['truth']['all']:+.2f}")
     if args.out:
         from chronotope.atomic import atomic_write_json
 
