@@ -389,6 +389,39 @@ def test_world_cli_writes_clips_manifest_and_resumes(tmp_path):
     assert os.path.exists(out / rows[0]["path"]) and os.path.getmtime(out / rows[1]["path"]) == mtime
 
 
+def test_constrained_scenes_keep_their_constraints_and_leave_the_default_stream_alone():
+    before = [sample_scene(s).spec for s in range(50)]
+    scenes = [sample_scene(s, objects=1, motions=["left", "right", "up", "down"]) for s in range(300)]
+    assert all(len(sc.objects) == 1 and not sc.pillar and sc.objects[0].motion in ("left", "right", "up", "down")
+               for sc in scenes)
+    assert {sc.objects[0].motion for sc in scenes} == {"left", "right", "up", "down"}
+    assert not any(is_heldout(sc.spec) for sc in scenes)
+    assert {sc.background for sc in scenes} == set(BACKGROUNDS)  # the rest is still drawn
+    three = [sample_scene(s, objects=3, motions=["still"]) for s in range(50)]
+    assert all(len(sc.objects) == 3 and len({o.color for o in sc.objects}) == 3 for sc in three)
+    assert sample_scene(7, objects=2, motions=["up"]).spec == sample_scene(7, objects=2, motions=["up"]).spec
+    assert [sample_scene(s).spec for s in range(50)] == before
+
+
+@pytest.mark.parametrize("kwargs", [dict(objects=0), dict(objects=4), dict(motions=["sideways"]), dict(motions=[])])
+def test_bad_constraints_raise_value_error(kwargs):
+    with pytest.raises(ValueError):
+        sample_scene(0, **kwargs)
+
+
+def test_world_cli_constrained_scenes(tmp_path):
+    from chronotope.cli import main
+
+    out = tmp_path / "w"
+    assert main(["world", "--out", str(out), "--num", "4", "--resolution", "32px", "--num-frames", "5",
+                 "--objects", "1", "--motions", "left,right", "--no-tracks", "--no-progress"]) == 0
+    with open(out / "manifest.csv", newline="") as f:
+        specs = [json.loads(r["spec"]) for r in csv.DictReader(f)]
+    assert len(specs) == 4 and all(len(s["objects"]) == 1 and s["objects"][0]["motion"] in ("left", "right")
+                                   and not s["pillar"] for s in specs)
+    assert main(["world", "--out", str(out), "--num", "1", "--motions", "left,sideways", "--no-progress"]) == 2
+
+
 def test_world_cli_rejects_bad_sizes(tmp_path, capsys):
     from chronotope.cli import main
 

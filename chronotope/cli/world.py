@@ -31,6 +31,11 @@ def add_world(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fps", type=float, default=8.0, help="frames per second (default 8)")
     p.add_argument("--include-heldout", action="store_true",
                    help="allow the held-out compositions (purple triangle, cyan square, orange circle)")
+    p.add_argument("--objects", type=int, default=None, metavar="N",
+                   help="exactly N objects per scene (1 to 3; default: 1 to 3 at random); constrained scenes have no pillar")
+    p.add_argument("--motions", type=str_list, default=None, metavar="LIST",
+                   help="draw each object's motion from these, e.g. left,right,up,down (default: every motion); "
+                   "constrained scenes have no pillar")
     p.add_argument("--workers", type=int, default=1, help="render processes (default 1)")
     p.add_argument("--no-tracks", action="store_true", help="skip the per-clip NAME.json track sidecars")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -43,7 +48,8 @@ def run_world(args: argparse.Namespace) -> int:
     sizes = resolve_sizes(args.height, args.width, args.resolution, args.aspect_ratios)
     manifest = write_world(args.out, args.num, seed=args.seed, sizes=sizes, num_frames=args.num_frames,
                            fps=args.fps, include_heldout=args.include_heldout, workers=args.workers,
-                           tracks=not args.no_tracks, progress=not args.no_progress)
+                           tracks=not args.no_tracks, progress=not args.no_progress, objects=args.objects,
+                           motions=args.motions)
     print(f"wrote {args.num} World clips and {manifest}")
     return 0
 

@@ -86,9 +86,11 @@ def _write_json(path: str, obj: dict) -> None:
     atomic_write_text(path, json.dumps(obj, separators=(",", ":")))
 
 
-def make_item(item: WorldItem, out_dir: str, include_heldout: bool = False, tracks: bool = True) -> dict:
-    """Render and write one item (unless its files exist) and return its manifest row."""
-    scene = sample_scene(item.scene_seed, include_heldout=include_heldout)
+def make_item(item: WorldItem, out_dir: str, include_heldout: bool = False, tracks: bool = True,
+              objects: int | None = None, motions: tuple[str, ...] | None = None) -> dict:
+    """Render and write one item (unless its files exist) and return its manifest row; objects / motions
+    constrain its scene (`sample_scene`)."""
+    scene = sample_scene(item.scene_seed, include_heldout=include_heldout, objects=objects, motions=motions)
     text = detailed_caption(scene, np.random.default_rng([item.scene_seed, 2]))
     path = os.path.join(out_dir, item.name)
     sidecar = os.path.splitext(path)[0] + ".json"
@@ -118,14 +120,19 @@ def resolve_sizes(height: int | None = None, width: int | None = None, resolutio
 
 def write_world(out_dir: str | os.PathLike, num: int, seed: int = 0, sizes: list[tuple[int, int, str]] | None = None,
                 num_frames: list[int] | None = None, fps: float = 8.0, include_heldout: bool = False,
-                workers: int = 1, tracks: bool = True, progress: bool = True) -> str:
-    """Render `num` World items into `out_dir` and write `out_dir/manifest.csv`; returns the manifest path."""
+                workers: int = 1, tracks: bool = True, progress: bool = True, objects: int | None = None,
+                motions: list[str] | None = None) -> str:
+    """Render `num` World items into `out_dir` and write `out_dir/manifest.csv`; returns the manifest path.
+    objects / motions: constrained scenes (exactly that many objects, motions drawn from the list, no pillar)."""
     out_dir = os.fspath(out_dir)
     if not fps > 0:
         raise ValueError(f"--fps must be positive, got {fps}")
     items = plan_items(num, seed, sizes or [(64, 64, "1:1")], num_frames or [17], fps)
+    if objects is not None or motions is not None:
+        sample_scene(0, include_heldout, objects, motions)  # ValueError for a bad constraint, before any work
     os.makedirs(out_dir, exist_ok=True)
-    job = functools.partial(make_item, out_dir=out_dir, include_heldout=include_heldout, tracks=tracks)
+    job = functools.partial(make_item, out_dir=out_dir, include_heldout=include_heldout, tracks=tracks,
+                            objects=objects, motions=None if motions is None else tuple(motions))
     bar = tqdm(total=len(items), desc="world", unit="clip", disable=not progress)
     rows: list[dict] = []
     if workers <= 1:

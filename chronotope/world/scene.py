@@ -245,15 +245,44 @@ def scene_from_spec(spec: dict, seed: int) -> Scene:
     return Scene(background=full["background"], objects=objects, pillar_u=pillar_u, seed=int(seed))
 
 
-def sample_scene(seed: int, include_heldout: bool = False) -> Scene:
+def _constrained_spec(rng: np.random.Generator, include_heldout: bool, objects: int | None,
+                      motions: tuple[str, ...]) -> dict:
+    """A spec with `objects` objects (1 to MAX_OBJECTS drawn when None), each of a different color and a
+    motion from `motions`, and no pillar; background, size and speed are left for `_fill_spec`."""
+    n = int(rng.integers(1, MAX_OBJECTS + 1)) if objects is None else objects
+    specs, used = [], set()
+    for _ in range(n):
+        free = [c for c in COLORS if c not in used]
+        while True:
+            color, shape = str(rng.choice(free)), str(rng.choice(SHAPES))
+            if include_heldout or (color, shape) not in HELDOUT:
+                break
+        used.add(color)
+        specs.append({"color": color, "shape": shape, "motion": str(rng.choice(list(motions)))})
+    return {"pillar": False, "objects": specs}
+
+
+def sample_scene(seed: int, include_heldout: bool = False, objects: int | None = None,
+                 motions: tuple[str, ...] | list[str] | None = None) -> Scene:
     """A random scene from `seed`: 1-3 objects of different colors, background, optional pillar.
 
     Held-out compositions (purple triangle, cyan square, orange circle) appear only with
-    `include_heldout=True`. The same seed always gives the same scene.
+    `include_heldout=True`. The same seed always gives the same scene. `objects` (exactly that many)
+    and `motions` (each object's motion drawn from these) make a constrained scene for a focused
+    training mix, e.g. one object moving left, right, up or down; constrained scenes have no pillar.
     """
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if objects is not None or motions is not None:
+        if objects is not None and not 1 <= objects <= MAX_OBJECTS:
+            raise ValueError(f"objects must be 1 to {MAX_OBJECTS}, got {objects}")
+        motions = tuple(MOTIONS if motions is None else motions)
+        unknown = [m for m in motions if m not in MOTIONS]
+        if unknown or not motions:
+            raise ValueError(f"unknown motion(s) {unknown or list(motions)}; choose from {', '.join(MOTIONS)}")
+        spec = _constrained_spec(np.random.default_rng([int(seed), 5]), include_heldout, objects, motions)
+        return scene_from_spec(spec, int(seed))
     rng = np.random.default_rng([int(seed), 0])
     spec = _sample_spec(rng, include_heldout)
-    objects, pillar_u = _place(spec, rng)
-    return Scene(background=spec["background"], objects=objects, pillar_u=pillar_u, seed=int(seed))
+    placed, pillar_u = _place(spec, rng)
+    return Scene(background=spec["background"], objects=placed, pillar_u=pillar_u, seed=int(seed))
