@@ -206,6 +206,24 @@ def test_encode_cache_resume_and_reader(data, vae_dir, tmp_path, capsys):
         lc.shard_for_rank(3, 3)
 
 
+def test_encode_several_manifests_into_one_cache_in_order(data, vae_dir, tmp_path):
+    first = _manifest(data)
+    other = tmp_path / "other"
+    other.mkdir()
+    write_video(other / "extra.mp4", _clip(9, 32, 32, COLORS[0], bg=128), fps=8)
+    second = other / "manifest.csv"
+    write_manifest(second, [{"path": str(other / "extra.mp4"), "text": "an extra square", "num_frames": 9, "height": 32,
+                             "width": 32, "fps": 8.0}])  # written relative: read back against its own manifest's folder
+    cache = tmp_path / "cache"
+    assert main(["encode", str(first), str(second), "--vae", str(vae_dir), "--out", str(cache), "--num-frames", "5",
+                 "--max-pixels", "1024", "--no-progress"]) == 0
+    lc = LatentCache(cache)
+    assert [lc.rows[i]["text"] for i in range(len(lc))] == [f"a {i} square moves right" for i in range(4)] + ["an extra square"]
+    assert lc.rows[4]["path"] == str(other / "extra.mp4")
+    meta = json.loads((cache / "cache.json").read_text())
+    assert meta["settings"]["manifest"] == [str(first), str(second)] and meta["failures"] == 0
+
+
 def test_vae_training_resume_is_bitwise(data, tmp_path):
     from chronotope.train.trainer import Trainer
 

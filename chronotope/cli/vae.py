@@ -60,7 +60,7 @@ def run_reconstruct(args: argparse.Namespace) -> int:
 
 def add_encode(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("encode", help="cache VAE latents of a manifest for DiT training (resumable)")
-    p.add_argument("manifest", help="manifest CSV")
+    p.add_argument("manifest", nargs="+", help="manifest CSV; several are cached as one set, in the order given")
     p.add_argument("--vae", required=True, help="VAE folder (config.json + model.safetensors), e.g. RUN/vae")
     p.add_argument("--out", required=True, help="cache folder (shards + index.jsonl + cache.json)")
     p.add_argument("--num-frames", type=int, default=17, help="frames per clip, 4k+1 (default 17)")
@@ -79,6 +79,7 @@ def run_encode(args: argparse.Namespace) -> int:
 
     from chronotope.data.dataset import VideoDataset
     from chronotope.data.latent_cache import encode_to_cache
+    from chronotope.data.manifest import read_manifest
     from chronotope.vae.model import CausalVAE
 
     if args.chunk_frames < 0:
@@ -87,9 +88,11 @@ def run_encode(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    rows = [row for path in args.manifest for row in read_manifest(path)]  # paths resolved per manifest
     vae = CausalVAE.from_pretrained(args.vae)
-    dataset = VideoDataset(args.manifest, num_frames=args.num_frames, max_pixels=args.max_pixels, random_start=False)
-    settings = {"manifest": os.path.abspath(args.manifest), "num_frames": args.num_frames,
+    dataset = VideoDataset(rows, num_frames=args.num_frames, max_pixels=args.max_pixels, random_start=False)
+    manifests = [os.path.abspath(m) for m in args.manifest]
+    settings = {"manifest": manifests[0] if len(manifests) == 1 else manifests, "num_frames": args.num_frames,
                 "max_pixels": args.max_pixels}
     counts = encode_to_cache(vae, dataset, args.out, vae_dir=os.path.abspath(args.vae), shard_size=args.shard_size,
                              dtype=args.dtype, settings=settings, progress=not args.no_progress,
