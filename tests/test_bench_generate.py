@@ -164,7 +164,8 @@ def test_time_shift_override_reaches_every_video_and_its_sidecar(tmp_path):
     pipe = ShiftRecordingPipe()
     res = run_generate_and_score(pipe, cfg)
     assert res["generated"] == 2 and res["skipped"] == 0  # videos made with another shift are not reused
-    assert res["config"]["time_shift_used"] == 1.5 and set(pipe.seen[1:]) == {1.5}  # [0]: the warm-up call
+    assert res["config"]["time_shift_used"] == 1.5 and set(pipe.seen) == {1.5}
+    assert pipe.defaults["time_shift"] == 3.0  # the caller's pipeline is left as it came
     side = json.loads((tmp_path / "videos" / "00000_t2v_s1.json").read_text())
     assert side["job"]["time_shift"] == 1.5
 

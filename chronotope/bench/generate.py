@@ -310,13 +310,22 @@ def _load_sidecar(path: str, signature: dict) -> dict | None:
 def run_generate_and_score(pipe, cfg: BenchConfig, model: str = "") -> dict:
     """Run every job (skipping finished ones), then aggregate and write OUT/results.json, report.md,
     grid.gif and plots. Returns the results dict; `generated` / `skipped` count this run's jobs."""
+    cfg.check()
+    guidance = float(cfg.guidance if cfg.guidance is not None else pipe.defaults.get("guidance_scale", 5.0))
+    own_defaults = pipe.defaults
+    if cfg.time_shift is not None:  # every mode's schedule reads the shift rule's scale from the defaults
+        pipe.defaults = {**own_defaults, "time_shift": float(cfg.time_shift)}
+    try:
+        return _run_jobs(pipe, cfg, model, guidance)
+    finally:
+        pipe.defaults = own_defaults  # the caller's pipeline is left as it came
+
+
+def _run_jobs(pipe, cfg: BenchConfig, model: str, guidance: float) -> dict:
+    """run_generate_and_score's work, with the pipeline's defaults already as the run wants them."""
     from chronotope.bench.generate_report import aggregate, write_outputs
     from chronotope.video import write_video
 
-    cfg.check()
-    guidance = float(cfg.guidance if cfg.guidance is not None else pipe.defaults.get("guidance_scale", 5.0))
-    if cfg.time_shift is not None:  # every mode's schedule reads the shift rule's scale from the defaults
-        pipe.defaults = {**pipe.defaults, "time_shift": float(cfg.time_shift)}
     fps = float(pipe.defaults.get("fps", 8.0))
     videos_dir = os.path.join(cfg.out, "videos")
     os.makedirs(videos_dir, exist_ok=True)

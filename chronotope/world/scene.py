@@ -279,7 +279,8 @@ def sample_scene(seed: int, include_heldout: bool = False, objects: int | None =
         motions = tuple(MOTIONS if motions is None else motions)
         unknown = [m for m in motions if m not in MOTIONS]
         if unknown or not motions:
-            raise ValueError(f"unknown motion(s) {unknown or list(motions)}; choose from {', '.join(MOTIONS)}")
+            what = f"unknown motion(s) {', '.join(unknown)}" if unknown else "no motion given"
+            raise ValueError(f"{what}; choose from {', '.join(MOTIONS)}")
         spec = _constrained_spec(np.random.default_rng([int(seed), 5]), include_heldout, objects, motions)
         return scene_from_spec(spec, int(seed))
     rng = np.random.default_rng([int(seed), 0])
