@@ -154,11 +154,10 @@ def drift_from_text(pipe, num: int, seed: int, draws: int = 4) -> dict:
         return float(((c[:, -1] - c[:, 0]) * axis).sum(-1)[rows].mean()) if rows.any() else float("nan")
 
     horizontal = axis[:, 0] != 0
-    every = torch.ones(N, dtype=torch.bool)
-    return {"clips": N, "draws": draws,
-            "predicted": {"all": along(pred, every), "horizontal": along(pred, horizontal), "vertical": along(pred, ~horizontal)},
-            "truth": {"all": along(centroids(x0), every), "horizontal": along(centroids(x0), horizontal),
-                      "vertical": along(centroids(x0), ~horizontal)}}
+    rows = {"all": torch.ones(N, dtype=torch.bool), "horizontal": horizontal, "vertical": ~horizontal}
+    truth = centroids(x0)
+    return {"clips": N, "draws": draws, "predicted": {k: along(pred, r) for k, r in rows.items()},
+            "truth": {k: along(truth, r) for k, r in rows.items()}}
 
 
 def caption_change(true: tuple[torch.Tensor, torch.Tensor], other: tuple[torch.Tensor, torch.Tensor]) -> dict:

@@ -28,7 +28,7 @@ from ..sizes import size_for
 from ..video import IMAGE_FPS, write_video
 from .captions import detailed_caption, short_caption
 from .render import check_frame_size, render
-from .scene import sample_scene
+from .scene import check_constraints, sample_scene
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ def write_world(out_dir: str | os.PathLike, num: int, seed: int = 0, sizes: list
         raise ValueError(f"--fps must be positive, got {fps}")
     items = plan_items(num, seed, sizes or [(64, 64, "1:1")], num_frames or [17], fps)
     if objects is not None or motions is not None:
-        sample_scene(0, include_heldout, objects, motions)  # ValueError for a bad constraint, before any work
+        check_constraints(objects, motions)  # before any work
     os.makedirs(out_dir, exist_ok=True)
     job = functools.partial(make_item, out_dir=out_dir, include_heldout=include_heldout, tracks=tracks,
                             objects=objects, motions=None if motions is None else tuple(motions))

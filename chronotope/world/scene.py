@@ -262,6 +262,19 @@ def _constrained_spec(rng: np.random.Generator, include_heldout: bool, objects: 
     return {"pillar": False, "objects": specs}
 
 
+def check_constraints(objects: int | None, motions: tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
+    """ValueError naming the valid values for a bad constraint of `sample_scene`; returns the motions to
+    draw from (every motion when None)."""
+    if objects is not None and not 1 <= objects <= MAX_OBJECTS:
+        raise ValueError(f"objects must be 1 to {MAX_OBJECTS}, got {objects}")
+    motions = tuple(MOTIONS if motions is None else motions)
+    unknown = [m for m in motions if m not in MOTIONS]
+    if unknown or not motions:
+        what = f"unknown motion(s) {', '.join(unknown)}" if unknown else "no motion given"
+        raise ValueError(f"{what}; choose from {', '.join(MOTIONS)}")
+    return motions
+
+
 def sample_scene(seed: int, include_heldout: bool = False, objects: int | None = None,
                  motions: tuple[str, ...] | list[str] | None = None) -> Scene:
     """A random scene from `seed`: 1-3 objects of different colors, background, optional pillar.
@@ -274,13 +287,7 @@ def sample_scene(seed: int, include_heldout: bool = False, objects: int | None =
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if objects is not None or motions is not None:
-        if objects is not None and not 1 <= objects <= MAX_OBJECTS:
-            raise ValueError(f"objects must be 1 to {MAX_OBJECTS}, got {objects}")
-        motions = tuple(MOTIONS if motions is None else motions)
-        unknown = [m for m in motions if m not in MOTIONS]
-        if unknown or not motions:
-            what = f"unknown motion(s) {', '.join(unknown)}" if unknown else "no motion given"
-            raise ValueError(f"{what}; choose from {', '.join(MOTIONS)}")
+        motions = check_constraints(objects, motions)
         spec = _constrained_spec(np.random.default_rng([int(seed), 5]), include_heldout, objects, motions)
         return scene_from_spec(spec, int(seed))
     rng = np.random.default_rng([int(seed), 0])
