@@ -174,11 +174,13 @@ def report_markdown(result: dict, grid_prompts: list[str]) -> str:
         f"| long | last / first | {_fmt(s['long']['last_over_first'])} |",
         f"| long | ground-truth render: last / first (the ceiling: movers leave the frame) | "
         f"{_fmt(s['long']['gt_last_over_first'])} |",
-        f"| long | last / first relative to the ground truth's | {_fmt(s['long']['relative_to_gt'])} |",
-        "", "## Sampling steps (t2v)", "", "| steps | videos | overall | seconds / video |", "|---:|---:|---:|---:|"]
-    for row in s["steps_table"]:
-        lines.append(f"| {row['steps']} | {row['videos']} | {_fmt(row['overall'])} | {_fmt(row['seconds_per_video'], 2)} |")
-    lines += ["", "![per attribute](per_attribute.png)", "", "![steps](steps.png)", ""]
+        f"| long | last / first relative to the ground truth's | {_fmt(s['long']['relative_to_gt'])} |"]
+    steps_rows = [row for row in s["steps_table"] if row["videos"]]
+    if steps_rows:  # --steps-table '' runs none: no empty section, no plot
+        lines += ["", "## Sampling steps (t2v)", "", "| steps | videos | overall | seconds / video |", "|---:|---:|---:|---:|"]
+        lines += [f"| {row['steps']} | {row['videos']} | {_fmt(row['overall'])} | {_fmt(row['seconds_per_video'], 2)} |"
+                  for row in steps_rows]
+    lines += ["", "![per attribute](per_attribute.png)", ""] + (["![steps](steps.png)", ""] if steps_rows else [])
     if grid_prompts:
         lines += ["## Samples", "", "![samples](grid.gif)", "", "Row-major, 4 per row:", ""]
         lines += [f"{i + 1}. {p}" for i, p in enumerate(grid_prompts)]
@@ -199,7 +201,7 @@ def _save_figure(fig, path: str) -> None:
 
 
 def write_plots(summary: dict, out: str) -> list[str]:
-    """OUT/per_attribute.png (t2v groups per attribute) and OUT/steps.png (score and time against steps)."""
+    """OUT/per_attribute.png (t2v groups per attribute) and, when a steps table ran, OUT/steps.png (score and time against steps)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -222,6 +224,8 @@ def write_plots(summary: dict, out: str) -> list[str]:
     plt.close(fig)
 
     rows = [r for r in summary["steps_table"] if r["videos"]]
+    if not rows:  # no steps table was run: no steps.png
+        return paths
     fig, ax = plt.subplots(figsize=(5, 3.5))
     steps = [r["steps"] for r in rows]
     ax.plot(steps, [np.nan if r["overall"] is None else r["overall"] for r in rows], "o-", label="overall")
