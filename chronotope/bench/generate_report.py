@@ -115,6 +115,11 @@ def aggregate(records: list[dict], cfg) -> dict:
     return out
 
 
+def _steps_rows(summary: dict) -> list[dict]:
+    """The steps table's rows that have videos (none when the run had --steps-table '')."""
+    return [r for r in summary["steps_table"] if r["videos"]]
+
+
 def _fmt(x, digits: int = 3) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
 
@@ -175,7 +180,7 @@ def report_markdown(result: dict, grid_prompts: list[str]) -> str:
         f"| long | ground-truth render: last / first (the ceiling: movers leave the frame) | "
         f"{_fmt(s['long']['gt_last_over_first'])} |",
         f"| long | last / first relative to the ground truth's | {_fmt(s['long']['relative_to_gt'])} |"]
-    steps_rows = [row for row in s["steps_table"] if row["videos"]]
+    steps_rows = _steps_rows(s)
     if steps_rows:  # --steps-table '' runs none: no empty section, no plot
         lines += ["", "## Sampling steps (t2v)", "", "| steps | videos | overall | seconds / video |", "|---:|---:|---:|---:|"]
         lines += [f"| {row['steps']} | {row['videos']} | {_fmt(row['overall'])} | {_fmt(row['seconds_per_video'], 2)} |"
@@ -223,7 +228,7 @@ def write_plots(summary: dict, out: str) -> list[str]:
     _save_figure(fig, paths[0])
     plt.close(fig)
 
-    rows = [r for r in summary["steps_table"] if r["videos"]]
+    rows = _steps_rows(summary)
     if not rows:  # no steps table was run: no steps.png
         return paths
     fig, ax = plt.subplots(figsize=(5, 3.5))
