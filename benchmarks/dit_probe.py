@@ -24,7 +24,8 @@ And whether the DiT reads direction at all (the loss barely shows it: direction 
 object goes, a few cells of the latent): on fresh one-object clips it predicts the clean latents from
 pure noise (t = 1, so the caption is all it has), and the probe measures how far the predicted object's
 centroid moves from the first latent frame to the last along the caption's direction, against the
-clips' own motion. A model that ignores direction words predicts about 0 cells.
+clips' own motion. A model that ignores direction words predicts about 0 cells. The same again with the
+clip's first latent frame given (image-to-video), with the true and with the direction-swapped caption.
 
     .venv/bin/python benchmarks/dit_probe.py --model chronotope/assets/world-model [--num 48]
 """
@@ -134,30 +135,48 @@ def drift_from_text(pipe, num: int, seed: int, draws: int = 4) -> dict:
     """Does the DiT read direction words? On `num` fresh one-object clips, the clean latents it predicts from
     pure noise (t = 1, so the caption is all it knows; mean over `draws` noise draws) and the clip's own
     latents: how far the object's centroid moves from the first latent frame to the last along the
-    caption's direction, in latent cells. A model that ignores direction predicts about 0."""
+    caption's direction, in latent cells. A model that ignores direction predicts about 0. Then the same with the
+    clip's first latent frame given clean (image-to-video: the object's start is known, only its path is not),
+    once with the true caption and once with every direction swapped: a model that reads direction moves the
+    object the caption's way with the first and the other way with the second."""
     from chronotope.dit.patches import Sample, pack, unpack
 
     clips = fresh_clips(num, seed, objects=1)
     x0 = torch.stack([pipe.encode_video(frames) for frames, _, _ in clips])  # [N, C, n, h, w]
     N, n = x0.shape[0], x0.shape[2]
-    text = pipe.text_encoder.encode([c["true"] for _, c, _ in clips])
+    text = {name: pipe.text_encoder.encode([c[name] for _, c, _ in clips]) for name in ("true", "motion-swap")}
     axis = torch.tensor([AXIS[m[0]] for _, _, m in clips])  # [N, 2]
-    gen = torch.Generator().manual_seed(seed)
-    pred = torch.zeros(N, n, 2)
-    for _ in range(draws):
-        noise = torch.randn(x0.shape, generator=gen)
-        packed = pack([Sample(noise[i], timestep=torch.ones(n), text_idx=i) for i in range(N)], pipe.dit.config.patch)
-        v = torch.stack(unpack(packed, pipe.dit(packed, *text)))  # x_1 = noise, so x0_hat = noise - v
-        pred += centroids(noise - v) / draws
+    first = torch.zeros(n, dtype=torch.bool)
+    first[0] = True
+
+    def predict(caption: str, given_first: bool) -> torch.Tensor:
+        """Centroids [N, n, 2] of the clean latents predicted at t = 1 (mean over the noise draws); with
+        `given_first` the first latent frame is the clip's own, clean (t = 0: the image-to-video setting)."""
+        gen, out = torch.Generator().manual_seed(seed), torch.zeros(N, n, 2)
+        for _ in range(draws):
+            noise = torch.randn(x0.shape, generator=gen)
+            if given_first:
+                noise[:, :, 0] = x0[:, :, 0]
+            samples = [Sample(noise[i], timestep=torch.where(first, 0.0, 1.0) if given_first else torch.ones(n),
+                              is_cond=first if given_first else None, text_idx=i) for i in range(N)]
+            packed = pack(samples, pipe.dit.config.patch)
+            v = torch.stack(unpack(packed, pipe.dit(packed, *text[caption])))  # x_1 = noise, so x0_hat = noise - v
+            x0_hat = noise - v
+            if given_first:
+                x0_hat[:, :, 0] = x0[:, :, 0]
+            out += centroids(x0_hat) / draws
+        return out
 
     def along(c: torch.Tensor, rows: torch.Tensor) -> float:
         return float(((c[:, -1] - c[:, 0]) * axis).sum(-1)[rows].mean()) if rows.any() else float("nan")
 
     horizontal = axis[:, 0] != 0
     rows = {"all": torch.ones(N, dtype=torch.bool), "horizontal": horizontal, "vertical": ~horizontal}
-    truth = centroids(x0)
+    truth, pred = centroids(x0), predict("true", False)
+    given = {name: predict(name, True) for name in ("true", "motion-swap")}
     return {"clips": N, "draws": draws, "predicted": {k: along(pred, r) for k, r in rows.items()},
-            "truth": {k: along(truth, r) for k, r in rows.items()}}
+            "truth": {k: along(truth, r) for k, r in rows.items()},
+            "given_first": {name: {k: along(c, r) for k, r in rows.items()} for name, c in given.items()}}
 
 
 def caption_change(true: tuple[torch.Tensor, torch.Tensor], other: tuple[torch.Tensor, torch.Tensor]) -> dict:
@@ -202,6 +221,11 @@ def main() -> None:
     print(f"direction read from the caption alone (t = 1, {d['clips']} one-object clips): the predicted object moves "
           f"{d['predicted']['all']:+.2f} latent cells along the caption's direction (horizontal {d['predicted']['horizontal']:+.2f}, "
           f"vertical {d['predicted']['vertical']:+.2f}); the clips themselves {d['truth']['all']:+.2f}")
+    g = d["given_first"]
+    print(f"given the clip's first latent frame (image-to-video, the rest at t = 1): {g['true']['all']:+.2f} cells along "
+          f"the caption's direction (horizontal {g['true']['horizontal']:+.2f}, vertical {g['true']['vertical']:+.2f}); "
+          f"with every direction swapped in the caption {g['motion-swap']['all']:+.2f} (a model that reads direction "
+          f"moves the object the other way: negative)")
     if args.out:
         from chronotope.atomic import atomic_write_json
 

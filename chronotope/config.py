@@ -136,6 +136,10 @@ class DiTConfig:
     # projection): RoPE gives attention only relative offsets, so without them a token cannot tell the
     # first frame from the last, which "starts right, moves left" needs when the frames are still noise
     abs_pos: bool = False
+    # also add the caption's mean-pooled embedding to the timestep embedding that drives adaLN (SD3 / flux's
+    # pooled text vector; zero-initialised projection): a global modulation of every token, which can gate
+    # position features directly, where cross-attention must route the caption through noise-driven queries
+    pooled_text: bool = False
     attention: str = "auto"  # "auto" | "sdpa" | "flex" | "flash"
 
     def __post_init__(self) -> None:
