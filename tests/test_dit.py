@@ -320,11 +320,17 @@ def test_with_patch_resizes_only_the_input_and_output_layers():
             model.with_patch(bad)
 
 
-def test_abs_pos_starts_as_a_no_op_and_then_tells_frames_apart():
+def _trained_looking_debug_dit() -> DiT:
+    """A debug DiT whose weights are all small random values (no zero gates), as a trained one's would be."""
     torch.manual_seed(0)
     model = DiT(DIT_PRESETS["debug"]()).eval()
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.05)
+    return model
+
+
+def test_abs_pos_starts_as_a_no_op_and_then_tells_frames_apart():
+    model = _trained_looking_debug_dit()
     with_pos = model.with_abs_pos().eval()
     assert with_pos.config.abs_pos and not model.config.abs_pos
     C = model.config.in_channels
@@ -348,10 +354,7 @@ def test_abs_pos_starts_as_a_no_op_and_then_tells_frames_apart():
 
 
 def test_pooled_text_starts_as_a_no_op_and_then_modulates_by_caption():
-    torch.manual_seed(0)
-    model = DiT(DIT_PRESETS["debug"]()).eval()
-    for p in model.parameters():
-        torch.nn.init.normal_(p, std=0.05)
+    model = _trained_looking_debug_dit()
     pooled = model.with_pooled_text().eval()
     assert pooled.config.pooled_text and not model.config.pooled_text
     C, D = model.config.in_channels, model.config.text_dim
