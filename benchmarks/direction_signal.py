@@ -11,11 +11,14 @@ On the cache's 1:1, 17-frame one-object clips whose object moves left, right, up
     text          a linear classifier from the mean-pooled caption embedding to the direction, trained on
                   three quarters of the cache's one-mover captions (any size and length), accuracy on the
                   rest: do the words carry direction at all
+    mlp           with --mlp: the plainest learner of the t = 1 target, an MLP from (pooled caption, each token's
+                  position features) straight to the clean latent, trained by squared error on three quarters
+                  of the clips; its held-out loss and each direction's predicted start and end centroid
     positions     with --model: a linear read-out of each token's (t, h, w) from the DiT's residual stream
                   after every other block, at t = 0.5 and t = 1 (R^2 on held-out tokens): does it know where
                   a token is when its input is noise
 
-    .venv/bin/python benchmarks/direction_signal.py --cache data/dir1-cache [--model chronotope/assets/world-model]
+    .venv/bin/python benchmarks/direction_signal.py --cache data/dir1-cache [--model chronotope/assets/world-model] [--mlp]
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ def load_movers(cache_dir: str) -> tuple[torch.Tensor, list[dict], list[tuple[st
         captions.append((row["text"], spec["objects"][0]["motion"]))
         if list(row["shape"][1:]) == [5, 8, 8]:
             latents.append(cache[i]["latent"])
-            objects.append({**spec["objects"][0], "background": spec["background"]})
+            objects.append({**spec["objects"][0], "background": spec["background"], "caption": row["text"]})
     if len(latents) < 8:
         raise SystemExit(f"{cache_dir} holds {len(latents)} one-object 1:1 17-frame clips moving left/right/up/down; "
                          "need at least 8 (encode a `chronotope world --objects 1 --motions left,right,up,down` set)")
@@ -66,12 +69,7 @@ def residual(x: torch.Tensor, keys: list) -> float:
 
 def text_probe(captions: list[str], labels: torch.Tensor, steps: int = 300) -> float:
     """Held-out accuracy of a linear classifier on mean-pooled MiniLM caption embeddings (last quarter held out)."""
-    from chronotope.dit.model import DiT
-    from chronotope.text.encoder import TextEncoder
-
-    encoder = TextEncoder()
-    with torch.no_grad():
-        pooled = torch.cat([DiT._pooled(*encoder.encode(captions[i:i + 256])) for i in range(0, len(captions), 256)])
+    pooled = pooled_captions(captions)
     x = (pooled - pooled.mean(0)) / pooled.std(0).clamp_min(1e-6)
     n = len(captions) * 3 // 4
     w = torch.zeros(x.shape[1], len(DIRECTIONS), requires_grad=True)
@@ -83,6 +81,50 @@ def text_probe(captions: list[str], labels: torch.Tensor, steps: int = 300) -> f
         loss.backward()
         opt.step()
     return float(((x[n:] @ w + b).argmax(1) == labels[n:]).float().mean())
+
+
+def pooled_captions(captions: list[str]) -> torch.Tensor:
+    """Mean-pooled MiniLM embeddings [N, 384] of `captions` (the DiT's --pooled-text input)."""
+    from chronotope.dit.model import DiT
+    from chronotope.text.encoder import TextEncoder
+
+    encoder = TextEncoder()
+    with torch.no_grad():
+        return torch.cat([DiT._pooled(*encoder.encode(captions[i:i + 256])) for i in range(0, len(captions), 256)])
+
+
+def mlp_regression(x: torch.Tensor, pooled: torch.Tensor, steps: int = 3000, batch: int = 8) -> tuple[dict, torch.Tensor]:
+    """Fit an MLP (pooled caption, position features) -> clean latent on the first three quarters of x [N, C, 5, 8, 8];
+    returns held-out losses (every 1,000 steps, and of the plain training mean) and its held-out predictions."""
+    from chronotope.dit.embeddings import position_features
+
+    torch.manual_seed(0)
+    N, C, T, H, W = x.shape
+    step = 4.0 / min(H, W)  # the shipped DiT's positions: spatial ids x pos_ref (4) / min side ("min_side")
+    axes = [torch.arange(n, dtype=torch.float32) * d for n, d in ((T, 1.0), (H, step), (W, step))]
+    grid = torch.meshgrid(*axes, indexing="ij")
+    feats = position_features(torch.stack(grid, -1).reshape(-1, 3), 32)  # [T*H*W, 96]
+    net = torch.nn.Sequential(torch.nn.Linear(pooled.shape[1] + feats.shape[1], 256), torch.nn.GELU(),
+                              torch.nn.Linear(256, 256), torch.nn.GELU(), torch.nn.Linear(256, C))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+
+    def run(idx: torch.Tensor) -> torch.Tensor:
+        inp = torch.cat([pooled[idx, None].expand(-1, len(feats), -1), feats.expand(len(idx), -1, -1)], -1)
+        return net(inp).reshape(len(idx), T, H, W, C).permute(0, 4, 1, 2, 3)  # [n, C, T, H, W]
+
+    train, held = torch.arange(N * 3 // 4), torch.arange(N * 3 // 4, N)
+    losses = {"plain mean": float((x[train].mean(0) - x[held]).square().mean())}
+    for step in range(1, steps + 1):
+        b = train[torch.randint(len(train), (batch,))]
+        loss = (run(b) - x[b]).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 1000 == 0:
+            with torch.no_grad():
+                losses[f"step {step}"] = float((run(held) - x[held]).square().mean())
+    with torch.no_grad():
+        return losses, run(held)
 
 
 @torch.no_grad()
@@ -122,6 +164,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cache", required=True, help="latent cache folder holding one-mover clips")
     parser.add_argument("--model", default=None, help="also read token positions out of this model folder's DiT")
+    parser.add_argument("--mlp", action="store_true", help="also fit the plain MLP of the t = 1 target (about 2 min)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
     if args.threads:
@@ -148,6 +191,15 @@ def main() -> None:
     accuracy = text_probe([text for text, _ in captions], labels)
     print(f"text        pooled caption -> direction, linear, held-out accuracy {accuracy:.3f} "
           f"({len(captions) - len(captions) * 3 // 4} of {len(captions)} one-mover captions held out)")
+    if args.mlp:
+        losses, pred = mlp_regression(x, pooled_captions([o["caption"] for o in objects]))
+        print("mlp         held-out loss " + ", ".join(f"{k} {v:.3f}" for k, v in losses.items()))
+        held = motion[len(x) * 3 // 4:]
+        c_pred = centroids(pred)
+        for d in DIRECTIONS:
+            rows = [i for i, m in enumerate(held) if m == d]
+            s, e = c_pred[rows, 0].mean(0).tolist(), c_pred[rows, -1].mean(0).tolist()
+            print(f"mlp         {d:5s} predicted start (x, y) {s[0]:.2f}, {s[1]:.2f}  end {e[0]:.2f}, {e[1]:.2f}")
     if args.model:
         for t, rows in position_readout(args.model, x).items():
             print(f"positions   t = {t}: R^2 of (t, h, w) " + " | ".join(f"{k} {a:.2f} {b:.2f} {c_:.2f}" for k, (a, b, c_) in rows.items()))
