@@ -52,7 +52,7 @@ def load_movers(cache_dir: str) -> tuple[torch.Tensor, list[dict], list[tuple[st
         captions.append((row["text"], spec["objects"][0]["motion"]))
         if list(row["shape"][1:]) == [5, 8, 8]:
             latents.append(cache[i]["latent"])
-            objects.append({**spec["objects"][0], "background": spec["background"], "caption": row["text"]})
+            objects.append({**spec["objects"][0], "background": spec["background"], "caption_idx": len(captions) - 1})
     if len(latents) < 8:
         raise SystemExit(f"{cache_dir} holds {len(latents)} one-object 1:1 17-frame clips moving left/right/up/down; "
                          "need at least 8 (encode a `chronotope world --objects 1 --motions left,right,up,down` set)")
@@ -67,11 +67,10 @@ def residual(x: torch.Tensor, keys: list) -> float:
     return float(sum(((x[g] - x[g].mean(0)) ** 2).sum() for g in groups.values()) / x.numel())
 
 
-def text_probe(captions: list[str], labels: torch.Tensor, steps: int = 300) -> float:
-    """Held-out accuracy of a linear classifier on mean-pooled MiniLM caption embeddings (last quarter held out)."""
-    pooled = pooled_captions(captions)
+def text_probe(pooled: torch.Tensor, labels: torch.Tensor, steps: int = 300) -> float:
+    """Held-out accuracy of a linear classifier on mean-pooled caption embeddings [N, D] (last quarter held out)."""
     x = (pooled - pooled.mean(0)) / pooled.std(0).clamp_min(1e-6)
-    n = len(captions) * 3 // 4
+    n = len(labels) * 3 // 4
     w = torch.zeros(x.shape[1], len(DIRECTIONS), requires_grad=True)
     b = torch.zeros(len(DIRECTIONS), requires_grad=True)
     opt = torch.optim.Adam([w, b], lr=1e-2)
@@ -164,7 +163,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cache", required=True, help="latent cache folder holding one-mover clips")
     parser.add_argument("--model", default=None, help="also read token positions out of this model folder's DiT")
-    parser.add_argument("--mlp", action="store_true", help="also fit the plain MLP of the t = 1 target (about 2 min)")
+    parser.add_argument("--mlp", action="store_true", help="also fit the plain MLP of the t = 1 target (about 75 s)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
     if args.threads:
@@ -177,22 +176,21 @@ def main() -> None:
     c = centroids(x)  # [N, 5, 2]
     for d in DIRECTIONS:
         rows = [i for i, m in enumerate(motion) if m == d]
-        start, end = c[rows, 0], c[rows, -1]
-        print(f"start side  {d:5s} n={len(rows):4d}  start (x, y) {start.mean(0).tolist()[0]:.2f}, {start.mean(0).tolist()[1]:.2f}"
-              f" (sd {start.std(0).tolist()[0]:.2f}, {start.std(0).tolist()[1]:.2f})  end {end.mean(0).tolist()[0]:.2f}, "
-              f"{end.mean(0).tolist()[1]:.2f}")
+        (sx, sy), (dx, dy), (ex, ey) = c[rows, 0].mean(0).tolist(), c[rows, 0].std(0).tolist(), c[rows, -1].mean(0).tolist()
+        print(f"start side  {d:5s} n={len(rows):4d}  start (x, y) {sx:.2f}, {sy:.2f} (sd {dx:.2f}, {dy:.2f})  end {ex:.2f}, {ey:.2f}")
     bg = [o["background"] for o in objects]
     base = residual(x, bg)
     for name, keys in (("direction", [(b, m) for b, m in zip(bg, motion)]),
                        ("object color", [(b, o["color"]) for b, o in zip(bg, objects)])):
         print(f"signal      variance per element left: background {base:.3f} -> + {name} {residual(x, keys):.3f} "
               f"(total {float(x.var()):.3f})")
+    pooled = pooled_captions([text for text, _ in captions])  # [all one-movers, 384], encoded once
     labels = torch.tensor([DIRECTIONS.index(m) for _, m in captions])
-    accuracy = text_probe([text for text, _ in captions], labels)
+    accuracy = text_probe(pooled, labels)
     print(f"text        pooled caption -> direction, linear, held-out accuracy {accuracy:.3f} "
           f"({len(captions) - len(captions) * 3 // 4} of {len(captions)} one-mover captions held out)")
     if args.mlp:
-        losses, pred = mlp_regression(x, pooled_captions([o["caption"] for o in objects]))
+        losses, pred = mlp_regression(x, pooled[[o["caption_idx"] for o in objects]])
         print("mlp         held-out loss " + ", ".join(f"{k} {v:.3f}" for k, v in losses.items()))
         held = motion[len(x) * 3 // 4:]
         c_pred = centroids(pred)
