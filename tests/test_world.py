@@ -403,6 +403,21 @@ def test_constrained_scenes_keep_their_constraints_and_leave_the_default_stream_
     assert [sample_scene(s).spec for s in range(50)] == before
 
 
+def test_anywhere_starts_do_not_tell_the_direction():
+    def start_u(starts, motion):
+        return np.array([sample_scene(s, objects=1, motions=[motion], starts=starts).objects[0].u0 for s in range(200)])
+
+    behind, anywhere = start_u("behind", "left"), start_u("anywhere", "left")
+    assert behind.min() >= 0.2  # a left-mover comes from the right
+    assert (anywhere < -0.1).mean() > 0.2 and (anywhere > 0.1).mean() > 0.2  # either side
+    assert abs(anywhere.mean() - start_u("anywhere", "right").mean()) < 0.05  # same start law for both
+    v = np.array([sample_scene(s, objects=1, motions=["down"], starts="anywhere").objects[0].v0 for s in range(200)])
+    assert (v > 0.1).mean() > 0.2  # a down-mover may start in the lower half
+    assert [sample_scene(s, starts="anywhere").spec for s in range(20)] == [sample_scene(s).spec for s in range(20)]
+    with pytest.raises(ValueError, match="behind, anywhere"):
+        sample_scene(0, starts="middle")
+
+
 @pytest.mark.parametrize("kwargs", [dict(objects=0), dict(objects=4), dict(motions=["sideways"]), dict(motions=[])])
 def test_bad_constraints_raise_value_error(kwargs):
     with pytest.raises(ValueError):
@@ -414,7 +429,8 @@ def test_world_cli_constrained_scenes(tmp_path):
 
     out = tmp_path / "w"
     assert main(["world", "--out", str(out), "--num", "4", "--resolution", "32px", "--num-frames", "5",
-                 "--objects", "1", "--motions", "left,right", "--no-tracks", "--no-progress"]) == 0
+                 "--objects", "1", "--motions", "left,right", "--starts", "anywhere", "--no-tracks",
+                 "--no-progress"]) == 0
     with open(out / "manifest.csv", newline="") as f:
         specs = [json.loads(r["spec"]) for r in csv.DictReader(f)]
     assert len(specs) == 4 and all(len(s["objects"]) == 1 and s["objects"][0]["motion"] in ("left", "right")

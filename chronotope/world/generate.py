@@ -28,7 +28,7 @@ from ..sizes import size_for
 from ..video import IMAGE_FPS, write_video
 from .captions import detailed_caption, short_caption
 from .render import check_frame_size, render
-from .scene import check_constraints, sample_scene
+from .scene import check_constraints, check_starts, sample_scene
 
 
 @dataclass(frozen=True)
@@ -87,10 +87,11 @@ def _write_json(path: str, obj: dict) -> None:
 
 
 def make_item(item: WorldItem, out_dir: str, include_heldout: bool = False, tracks: bool = True,
-              objects: int | None = None, motions: tuple[str, ...] | None = None) -> dict:
-    """Render and write one item (unless its files exist) and return its manifest row; objects / motions
-    constrain its scene (`sample_scene`)."""
-    scene = sample_scene(item.scene_seed, include_heldout=include_heldout, objects=objects, motions=motions)
+              objects: int | None = None, motions: tuple[str, ...] | None = None, starts: str = "behind") -> dict:
+    """Render and write one item (unless its files exist) and return its manifest row; objects / motions /
+    starts constrain its scene (`sample_scene`)."""
+    scene = sample_scene(item.scene_seed, include_heldout=include_heldout, objects=objects, motions=motions,
+                         starts=starts)
     text = detailed_caption(scene, np.random.default_rng([item.scene_seed, 2]))
     path = os.path.join(out_dir, item.name)
     sidecar = os.path.splitext(path)[0] + ".json"
@@ -121,18 +122,20 @@ def resolve_sizes(height: int | None = None, width: int | None = None, resolutio
 def write_world(out_dir: str | os.PathLike, num: int, seed: int = 0, sizes: list[tuple[int, int, str]] | None = None,
                 num_frames: list[int] | None = None, fps: float = 8.0, include_heldout: bool = False,
                 workers: int = 1, tracks: bool = True, progress: bool = True, objects: int | None = None,
-                motions: list[str] | None = None) -> str:
+                motions: list[str] | None = None, starts: str = "behind") -> str:
     """Render `num` World items into `out_dir` and write `out_dir/manifest.csv`; returns the manifest path.
-    objects / motions: constrained scenes (exactly that many objects, motions drawn from the list, no pillar)."""
+    objects / motions: constrained scenes (exactly that many objects, motions drawn from the list, no pillar);
+    starts="anywhere": movers start anywhere in view, not on the side they come from (`sample_scene`)."""
     out_dir = os.fspath(out_dir)
     if not fps > 0:
         raise ValueError(f"--fps must be positive, got {fps}")
     items = plan_items(num, seed, sizes or [(64, 64, "1:1")], num_frames or [17], fps)
     if objects is not None or motions is not None:
         check_constraints(objects, motions)  # before any work
+    check_starts(starts)
     os.makedirs(out_dir, exist_ok=True)
     job = functools.partial(make_item, out_dir=out_dir, include_heldout=include_heldout, tracks=tracks,
-                            objects=objects, motions=None if motions is None else tuple(motions))
+                            objects=objects, motions=None if motions is None else tuple(motions), starts=starts)
     bar = tqdm(total=len(items), desc="world", unit="clip", disable=not progress)
     rows: list[dict] = []
     if workers <= 1:

@@ -31,6 +31,7 @@ RESTITUTION = 0.7
 PILLAR_WIDTH = 0.16
 PILLAR_PROBABILITY = 0.25
 DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
+STARTS = ("behind", "anywhere")  # where a left/right/up/down mover starts: on the side it comes from, or anywhere
 _MIN_GAP = 0.85  # start centres at least this fraction of (r_i + r_j) apart: no heavy overlap
 
 
@@ -171,9 +172,15 @@ def _fill_spec(spec: dict, rng: np.random.Generator) -> dict:
     return validate_spec({"background": background, "pillar": pillar, "objects": objects})
 
 
-def _start_range(motion: str, r: float) -> tuple[tuple[float, float], tuple[float, float]]:
-    """(u range, v range) of start centres inside the central square for a motion."""
+def _start_range(motion: str, r: float, starts: str = "behind") -> tuple[tuple[float, float], tuple[float, float]]:
+    """(u range, v range) of start centres inside the central square for a motion.
+
+    starts="behind" puts a left/right/up/down mover on the side it comes from, so that it crosses the view;
+    "anywhere" draws its start from the whole square, so that the start position does not tell the path.
+    """
     full = (-0.5 + r, 0.5 - r)
+    if starts == "anywhere" and motion in DIRECTIONS:
+        return full, full
     far = (0.2, max(0.2, 0.5 - r))  # start on the side a mover comes from
     if motion == "left":
         return far, full
@@ -188,13 +195,14 @@ def _start_range(motion: str, r: float) -> tuple[tuple[float, float], tuple[floa
     return full, full
 
 
-def _place(spec: dict, rng: np.random.Generator, tries: int = 200) -> tuple[list[SceneObject], float | None]:
+def _place(spec: dict, rng: np.random.Generator, tries: int = 200,
+           starts: str = "behind") -> tuple[list[SceneObject], float | None]:
     """Rejection-sample start positions (and the pillar) so that nothing starts heavily overlapped."""
     best, best_cost = None, math.inf
     for _ in range(tries):
         objects = []
         for o in spec["objects"]:
-            (ulo, uhi), (vlo, vhi) = _start_range(o["motion"], SIZES[o["size"]] / 2)
+            (ulo, uhi), (vlo, vhi) = _start_range(o["motion"], SIZES[o["size"]] / 2, starts)
             objects.append(SceneObject(o["color"], o["shape"], o["size"], o["motion"], o["speed"],
                                        u0=float(rng.uniform(ulo, uhi)), v0=float(rng.uniform(vlo, vhi)),
                                        du=float(rng.choice([-1.0, 1.0])), dv=float(rng.choice([-1.0, 1.0]))))
@@ -233,15 +241,23 @@ def _place_pillar(objects: list[SceneObject], rng: np.random.Generator) -> tuple
     return pillar_u, cost
 
 
-def scene_from_spec(spec: dict, seed: int) -> Scene:
+def check_starts(starts: str) -> str:
+    """ValueError naming the valid values for a bad `starts`."""
+    if starts not in STARTS:
+        raise ValueError(f"starts must be one of {', '.join(STARTS)}, got {starts!r}")
+    return starts
+
+
+def scene_from_spec(spec: dict, seed: int, starts: str = "behind") -> Scene:
     """A scene for `spec` with start positions (and any None / missing field) sampled from `seed`.
 
     A complete spec is rendered as given; a partial one (e.g. from `parse_prompt("a red circle")`)
     gets its unspecified fields sampled uniformly from the vocabulary (held-out pairs allowed).
+    `starts` as in `_start_range`.
     """
     rng = np.random.default_rng([int(seed), 1])
     full = _fill_spec(spec, rng)
-    objects, pillar_u = _place(full, rng)
+    objects, pillar_u = _place(full, rng, starts=check_starts(starts))
     return Scene(background=full["background"], objects=objects, pillar_u=pillar_u, seed=int(seed))
 
 
@@ -276,21 +292,23 @@ def check_constraints(objects: int | None, motions: tuple[str, ...] | list[str] 
 
 
 def sample_scene(seed: int, include_heldout: bool = False, objects: int | None = None,
-                 motions: tuple[str, ...] | list[str] | None = None) -> Scene:
+                 motions: tuple[str, ...] | list[str] | None = None, starts: str = "behind") -> Scene:
     """A random scene from `seed`: 1-3 objects of different colors, background, optional pillar.
 
     Held-out compositions (purple triangle, cyan square, orange circle) appear only with
     `include_heldout=True`. The same seed always gives the same scene. `objects` (exactly that many)
     and `motions` (each object's motion drawn from these) make a constrained scene for a focused
     training mix, e.g. one object moving left, right, up or down; constrained scenes have no pillar.
+    `starts="anywhere"` starts left/right/up/down movers anywhere in view instead of on the side they
+    come from (`_start_range`), so that a clip's first frame does not tell its direction.
     """
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if objects is not None or motions is not None:
         motions = check_constraints(objects, motions)
         spec = _constrained_spec(np.random.default_rng([int(seed), 5]), include_heldout, objects, motions)
-        return scene_from_spec(spec, int(seed))
+        return scene_from_spec(spec, int(seed), starts=starts)
     rng = np.random.default_rng([int(seed), 0])
     spec = _sample_spec(rng, include_heldout)
-    placed, pillar_u = _place(spec, rng)
+    placed, pillar_u = _place(spec, rng, starts=check_starts(starts))
     return Scene(background=spec["background"], objects=placed, pillar_u=pillar_u, seed=int(seed))
