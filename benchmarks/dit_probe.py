@@ -26,6 +26,10 @@ pure noise (t = 1, so the caption is all it has), and the probe measures how far
 centroid moves from the first latent frame to the last along the caption's direction, against the
 clips' own motion. A model that ignores direction words predicts about 0 cells. The same again with the
 clip's first latent frame given (image-to-video), with the true and with the direction-swapped caption.
+Last, the same measure on whole samples (the sampler's 20 steps with guidance, from noise, as text-to-video
+runs), with the true and with the direction-swapped caption: a one-step prediction from pure noise is the
+mean over every start the data allows, which tells direction only where the start does, so a model trained
+on clips that start anywhere shows its reading here.
 
     .venv/bin/python benchmarks/dit_probe.py --model chronotope/assets/world-model [--num 48]
 """
@@ -47,7 +51,8 @@ sys.path.insert(0, str(ROOT))
 FLIP = {"left": "right", "right": "left", "up": "down", "down": "up"}
 
 
-def fresh_clips(num: int, seed: int, objects: int | None = None) -> list[tuple[np.ndarray, dict[str, str], list[str]]]:
+def fresh_clips(num: int, seed: int, objects: int | None = None,
+                starts: str = "behind") -> list[tuple[np.ndarray, dict[str, str], list[str]]]:
     """`num` fresh 17-frame 64x64 World clips whose objects all move in a straight line (exactly `objects`
     of them when given): (frames, captions of the true scene and of its motion- and color-swapped versions
     (same wording seed), each object's motion)."""
@@ -59,7 +64,7 @@ def fresh_clips(num: int, seed: int, objects: int | None = None) -> list[tuple[n
     colors = list(COLORS)
     out, s = [], seed
     while len(out) < num:
-        scene = sample_scene(s)
+        scene = sample_scene(s, starts=starts)
         s += 1
         if scene.pillar_u is not None or not all(o.motion in FLIP for o in scene.objects):
             continue
@@ -78,7 +83,7 @@ def fresh_clips(num: int, seed: int, objects: int | None = None) -> list[tuple[n
 
 @torch.no_grad()
 def probe(model_dir: str, num: int = 48, seed: int = 20_000_000, ts: tuple[float, ...] = (0.5, 0.8, 0.95),
-          threads: int | None = None, objects: int | None = None) -> dict:
+          threads: int | None = None, objects: int | None = None, sample_steps: int = 20) -> dict:
     from chronotope.dit.patches import Sample, pack, unpack
     from chronotope.pipeline import VideoPipeline
 
@@ -114,7 +119,7 @@ def probe(model_dir: str, num: int = 48, seed: int = 20_000_000, ts: tuple[float
         row["frames-swap"] = float(np.mean(per_frame))
         rows[f"{t:g}"] = row
     return {"model": str(model_dir), "clips": N, "seed": seed, "objects": objects, "loss": rows, "text_change": text_change,
-            "drift": drift_from_text(pipe, num, seed + 1_000_000)}
+            "drift": drift_from_text(pipe, num, seed + 1_000_000, steps=sample_steps)}
 
 
 AXIS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}  # image y grows down
@@ -131,17 +136,19 @@ def centroids(z: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def drift_from_text(pipe, num: int, seed: int, draws: int = 4) -> dict:
+def drift_from_text(pipe, num: int, seed: int, draws: int = 4, steps: int = 20, guidance: float = 5.0,
+                    starts: str = "behind") -> dict:
     """Does the DiT read direction words? On `num` fresh one-object clips, the clean latents it predicts from
     pure noise (t = 1, so the caption is all it knows; mean over `draws` noise draws) and the clip's own
     latents: how far the object's centroid moves from the first latent frame to the last along the
     caption's direction, in latent cells. A model that ignores direction predicts about 0. Then the same with the
     clip's first latent frame given clean (image-to-video: the object's start is known, only its path is not),
     once with the true caption and once with every direction swapped: a model that reads direction moves the
-    object the caption's way with the first and the other way with the second."""
+    object the caption's way with the first and the other way with the second. Last, whole text-to-video
+    samples (`steps` Euler steps, CFG `guidance`; 0 steps: skipped) with the true and the swapped caption."""
     from chronotope.dit.patches import Sample, pack, unpack
 
-    clips = fresh_clips(num, seed, objects=1)
+    clips = fresh_clips(num, seed, objects=1, starts=starts)
     x0 = torch.stack([pipe.encode_video(frames) for frames, _, _ in clips])  # [N, C, n, h, w]
     N, n = x0.shape[0], x0.shape[2]
     text = {name: pipe.text_encoder.encode([c[name] for _, c, _ in clips]) for name in ("true", "motion-swap")}
@@ -170,13 +177,23 @@ def drift_from_text(pipe, num: int, seed: int, draws: int = 4) -> dict:
     def along(c: torch.Tensor, rows: torch.Tensor) -> float:
         return float(((c[:, -1] - c[:, 0]) * axis).sum(-1)[rows].mean()) if rows.any() else float("nan")
 
+    def sampled(caption: str) -> torch.Tensor:
+        """Centroids [N, n, 2] of text-to-video samples: `steps` Euler steps from noise with guidance."""
+        prompts = [c[caption] for _, c, _ in clips]
+        out = pipe(prompts, height=64, width=64, num_frames=17, num_inference_steps=steps, guidance_scale=guidance,
+                   seed=seed, expand_prompt=False, progress=False)
+        return centroids(out.latents.float())
+
     horizontal = axis[:, 0] != 0
     rows = {"all": torch.ones(N, dtype=torch.bool), "horizontal": horizontal, "vertical": ~horizontal}
     truth, pred = centroids(x0), predict("true", False)
     given = {name: predict(name, True) for name in ("true", "motion-swap")}
+    samples = {name: sampled(name) for name in ("true", "motion-swap")} if steps else {}
     return {"clips": N, "draws": draws, "predicted": {k: along(pred, r) for k, r in rows.items()},
             "truth": {k: along(truth, r) for k, r in rows.items()},
-            "given_first": {name: {k: along(c, r) for k, r in rows.items()} for name, c in given.items()}}
+            "given_first": {name: {k: along(c, r) for k, r in rows.items()} for name, c in given.items()},
+            "sampled": {name: {k: along(c, r) for k, r in rows.items()} for name, c in samples.items()},
+            "sample_steps": steps, "guidance": guidance}
 
 
 def caption_change(true: tuple[torch.Tensor, torch.Tensor], other: tuple[torch.Tensor, torch.Tensor]) -> dict:
@@ -202,11 +219,14 @@ def main() -> None:
     parser.add_argument("--objects", type=int, choices=(1, 2, 3), default=None,
                         help="only scenes with this many objects (default: any, 1 to 3)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--sample-steps", type=int, default=20,
+                        help="sampler steps of the text-to-video direction measure (default 20; 0 skips it)")
     parser.add_argument("--out", default=None, help="also write the numbers to this JSON file")
     args = parser.parse_args()
     if args.num < 2:
         raise SystemExit("--num must be >= 2 (frames-swap borrows frames from another clip)")
-    res = probe(args.model, args.num, args.seed, threads=args.threads, objects=args.objects)
+    res = probe(args.model, args.num, args.seed, threads=args.threads, objects=args.objects,
+                sample_steps=args.sample_steps)
     names = ("true", "motion-swap", "color-swap", "empty", "frames-swap")
     print(f"{res['clips']} fresh clips ({args.objects or '1 to 3'} objects), model {res['model']}")
     print("t     " + "".join(f"{n:>20}" for n in names))
@@ -226,6 +246,11 @@ def main() -> None:
           f"the caption's direction (horizontal {g['true']['horizontal']:+.2f}, vertical {g['true']['vertical']:+.2f}); "
           f"with every direction swapped in the caption {g['motion-swap']['all']:+.2f} (a model that reads direction "
           f"moves the object the other way: negative)")
+    if d["sampled"]:
+        s = d["sampled"]
+        print(f"text-to-video samples ({d['sample_steps']} steps, guidance {d['guidance']:g}): {s['true']['all']:+.2f} cells "
+              f"along the caption's direction (horizontal {s['true']['horizontal']:+.2f}, vertical {s['true']['vertical']:+.2f}); "
+              f"with every direction swapped {s['motion-swap']['all']:+.2f} (reading direction: negative)")
     if args.out:
         from chronotope.atomic import atomic_write_json
 
