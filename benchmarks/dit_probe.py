@@ -83,7 +83,7 @@ def fresh_clips(num: int, seed: int, objects: int | None = None,
 
 @torch.no_grad()
 def probe(model_dir: str, num: int = 48, seed: int = 20_000_000, ts: tuple[float, ...] = (0.5, 0.8, 0.95),
-          threads: int | None = None, objects: int | None = None, sample_steps: int = 20) -> dict:
+          threads: int | None = None, objects: int | None = None, sample_steps: int = 20, starts: str = "behind") -> dict:
     from chronotope.dit.patches import Sample, pack, unpack
     from chronotope.pipeline import VideoPipeline
 
@@ -119,7 +119,7 @@ def probe(model_dir: str, num: int = 48, seed: int = 20_000_000, ts: tuple[float
         row["frames-swap"] = float(np.mean(per_frame))
         rows[f"{t:g}"] = row
     return {"model": str(model_dir), "clips": N, "seed": seed, "objects": objects, "loss": rows, "text_change": text_change,
-            "drift": drift_from_text(pipe, num, seed + 1_000_000, steps=sample_steps)}
+            "drift": drift_from_text(pipe, num, seed + 1_000_000, steps=sample_steps, starts=starts), "starts": starts}
 
 
 AXIS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}  # image y grows down
@@ -221,12 +221,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--sample-steps", type=int, default=20,
                         help="sampler steps of the text-to-video direction measure (default 20; 0 skips it)")
+    parser.add_argument("--starts", choices=("behind", "anywhere"), default="behind",
+                        help="where the direction measures' one-object clips start: on the side they come from, as "
+                        "World clips do (default), or anywhere in view (`chronotope world --starts`)")
     parser.add_argument("--out", default=None, help="also write the numbers to this JSON file")
     args = parser.parse_args()
     if args.num < 2:
         raise SystemExit("--num must be >= 2 (frames-swap borrows frames from another clip)")
     res = probe(args.model, args.num, args.seed, threads=args.threads, objects=args.objects,
-                sample_steps=args.sample_steps)
+                sample_steps=args.sample_steps, starts=args.starts)
     names = ("true", "motion-swap", "color-swap", "empty", "frames-swap")
     print(f"{res['clips']} fresh clips ({args.objects or '1 to 3'} objects), model {res['model']}")
     print("t     " + "".join(f"{n:>20}" for n in names))
@@ -238,7 +241,7 @@ def main() -> None:
         print(f"text encoder, {name}: caption embeddings {100 * c['rel_l2']:.1f}% apart (relative L2), most changed "
               f"token's cosine {c['min_token_cos']:.2f} ({c['captions']} captions of equal token count)")
     d = res["drift"]
-    print(f"direction read from the caption alone (t = 1, {d['clips']} one-object clips): the predicted object moves "
+    print(f"direction read from the caption alone (t = 1, {d['clips']} one-object clips starting {res['starts']}): the predicted object moves "
           f"{d['predicted']['all']:+.2f} latent cells along the caption's direction (horizontal {d['predicted']['horizontal']:+.2f}, "
           f"vertical {d['predicted']['vertical']:+.2f}); the clips themselves {d['truth']['all']:+.2f}")
     g = d["given_first"]
