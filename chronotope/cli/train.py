@@ -261,7 +261,7 @@ def run_train_dit(args: argparse.Namespace) -> int:
         saved = json.loads((last / "trainer_state.json").read_text())["config"]["task"]
         config = config_from_dict(DiTConfig, saved["dit"])
         args.time_shift = saved.get("time_shift", 1.0)
-        args.cond_probs = saved.get("cond_probs")  # and its conditioning mix
+        args.cond_probs = saved.get("cond_probs")
     kw = trainer_kwargs(args)
     if args.global_token_budget:
         import os
