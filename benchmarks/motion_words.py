@@ -24,8 +24,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-FLIP = {"left": "right", "right": "left", "up": "down", "down": "up"}
+from dit_probe import FLIP  # noqa: E402
 
 
 def one_mover_prompts(num: int, seed: int, swap: bool) -> list[tuple[str, dict]]:
