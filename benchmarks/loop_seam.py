@@ -30,6 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+PARTS = ("wrap", "step", "last->stand-in", "stand-in->f0", "tail->f1")  # the columns, as the docstring says
+
+
 def mean_abs(a: np.ndarray, b: np.ndarray) -> float:
     """Mean |a - b| of two uint8 frames (or stacks), in levels."""
     return float(np.abs(a.astype(np.float32) - b.astype(np.float32)).mean())
@@ -40,9 +43,8 @@ def seam_parts(frames: np.ndarray, window: np.ndarray) -> dict[str, float]:
     wrap, the mean step and where the wrap comes from (module docstring)."""
     L = len(frames)
     steps = np.abs(np.diff(frames.astype(np.float32), axis=0)).mean(axis=(1, 2, 3))  # [L - 1]
-    return {"wrap": mean_abs(frames[-1], frames[0]), "step": float(steps.mean()),
-            "last->stand-in": mean_abs(frames[-1], window[L]), "stand-in->f0": mean_abs(window[L], frames[0]),
-            "tail->f1": mean_abs(window[L + 1], frames[1])}
+    return dict(zip(PARTS, (mean_abs(frames[-1], frames[0]), float(steps.mean()), mean_abs(frames[-1], window[L]),
+                            mean_abs(window[L], frames[0]), mean_abs(window[L + 1], frames[1]))))
 
 
 def main() -> None:
@@ -71,8 +73,7 @@ def main() -> None:
     pipe = VideoPipeline.from_pretrained(args.model)
     prompts = plan_prompts(BenchConfig(out="", num=max(args.num, args.gt_num)))
     rows = []
-    print(f"{'prompt':>6} {'frames':>6} " + " ".join(f"{k:>14}" for k in ("wrap", "step", "last->stand-in",
-                                                                       "stand-in->f0", "tail->f1")))
+    print(f"{'prompt':>6} {'frames':>6} " + " ".join(f"{k:>14}" for k in PARTS))
     for p in prompts[:args.num]:
         out = pipe(p.caption, mode="loop", num_frames=p.num_frames - 1, height=p.height, width=p.width,
                    num_inference_steps=args.steps, seed=p.scene_seed, expand_prompt=False, progress=False,
@@ -80,12 +81,13 @@ def main() -> None:
         r = seam_parts(out.frames[0], pipe.decode(out.latents[:1])[0])
         rows.append(r)
         print(f"{p.index:>6} {p.num_frames - 1:>6} " + " ".join(f"{v:>14.2f}" for v in r.values()), flush=True)
-    print(f"{'mean':>13} " + " ".join(f"{np.mean([r[k] for r in rows]):>14.2f}" for k in rows[0]))
+    print(f"{'mean':>13} " + " ".join(f"{np.mean([r[k] for r in rows]):>14.2f}" for k in PARTS))
     print(f"generated loops: mean closure ratio {np.mean([r['wrap'] / max(r['step'], 1e-6) for r in rows]):.2f} "
           f"over {len(rows)} (World-bench target <= 1.5)")
 
+    fps = float(pipe.defaults.get("fps", 8.0))  # as World-bench renders its ground truth
     gt = np.array([loop_closure(render(sample_scene(p.scene_seed, include_heldout=p.heldout), p.height, p.width,
-                                       p.num_frames - 1, 8.0).frames)["ratio"] for p in prompts[:args.gt_num]])
+                                       p.num_frames - 1, fps).frames)["ratio"] for p in prompts[:args.gt_num]])
     print(f"ground truth, not looped ({len(gt)} prompts): mean closure ratio {gt.mean():.2f}, median "
           f"{np.median(gt):.2f}, share <= 1.5 {np.mean(gt <= 1.5):.3f}")
 
