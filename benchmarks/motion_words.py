@@ -76,10 +76,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
     if args.num < 1:
-        raise SystemExit("--num must be >= 1")
+        parser.error("--num must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
-    models = args.model or [str(ROOT / "chronotope" / "assets" / "world-model")]
+    from chronotope.pipeline import default_model_dir
+
+    models = args.model or [str(default_model_dir())]
     sets = {"true": one_mover_prompts(args.num, args.seed, False)}
     if args.swap:
         sets["swapped"] = one_mover_prompts(args.num, args.seed, True)
