@@ -222,3 +222,51 @@ def test_targets_pass_and_miss_on_synthetic_records():
     assert status["t2v_overall"] == status["t2v_color"] == "PASS"
     assert status["untrained_ar"] == status["heldout_overall"] == "MISS"  # 0.5 / 1.0 < 0.8; 0.5 < 0.75
     assert status["loop_closure"] == "MISS" and status["i2v_psnr"] == "n/a"
+
+
+def test_compare_pairs_twins_and_recomputes_targets_on_shared_prompts(run, tmp_path, capsys):
+    from chronotope.bench.compare import compare_runs, load_run
+
+    _, out = run
+    base = load_run(out)
+    same = compare_runs(base, base)["modes"]["t2v"]  # a run against itself: 4 pairs, no change
+    t2v = [v["scores"]["overall"] for v in base["videos"] if v["mode"] == "t2v" and v["steps"] == 2]
+    assert same["pairs"] == 4 and same["base"] == same["new"] == pytest.approx(np.mean(t2v))
+    assert same["change"] == 0.0 and same["better"] == same["worse"] == 0
+    # a candidate run on the first 3 prompts only, each t2v overall 0.1 higher
+    new = json.loads(json.dumps(base))
+    new["videos"] = [v for v in new["videos"] if v["index"] < 3]
+    for v in new["videos"]:
+        if v["mode"] == "t2v":
+            v["scores"]["overall"] += 0.1
+    result = compare_runs(base, new)
+    assert result["prompts"] == 3
+    assert result["modes"]["t2v"]["pairs"] == 3 and result["modes"]["t2v"]["better"] == 3
+    assert result["modes"]["t2v"]["change"] == pytest.approx(0.1)
+    assert result["modes"]["i2v"]["change"] == 0.0
+    shared = [v for v in base["videos"] if v["index"] < 3 and v["mode"] == "t2v" and v["steps"] == 2]
+    seen = [v["scores"]["overall"] for v in shared if not v["heldout"]]
+    target = next(t for t in result["targets"] if t["key"] == "t2v_overall")
+    if seen:  # the base side of a target is recomputed on the 3 shared prompts, not on all 4
+        assert target["base"] == pytest.approx(np.mean(seen)) and target["value"] == pytest.approx(np.mean(seen) + 0.1)
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "results.json").write_text(json.dumps(new))
+    assert main(["bench", "compare", str(out), str(tmp_path / "new"), "--json", str(tmp_path / "cmp.json")]) == 0
+    assert "| t2v | 3 |" in capsys.readouterr().out
+    assert json.loads((tmp_path / "cmp.json").read_text())["modes"]["t2v"]["better"] == 3
+
+
+def test_compare_refuses_runs_of_other_prompts_or_files(run, tmp_path, capsys):
+    from chronotope.bench.compare import compare_runs, load_run
+
+    _, out = run
+    base = load_run(out)
+    other = json.loads(json.dumps(base))
+    other["config"]["seed"] += 1
+    with pytest.raises(ValueError, match="differ in seed"):
+        compare_runs(base, other)
+    (tmp_path / "x.json").write_text(json.dumps({"videos": 3}))
+    with pytest.raises(ValueError, match="not a generate-and-score results.json"):
+        load_run(tmp_path / "x.json")
+    assert main(["bench", "compare", str(out), str(tmp_path / "missing")]) == 2
+    assert "no generate-and-score results" in capsys.readouterr().err

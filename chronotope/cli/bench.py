@@ -1,4 +1,4 @@
-"""`chronotope bench score | run | generate-and-score`: World-bench from the command line."""
+"""`chronotope bench score | run | generate-and-score | compare`: World-bench from the command line."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from chronotope.cli.options import int_list, str_list
 def add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="World-bench: score videos against their prompts")
     bench_sub = p.add_subparsers(dest="bench_verb", required=True, metavar="SUBVERB")
-    for add in (add_bench_score, add_bench_run, add_bench_generate):  # more sub-verbs plug in here
+    for add in (add_bench_score, add_bench_run, add_bench_generate, add_bench_compare):  # more sub-verbs plug in here
         add(bench_sub)
     p.set_defaults(handler=run_bench)
 
@@ -131,4 +131,32 @@ def run_bench_generate(args: argparse.Namespace) -> int:
         print(f"{t['status']:>4}  {t['label']}: {value} (target {t['op']} {t['target']:g})")
     print(f"{result['generated']} generated, {result['skipped']} reused; wrote {args.out}/report.md, results.json, "
           f"grid.gif, per_attribute.png, steps.png and videos/")
+    return 0
+
+
+def add_bench_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare", help="two generate-and-score runs on their shared prompts: paired change per mode, targets",
+        description="chronotope bench compare docs/world-bench/results.json runs/bench-new  (runs made with "
+        "the same --seed share their prompts; each video is paired with its twin: same prompt, mode and steps)")
+    p.add_argument("base", help="results.json (or its folder) of the run to beat, e.g. the published one")
+    p.add_argument("new", help="results.json (or its folder) of the candidate")
+    p.add_argument("--json", metavar="FILE", help="also write the comparison as JSON")
+    p.set_defaults(bench_handler=run_bench_compare)
+
+
+def run_bench_compare(args: argparse.Namespace) -> int:
+    from chronotope.atomic import atomic_write_text
+    from chronotope.bench.compare import compare_markdown, compare_runs, load_run
+
+    try:
+        result = compare_runs(load_run(args.base), load_run(args.new))
+    except ValueError as err:
+        print(f"chronotope bench compare: error: {err}", file=sys.stderr)
+        return 2
+    print(compare_markdown(result, args.base, args.new), end="")
+    if args.json:
+        import json
+
+        atomic_write_text(args.json, json.dumps(result, indent=1))
     return 0
