@@ -383,13 +383,14 @@ def _run_jobs(pipe, cfg: BenchConfig, model: str, guidance: float) -> dict:
     jobs = plan_jobs(cfg, plan_prompts(cfg))
     done = {job.name: _load_sidecar(_paths(cfg, job)[1], _signature(job, cfg, model, guidance)) for job in jobs}
     todo = [job for job in jobs if done[job.name] is None]
+    parallel = cfg.workers > 1 and len(todo) > 1
+    if parallel and not model:
+        raise ValueError("--workers > 1 loads the model in each worker: give the model folder")
+    if parallel and pipe.device.type != "cpu":
+        raise ValueError(f"--workers splits the CPU between processes; on {pipe.device.type} use --workers 1")
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="generate-and-score", unit="video",
                disable=not cfg.progress)
-    if cfg.workers > 1 and len(todo) > 1:
-        if not model:
-            raise ValueError("--workers > 1 loads the model in each worker: give the model folder")
-        if pipe.device.type != "cpu":
-            raise ValueError(f"--workers splits the CPU between processes; on {pipe.device.type} use --workers 1")
+    if parallel:
         ctx = multiprocessing.get_context("spawn")  # fork would copy the parent's torch thread pools
         with ctx.Pool(min(cfg.workers, len(todo)), _worker_init, (model, cfg, guidance, fps)) as pool:
             for name, record in pool.imap_unordered(_worker_run, [job.name for job in todo]):
