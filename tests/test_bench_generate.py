@@ -249,6 +249,14 @@ def test_compare_pairs_twins_and_recomputes_targets_on_shared_prompts(run, tmp_p
     target = next(t for t in result["targets"] if t["key"] == "t2v_overall")
     if seen:  # the base side of a target is recomputed on the 3 shared prompts, not on all 4
         assert target["base"] == pytest.approx(np.mean(seen)) and target["value"] == pytest.approx(np.mean(seen) + 0.1)
+    assert result["other_size"] == 0
+    resized = json.loads(json.dumps(new))  # prompt 0 made at another size: no longer its twin unless any_size
+    for v in resized["videos"]:
+        if v["index"] == 0:
+            v["height"] *= 2
+    assert compare_runs(base, resized)["modes"]["t2v"]["pairs"] == 2
+    assert compare_runs(base, resized)["other_size"] == len([v for v in resized["videos"] if v["index"] == 0])
+    assert compare_runs(base, resized, any_size=True)["modes"]["t2v"]["pairs"] == 3
     (tmp_path / "new").mkdir()
     (tmp_path / "new" / "results.json").write_text(json.dumps(new))
     assert main(["bench", "compare", str(out), str(tmp_path / "new"), "--json", str(tmp_path / "cmp.json")]) == 0

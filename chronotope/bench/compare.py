@@ -55,8 +55,17 @@ def paired_change(base: list[float], new: list[float]) -> dict:
             "change": mean, "stderr": se, "better": sum(d > 0 for d in diffs), "worse": sum(d < 0 for d in diffs)}
 
 
-def compare_runs(base: dict, new: dict) -> dict:
-    """Per mode: paired overall change at the runs' sampling steps; targets of both on the shared prompts."""
+def _size(r: dict) -> tuple[int, int, int]:
+    return r["height"], r["width"], r["num_frames"]
+
+
+def compare_runs(base: dict, new: dict, any_size: bool = False) -> dict:
+    """Per mode: paired overall change at the runs' sampling steps; targets of both on the shared prompts.
+
+    Twins must also share their size (height, width, frames): runs with other --aspect-ratios,
+    --untrained-aspect-ratios or --num-frames give prompt i another size, and those pairs are left out
+    (counted in "other_size") unless any_size pairs them by scene alone.
+    """
     for key in CONFIG_KEYS:
         if base["config"].get(key) != new["config"].get(key):
             raise ValueError(f"the runs differ in {key} ({base['config'].get(key)!r} vs {new['config'].get(key)!r}), "
@@ -64,6 +73,9 @@ def compare_runs(base: dict, new: dict) -> dict:
                              f"same --seed, --steps, --resolution and --sampler")
     twins = {_key(r): r for r in base["videos"]}
     pairs = [(twins[_key(r)], r) for r in new["videos"] if _key(r) in twins]
+    other_size = sum(_size(a) != _size(b) for a, b in pairs)
+    if not any_size:
+        pairs = [(a, b) for a, b in pairs if _size(a) == _size(b)]
     clash = [_key(r) for b, r in pairs if b["scene_seed"] != r["scene_seed"]]
     if clash:
         raise ValueError(f"prompt {clash[0][0]} has scene seed {twins[clash[0]]['scene_seed']} in one run and another in "
@@ -71,7 +83,8 @@ def compare_runs(base: dict, new: dict) -> dict:
     steps = new["config"]["steps"]
     modes = [m for m in new["config"]["modes"] if m in base["config"]["modes"]]
     if not any(r["steps"] == steps for _, r in pairs):
-        raise ValueError("the runs share no video (same prompt index, mode and steps): nothing to compare")
+        raise ValueError(f"the runs share no video of the same prompt, mode, steps and size ({other_size} twins were "
+                         f"made at another size: --any-size pairs them by scene alone)")
 
     per_mode = {}
     for mode in modes:
@@ -88,7 +101,8 @@ def compare_runs(base: dict, new: dict) -> dict:
     summaries = [aggregate([pair[i] for pair in pairs], cfg) for i in (0, 1)]
     targets = [{**t_new, "base": t_base["value"]} for t_base, t_new in zip(summaries[0]["targets"], summaries[1]["targets"])]
     prompts = len({r["index"] for _, r in pairs})
-    return {"prompts": prompts, "steps": steps, "modes": per_mode, "targets": targets}
+    return {"prompts": prompts, "steps": steps, "other_size": other_size, "any_size": any_size, "modes": per_mode,
+            "targets": targets}
 
 
 def compare_markdown(result: dict, base_name: str, new_name: str) -> str:
@@ -96,7 +110,10 @@ def compare_markdown(result: dict, base_name: str, new_name: str) -> str:
     def f(v) -> str:
         return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.3f}"
 
+    sizes = (f"{result['other_size']} twins made at another size " +
+             ("paired by scene alone" if result["any_size"] else "left out (--any-size pairs them)"))
     lines = [f"# {new_name} vs {base_name}: {result['prompts']} shared prompts, {result['steps']} steps", "",
+             f"Each video is paired with its twin in the other run: same prompt, mode, steps and size; {sizes}.", "",
              "| mode | pairs | base | new | paired change ± s.e. | better / worse |", "|---|---:|---:|---:|---|---|"]
     for mode, m in result["modes"].items():
         lines.append(f"| {mode} | {m['pairs']} | {f(m['base'])} | {f(m['new'])} | {m['change']:+.3f} ± {f(m['stderr'])} | "

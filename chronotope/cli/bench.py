@@ -145,6 +145,9 @@ def add_bench_compare(sub: argparse._SubParsersAction) -> None:
         "the same --seed share their prompts; each video is paired with its twin: same prompt, mode and steps)")
     p.add_argument("base", help="results.json (or its folder) of the run to beat, e.g. the published one")
     p.add_argument("new", help="results.json (or its folder) of the candidate")
+    p.add_argument("--any-size", action="store_true",
+                   help="also pair twins made at another size (same scene and caption), e.g. against a quick run "
+                        "with --untrained-aspect-ratios ''")
     p.add_argument("--json", metavar="FILE", help="also write the comparison as JSON")
     p.set_defaults(bench_handler=run_bench_compare)
 
@@ -153,7 +156,7 @@ def run_bench_compare(args: argparse.Namespace) -> int:
     from chronotope.atomic import atomic_write_text
     from chronotope.bench.compare import compare_markdown, compare_runs, load_run
 
-    result = compare_runs(load_run(args.base), load_run(args.new))  # ValueError: main prints it, exit 2
+    result = compare_runs(load_run(args.base), load_run(args.new), any_size=args.any_size)  # ValueError: main prints it, exit 2
     print(compare_markdown(result, args.base, args.new), end="")
     if args.json:
         import json
