@@ -2,7 +2,7 @@
 
 A checkpoint is worth shipping when it beats the published one on the same prompts. Two runs made with
 the same --seed share their prompts (prompt i is scene seed + 1000 i), so each video of one has a twin in
-the other: same prompt index, mode and steps. Per mode this gives the paired mean change with its standard
+the other: same prompt index, mode, steps and size (the size also follows the aspect-ratio and frame lists). Per mode this gives the paired mean change with its standard
 error and how many prompts got better or worse, which separates a real gain from prompt-to-prompt noise
 far better than two unpaired means. The targets of both runs are recomputed on the shared prompts only,
 so a 100-prompt trial run can be held against a published 200-prompt run.
@@ -76,7 +76,7 @@ def compare_runs(base: dict, new: dict, any_size: bool = False) -> dict:
     other_size = sum(_size(a) != _size(b) for a, b in pairs)
     if not any_size:
         pairs = [(a, b) for a, b in pairs if _size(a) == _size(b)]
-    clash = [_key(r) for b, r in pairs if b["scene_seed"] != r["scene_seed"]]
+    clash = [_key(b) for a, b in pairs if a["scene_seed"] != b["scene_seed"]]
     if clash:
         raise ValueError(f"prompt {clash[0][0]} has scene seed {twins[clash[0]]['scene_seed']} in one run and another in "
                          f"the other; the runs do not share prompts")
