@@ -279,19 +279,3 @@ def test_compare_refuses_runs_of_other_prompts_or_files(run, tmp_path, capsys):
     assert main(["bench", "compare", str(out), str(tmp_path / "missing")]) == 2
     assert "no generate-and-score results" in capsys.readouterr().err
 
-
-def test_workers_split_the_videos_and_match_one_process(run, tmp_path):
-    model, out = run
-    seq = {v["name"]: v for v in json.loads((out / "results.json").read_text())["videos"]}
-    par_out = tmp_path / "par"
-    args = [a if a != ALL_MODES else "t2v,i2v" for a in ARGS]
-    assert main(["bench", "generate-and-score", "--model", str(model), "--out", str(par_out), *args,
-                 "--workers", "2"]) == 0
-    res = json.loads((par_out / "results.json").read_text())
-    assert res["generated"] == 4 * 2 + 4 and res["config"]["workers"] == 2
-    for v in res["videos"]:  # each worker samples its videos from the prompt's seed, as one process does
-        assert v["scores"]["overall"] == pytest.approx(seq[v["name"]]["scores"]["overall"], abs=1e-6)
-        assert (par_out / v["path"]).is_file() and (par_out / "videos" / f"{v['name']}.json").is_file()
-    assert "worker processes sharing the CPU" in (par_out / "report.md").read_text()
-    with pytest.raises(ValueError, match="--workers must be >= 1"):
-        BenchConfig(out=str(tmp_path), workers=0).check()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -57,7 +56,6 @@ class BenchConfig:
     long_window: int | None = None  # None: the model's default num_frames (its training length)
     grid_videos: int = 8
     progress: bool = True
-    workers: int = 1  # CPU processes that split the videos, one thread each (their seconds then share the CPU)
 
     def check(self) -> None:
         """ValueError with a fix for any flag that cannot work."""
@@ -86,8 +84,6 @@ class BenchConfig:
                              f"model_index.json), got {self.time_shift}")
         if not 0.0 <= self.heldout_fraction <= 1.0:
             raise ValueError(f"--include-heldout-fraction must be in [0, 1], got {self.heldout_fraction}")
-        if self.workers < 1:
-            raise ValueError(f"--workers must be >= 1 (1 = one process using every CPU thread), got {self.workers}")
 
 
 @dataclass(frozen=True)
@@ -311,55 +307,6 @@ def _load_sidecar(path: str, signature: dict) -> dict | None:
     return record
 
 
-def _paths(cfg: BenchConfig, job: Job) -> tuple[str, str]:
-    """(video path, sidecar JSON path) of a job."""
-    videos_dir = os.path.join(cfg.out, "videos")
-    return os.path.join(videos_dir, job.name + job.ext), os.path.join(videos_dir, job.name + ".json")
-
-
-def _warm_up(pipe, job: Job) -> None:
-    pipe(job.prompt.caption, num_frames=1, height=16, width=16, num_inference_steps=1, seed=0,
-         expand_prompt=False, progress=False)
-
-
-def _generate(pipe, job: Job, cfg: BenchConfig, model: str, guidance: float, fps: float) -> dict:
-    """Generate, score and save one job: its video and its sidecar (which makes it reusable). Returns the record."""
-    from chronotope.video import write_video
-
-    path, side_path = _paths(cfg, job)
-    frames, record = run_job(pipe, job, cfg, fps, guidance)
-    record["path"] = os.path.relpath(path, cfg.out)
-    write_video(path, frames, fps)
-    _write_json(side_path, {"prompt": job.prompt.caption, "spec": job.prompt.spec, "video": job.name + job.ext,
-                            "job": _signature(job, cfg, model, guidance), "record": record})
-    return record
-
-
-_WORKER: dict = {}  # one --workers process's pipeline and plan, set by _worker_init
-
-
-def _worker_init(model: str, cfg: BenchConfig, guidance: float, fps: float) -> None:
-    import torch
-
-    from chronotope.pipeline import VideoPipeline
-
-    torch.set_num_threads(1)
-    pipe = VideoPipeline.from_pretrained(model)
-    if cfg.time_shift is not None:
-        pipe.defaults = {**pipe.defaults, "time_shift": float(cfg.time_shift)}
-    jobs = {job.name: job for job in plan_jobs(cfg, plan_prompts(cfg))}
-    _WORKER.update(pipe=pipe, cfg=cfg, model=model, guidance=guidance, fps=fps, jobs=jobs, warm=False)
-
-
-def _worker_run(name: str) -> tuple[str, dict]:
-    w = _WORKER
-    job = w["jobs"][name]
-    if not w["warm"]:
-        _warm_up(w["pipe"], job)
-        w["warm"] = True
-    return name, _generate(w["pipe"], job, w["cfg"], w["model"], w["guidance"], w["fps"])
-
-
 def run_generate_and_score(pipe, cfg: BenchConfig, model: str = "") -> dict:
     """Run every job (skipping finished ones), then aggregate and write OUT/results.json, report.md,
     grid.gif and plots. Returns the results dict; `generated` / `skipped` count this run's jobs."""
@@ -377,36 +324,34 @@ def run_generate_and_score(pipe, cfg: BenchConfig, model: str = "") -> dict:
 def _run_jobs(pipe, cfg: BenchConfig, model: str, guidance: float) -> dict:
     """run_generate_and_score's work, with the pipeline's defaults already as the run wants them."""
     from chronotope.bench.generate_report import aggregate, write_outputs
+    from chronotope.video import write_video
 
     fps = float(pipe.defaults.get("fps", 8.0))
-    os.makedirs(os.path.join(cfg.out, "videos"), exist_ok=True)
-    jobs = plan_jobs(cfg, plan_prompts(cfg))
-    done = {job.name: _load_sidecar(_paths(cfg, job)[1], _signature(job, cfg, model, guidance)) for job in jobs}
-    todo = [job for job in jobs if done[job.name] is None]
-    parallel = cfg.workers > 1 and len(todo) > 1
-    if parallel and not model:
-        raise ValueError("--workers > 1 loads the model in each worker: give the model folder")
-    if parallel and pipe.device.type != "cpu":
-        raise ValueError(f"--workers splits the CPU between processes; on {pipe.device.type} use --workers 1")
-    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="generate-and-score", unit="video",
-               disable=not cfg.progress)
-    if parallel:
-        ctx = multiprocessing.get_context("spawn")  # fork would copy the parent's torch thread pools
-        with ctx.Pool(min(cfg.workers, len(todo)), _worker_init, (model, cfg, guidance, fps)) as pool:
-            for name, record in pool.imap_unordered(_worker_run, [job.name for job in todo]):
-                done[name] = record
-                bar.update()
-    else:
-        warm = False
-        for job in todo:
-            if not warm:  # one-time costs (text encoder load, first kernels) stay out of the timings
-                _warm_up(pipe, job)
-                warm = True
-            done[job.name] = _generate(pipe, job, cfg, model, guidance, fps)
-            bar.update()
-    bar.close()
-    records = [done[job.name] for job in jobs]
-    generated, skipped = len(todo), len(jobs) - len(todo)
+    videos_dir = os.path.join(cfg.out, "videos")
+    os.makedirs(videos_dir, exist_ok=True)
+    prompts = plan_prompts(cfg)
+    jobs = plan_jobs(cfg, prompts)
+    records, generated, skipped, warm = [], 0, 0, False
+    for job in tqdm(jobs, desc="generate-and-score", unit="video", disable=not cfg.progress):
+        path = os.path.join(videos_dir, job.name + job.ext)
+        side_path = os.path.join(videos_dir, job.name + ".json")
+        signature = _signature(job, cfg, model, guidance)
+        record = _load_sidecar(side_path, signature)
+        if record is not None:
+            records.append(record)
+            skipped += 1
+            continue
+        if not warm:  # one-time costs (text encoder load, first kernels) stay out of the timings
+            pipe(job.prompt.caption, num_frames=1, height=16, width=16, num_inference_steps=1, seed=0,
+                 expand_prompt=False, progress=False)
+            warm = True
+        frames, record = run_job(pipe, job, cfg, fps, guidance)
+        record["path"] = os.path.relpath(path, cfg.out)
+        write_video(path, frames, fps)
+        _write_json(side_path, {"prompt": job.prompt.caption, "spec": job.prompt.spec, "video": job.name + job.ext,
+                                "job": signature, "record": record})
+        records.append(record)
+        generated += 1
     summary = aggregate(records, cfg)
     result = {"config": {**asdict(cfg), "model": model, "guidance_scale": guidance, "fps": fps,
                          "time_shift_used": pipe.defaults.get("time_shift")},

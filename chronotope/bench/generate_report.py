@@ -185,9 +185,6 @@ def report_markdown(result: dict, grid_prompts: list[str]) -> str:
         lines += ["", "## Sampling steps (t2v)", "", "| steps | videos | overall | seconds / video |", "|---:|---:|---:|---:|"]
         lines += [f"| {row['steps']} | {row['videos']} | {_fmt(row['overall'])} | {_fmt(row['seconds_per_video'], 2)} |"
                   for row in steps_rows]
-        if cfg.get("workers", 1) > 1:
-            lines += ["", f"These seconds were measured with {cfg['workers']} worker processes sharing "
-                      "the CPU; for one video's time alone, re-run the steps table's videos with --workers 1."]
     lines += ["", "![per attribute](per_attribute.png)", ""] + (["![steps](steps.png)", ""] if steps_rows else [])
     if grid_prompts:
         lines += ["## Samples", "", "![samples](grid.gif)", "", "Row-major, 4 per row:", ""]

@@ -106,10 +106,6 @@ def add_bench_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--long-window", type=int, default=None, metavar="T",
                    help="long mode: the trained clip length; the video is 4x (4(T-1)+1 frames) (default: the model's)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--workers", type=int, default=1,
-                   help="CPU processes that split the videos, one thread each (default 1: one process, every "
-                        "thread). Small models keep 2 cores busier as 2 workers; per-video seconds then share the "
-                        "CPU, so time the steps table with 1")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(bench_handler=run_bench_generate)
 
@@ -125,7 +121,7 @@ def run_bench_generate(args: argparse.Namespace) -> int:
                       resolution=args.resolution, modes=args.modes, steps=args.steps, guidance=args.guidance,
                       time_shift=args.time_shift, sampler=args.sampler, steps_table=args.steps_table, steps_table_prompts=args.steps_table_prompts,
                       heldout_fraction=args.include_heldout_fraction, long_window=args.long_window,
-                      progress=not args.no_progress, workers=args.workers)
+                      progress=not args.no_progress)
     cfg.check()  # before loading the model: flag mistakes fail fast
     model = args.model or str(default_model_dir())
     pipe = VideoPipeline.from_pretrained(model).to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
