@@ -32,6 +32,7 @@ def main() -> int:
 
     import torch
 
+    from chronotope.vae.losses import psnr
     from chronotope.vae.model import CausalVAE
     from chronotope.world.generate import iter_world
 
@@ -47,12 +48,12 @@ def main() -> int:
     vae.decoder.train()
     opt = torch.optim.AdamW(vae.decoder.parameters(), lr=args.lr)
 
-    def psnr() -> float:  # mean over clips, dB, outputs clamped to [-1, 1]
+    def mean_psnr() -> float:  # per clip, as benchmarks/vae.py scores, then the mean; outputs clamped to [-1, 1]
         with torch.no_grad():
-            mse = ((vae.decode(z).clamp(-1, 1) - x) ** 2).mean(dim=(1, 2, 3, 4))
-        return (10 * torch.log10(4 / mse)).mean().item()
+            y = vae.decode(z).clamp(-1, 1)
+        return sum(psnr(y[k], x[k]).item() for k in range(len(x))) / len(x)
 
-    print(f"step 0: {psnr():.2f} dB on the {args.clips} clips it trains on", flush=True)
+    print(f"step 0: {mean_psnr():.2f} dB on the {args.clips} clips it trains on", flush=True)
     t0 = time.time()
     for step in range(1, args.steps + 1):
         i = torch.randperm(args.clips)[:4]
@@ -61,7 +62,7 @@ def main() -> int:
         loss.backward()
         opt.step()
         if step % args.every == 0 or step == args.steps:
-            print(f"step {step}: {psnr():.2f} dB ({time.time() - t0:.0f} s)", flush=True)
+            print(f"step {step}: {mean_psnr():.2f} dB ({time.time() - t0:.0f} s)", flush=True)
     return 0
 
 

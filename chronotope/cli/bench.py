@@ -138,7 +138,7 @@ def add_bench_compare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "compare", help="two generate-and-score runs on their shared prompts: paired change per mode, targets",
         description="chronotope bench compare docs/world-bench/results.json runs/bench-new  (runs made with "
-        "the same --seed share their prompts; each video is paired with its twin: same prompt, mode and steps)")
+        "the same --seed share their prompts; each video is paired with its twin: same prompt, mode, steps and size)")
     p.add_argument("base", help="results.json (or its folder) of the run to beat, e.g. the published one")
     p.add_argument("new", help="results.json (or its folder) of the candidate")
     p.add_argument("--any-size", action="store_true",
@@ -152,7 +152,8 @@ def run_bench_compare(args: argparse.Namespace) -> int:
     from chronotope.atomic import atomic_write_text
     from chronotope.bench.compare import compare_markdown, compare_runs, load_run
 
-    result = compare_runs(load_run(args.base), load_run(args.new), any_size=args.any_size)  # ValueError: main prints it, exit 2
+    # a ValueError (not a results file, runs of other prompts) is printed by the CLI's main, exit 2
+    result = compare_runs(load_run(args.base), load_run(args.new), any_size=args.any_size)
     print(compare_markdown(result, args.base, args.new), end="")
     if args.json:
         import json
