@@ -4,8 +4,9 @@ A checkpoint is worth shipping when it beats the published one on the same promp
 the same --seed share their prompts (prompt i is scene seed + 1000 i), so each video of one has a twin in
 the other: same prompt index, mode, steps and size (the size also follows the aspect-ratio and frame
 lists). Per mode this gives the paired mean change with its standard error and how many prompts got better
-or worse, which separates a real gain from prompt-to-prompt noise far better than two unpaired means. The targets of both runs are recomputed on the shared prompts only,
-so a 100-prompt trial run can be held against a published 200-prompt run.
+or worse, which separates a real gain from prompt-to-prompt noise far better than two unpaired means. The
+targets of both runs are recomputed on the shared prompts only, so a 100-prompt trial run can be held against
+a published 200-prompt run.
 """
 
 from __future__ import annotations

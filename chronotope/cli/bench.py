@@ -149,14 +149,12 @@ def add_bench_compare(sub: argparse._SubParsersAction) -> None:
 
 
 def run_bench_compare(args: argparse.Namespace) -> int:
-    from chronotope.atomic import atomic_write_text
+    from chronotope.atomic import atomic_write_json
     from chronotope.bench.compare import compare_markdown, compare_runs, load_run
 
     # a ValueError (not a results file, runs of other prompts) is printed by the CLI's main, exit 2
     result = compare_runs(load_run(args.base), load_run(args.new), any_size=args.any_size)
     print(compare_markdown(result, args.base, args.new), end="")
     if args.json:
-        import json
-
-        atomic_write_text(args.json, json.dumps(result, indent=1))
+        atomic_write_json(args.json, result)
     return 0
