@@ -277,3 +277,36 @@ def test_fresh_run_refuses_a_folder_with_checkpoints(tmp_path):
         _trainer(ToyTask(), tmp_path, steps=4)
     with pytest.raises(ValueError, match="steps must be"):
         _trainer(ToyTask(), tmp_path / "x", steps=0)
+
+
+def test_time_budget_stops_the_run_and_cools_down_by_the_clock(tmp_path, monkeypatch):
+    """time_budget_s: the loop ends when the (checkpointed) clock is spent, the wsd cooldown follows the time,
+    and a resumed run continues the same clock instead of starting a new budget."""
+    import chronotope.train.trainer as trainer_mod
+
+    clock = [0.0]
+    monkeypatch.setattr(trainer_mod.time, "perf_counter", lambda: clock[0])
+
+    class Ticking(ToyTask):  # every loss call takes one "second"
+        def loss(self, model, batch, generator):
+            clock[0] += 1.0
+            return super().loss(model, batch, generator)
+
+    out = tmp_path / "run"
+    t = _trainer(Ticking(), out, steps=10_000, time_budget_s=20.0, schedule="wsd", decay_frac=0.25, lr=1.0,
+                 ckpt_every=1000)
+    t.time_progress = 0.5
+    assert t.lr_at(100) == 1.0
+    t.time_progress = 0.875  # halfway through the cooldown (the last quarter of the time)
+    assert t.lr_at(100) == pytest.approx(0.1 + 0.9 * (1 - 0.5 ** 0.5))
+    t.time_progress = 0.0
+    result = t.fit()
+    assert result["step"] == 20 and result["checkpoint"].name == "ckpt-0000020"  # stopped by the clock
+    lrs = [r["lr"] for r in read_metrics(out / "metrics.jsonl")]
+    assert lrs[0] == 1.0 and lrs[-1] < lrs[14] <= 1.0
+    # the same command again: the budget is spent, nothing more to do
+    again = _trainer(Ticking(), out, steps=10_000, time_budget_s=20.0, resume=True).fit()
+    assert again["step"] == 20
+    # a larger budget continues from the saved clock
+    more = _trainer(Ticking(), out, steps=10_000, time_budget_s=25.0, resume=True).fit()
+    assert more["step"] == 25

@@ -77,8 +77,14 @@ def init_distributed(device: str | None = None) -> DistInfo:
     return DistInfo(rank, world, local_rank, dev, backend)
 
 
-def destroy_distributed() -> None:
+def destroy_distributed(barrier: bool = True) -> None:
+    """Leave the process group. barrier: wait for every rank first, so that no rank shuts its gloo/NCCL
+    connections down (and exits) while a slower one still finishes its last collective or writes; without
+    it a loaded 2-rank CPU run aborted at exit now and then ("terminate called without an active
+    exception"). Pass barrier=False when leaving on an error: the other ranks may never reach it."""
     if dist.is_available() and dist.is_initialized():
+        if barrier:
+            dist.barrier()
         dist.destroy_process_group()
 
 
@@ -331,23 +337,7 @@ def plain_copy(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
     return clone
 
 
-def scalar(x: torch.Tensor | float) -> float:
-    """A Python float from a tensor, a DTensor (FSDP grad norm) or a float."""
-    if hasattr(x, "full_tensor"):
-        x = x.full_tensor()
-    return float(x)
-
-
 # --- collectives for the trainer ------------------------------------------------------------------
-
-
-def all_ranks_true(flag: bool, device: torch.device) -> bool:
-    """True only if `flag` holds on every rank (so every rank skips the same steps)."""
-    if _world() == 1:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return bool(t.item() > 0.5)
 
 
 def all_gather(obj: Any) -> list[Any]:
@@ -357,3 +347,12 @@ def all_gather(obj: Any) -> list[Any]:
     out: list[Any] = [None] * _world()
     dist.all_gather_object(out, obj)
     return out
+
+
+def all_ranks_ok(ok: torch.Tensor) -> torch.Tensor:
+    """`ok` (a 0-dim bool on the device) AND-ed over every rank, on the device: no host read."""
+    if _world() == 1:
+        return ok
+    t = ok.to(torch.int32).reshape(1)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return t[0] > 0

@@ -8,6 +8,12 @@ function of (epoch seed, position) and every RNG is saved, so a run stopped at s
 reproduces the uninterrupted run. Distribution (DDP/FSDP/compile) wraps `task.model` from
 outside (chronotope/train/parallel.py); here only small rank helpers decide who writes.
 
+A step never waits for the device (benchmarks/train_step.py counts it): loss, gradient norm and the
+"step was finite" flag stay on the device, the non-finite guard skips the update inside the fused
+AdamW kernel (`found_inf`, as GradScaler does) and the EMA (`ok`), and the host reads the window's
+sums once per log line. `time_budget_s` bounds a run by wall-clock instead of steps (its lr
+schedule then follows the time spent, and a resumed run continues the same clock).
+
 Under `torchrun` the same loop is data parallel: each rank reads its own share of every step's
 data (the task splits by `get_rank()`), draws its own noise (generator seeded by seed + rank),
 accumulates `grad_accum` micro-batches (DDP all-reduces only the last), and the logged metrics
@@ -146,6 +152,9 @@ class Trainer:
         compile: bool = False,
         bf16: bool = False,
         device: str | None = None,
+        time_budget_s: float | None = None,
+        decay_frac: float = 0.2,
+        samples_at: str | None = None,
     ) -> None:
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
@@ -153,7 +162,7 @@ class Trainer:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
         if not 0 <= min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must be in [0, 1] (the final lr as a fraction of lr), got {min_lr_ratio}")
-        if schedule == "wsd" and not 0 < decay_steps <= steps - warmup_steps:
+        if schedule == "wsd" and time_budget_s is None and not 0 < decay_steps <= steps - warmup_steps:
             raise ValueError(f"schedule 'wsd' needs 0 < decay_steps <= steps - warmup_steps "
                              f"({steps - warmup_steps}), got {decay_steps}")
         for name, value in (("ckpt_every", ckpt_every), ("keep_last", keep_last), ("log_every", log_every),
@@ -162,6 +171,13 @@ class Trainer:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if lr <= 0:
             raise ValueError(f"lr must be > 0, got {lr}")
+        if time_budget_s is not None and not time_budget_s > 0:
+            raise ValueError(f"time_budget_s must be a positive number of seconds, got {time_budget_s}")
+        if not 0 < decay_frac <= 1:
+            raise ValueError(f"decay_frac (the cooldown's share of the time budget) must be in (0, 1], got {decay_frac}")
+        if samples_at not in (None, "checkpoint", "end"):
+            raise ValueError(f"samples_at must be 'checkpoint' or 'end', got {samples_at!r}")
+        self.time_budget_s, self.decay_frac = time_budget_s, decay_frac
         self.task, self.out_dir, self.steps = task, Path(out_dir), steps
         self.lr, self.warmup_steps, self.schedule, self.min_lr_ratio = lr, warmup_steps, schedule, min_lr_ratio
         self.decay_steps = decay_steps
@@ -172,12 +188,15 @@ class Trainer:
         self.parallel_mode = parallel.resolve_parallel(parallel_mode, self.dist.world_size, self.dist.device)
         parallel.check_bf16(bf16, self.dist.device)
         self.grad_accum, self.bf16, self.device = grad_accum, bf16, self.dist.device
+        # sample grids cost seconds of CPU but stall a GPU: at every checkpoint on CPU, at the end on a GPU
+        self.samples_at = samples_at or ("checkpoint" if self.device.type == "cpu" else "end")
         self.config = {
             "steps": steps, "lr": lr, "weight_decay": weight_decay, "betas": list(betas),
             "warmup_steps": warmup_steps, "schedule": schedule, "min_lr_ratio": min_lr_ratio, "decay_steps": decay_steps,
             "grad_clip": grad_clip, "ema_decay": ema_decay, "seed": seed, "world_size": self.dist.world_size,
             "grad_accum": grad_accum, "parallel": self.parallel_mode, "compile": compile, "bf16": bf16,
-            "activation_checkpointing": activation_checkpointing, "task": config or {},
+            "activation_checkpointing": activation_checkpointing, "time_budget_s": time_budget_s,
+            "decay_frac": decay_frac, "task": config or {},
         }
         self.model = parallel.parallelize(task.model, self.parallel_mode, self.device,
                                           activation_checkpointing=activation_checkpointing, compile=compile)
@@ -188,11 +207,18 @@ class Trainer:
         if not params:
             raise ValueError("the task's model has no trainable parameters")
         self.params = params
-        self.optimizer = torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
+        # fused AdamW: one kernel for the whole update, and it takes `found_inf` (the non-finite guard)
+        # on the device; FSDP's DTensor parameters keep the default implementation
+        self.fused = self.parallel_mode != "fsdp"
+        self.optimizer = torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay,
+                                           **({"fused": True} if self.fused else {}))
         self.ema = EMA(unwrap(self.model), ema_decay) if ema_decay else None
-        # progress state (all of it goes into the checkpoint)
+        # progress state (all of it goes into the checkpoint); the two skip counters live on the device
         self.step, self.epoch, self.position = 0, 0, 0
-        self.skipped_total, self.bad_in_a_row, self.elapsed_before = 0, 0, 0.0
+        self._skipped = torch.zeros((), dtype=torch.int64, device=self.device)  # steps skipped in all
+        self._bad_run = torch.zeros((), dtype=torch.int64, device=self.device)  # non-finite steps in a row
+        self.elapsed_before = 0.0
+        self.time_progress = 0.0  # fraction of time_budget_s spent, refreshed at log steps (all ranks agree)
         self.resumed_from: Path | None = None
         if resume:
             self._resume()
@@ -204,6 +230,14 @@ class Trainer:
 
     def _noise_seed(self, rank: int, salt: int = 0) -> int:
         return self.seed + 1 + _RANK_STRIDE * rank + salt
+
+    @property
+    def skipped_total(self) -> int:
+        return int(self._skipped)  # a host read: log steps and checkpoints only
+
+    @property
+    def bad_in_a_row(self) -> int:
+        return int(self._bad_run)
 
     # -- schedule --------------------------------------------------------------------------
 
@@ -219,6 +253,13 @@ class Trainer:
         if self.warmup_steps and step < self.warmup_steps:
             return self.lr * (step + 1) / self.warmup_steps
         low = self.min_lr_ratio
+        if self.time_budget_s is not None:  # by the clock: stable, then the last decay_frac of the time cools down
+            if self.schedule == "constant":
+                return self.lr
+            if self.schedule == "cosine":
+                return self.lr * (low + (1 - low) * 0.5 * (1 + math.cos(math.pi * min(1.0, self.time_progress))))
+            progress = min(1.0, max(0.0, (self.time_progress - (1 - self.decay_frac)) / self.decay_frac))
+            return self.lr * (low + (1 - low) * (1 - math.sqrt(progress)))
         if self.schedule == "cosine":
             span = max(1, self.steps - self.warmup_steps)
             progress = min(1.0, (step - self.warmup_steps) / span)
@@ -286,13 +327,16 @@ class Trainer:
                 eval_model = self.ema.averaged_model(model) if self.ema else model
             was_training = eval_model.training
             eval_model.eval()
+            final = self.step >= self.steps or self._time_up()
             with torch.no_grad():
-                if hasattr(self.task, "samples"):
+                if hasattr(self.task, "samples") and (self.samples_at == "checkpoint" or final):
                     self.task.samples(eval_model, self.out_dir / "samples" / path.name, self.step)
                 if hasattr(self.task, "export"):
                     self.task.export(eval_model, self.out_dir, self.step)
             eval_model.train(was_training)
-            if self.plot and self.metrics_path.exists():
+            # the plot is drawn once, at the end (matplotlib's first import can take a minute);
+            # `chronotope plot RUN_DIR` redraws it while a run trains
+            if self.plot and final and self.metrics_path.exists():
                 plot_metrics(read_metrics(self.metrics_path), self.out_dir / "metrics.png", title=self.out_dir.name)
         finally:
             ckpt.restore_rng(rng, self.generator)
@@ -313,8 +357,10 @@ class Trainer:
             else:  # the run had no EMA before: start one from the current weights
                 self.ema = EMA(unwrap(self.model), self.ema.decay)
         self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
-        self.skipped_total, self.bad_in_a_row = state["skipped_total"], state["bad_in_a_row"]
+        self._skipped.fill_(int(state["skipped_total"]))
+        self._bad_run.fill_(int(state["bad_in_a_row"]))
         self.elapsed_before = state["elapsed"]
+        self._refresh_time(self.elapsed_before)  # this run's budget, on the saved clock
         saved_world = int(state.get("config", {}).get("world_size", 1))
         rank, world = self.dist.rank, self.dist.world_size
         if saved_world == world and world > 1 and len(state.get("rng_ranks", [])) == world:
@@ -358,74 +404,93 @@ class Trainer:
 
     # -- main loop -------------------------------------------------------------------------
 
-    def _accumulate(self) -> tuple[float, dict[str, float]]:
+    def _time_up(self) -> bool:
+        return self.time_budget_s is not None and self.time_progress >= 1.0
+
+    def _refresh_time(self, elapsed: float) -> None:
+        """Time budget progress from `elapsed` seconds (at log steps, from a value every rank agrees on)."""
+        if self.time_budget_s is not None:
+            self.time_progress = elapsed / self.time_budget_s
+
+    def _accumulate(self) -> tuple[torch.Tensor, dict[str, Any]]:
         """Forward + backward of `grad_accum` micro-batches; gradients hold their mean. Under DDP only
-        the last backward all-reduces (no_sync before). Returns (mean loss, merged metrics)."""
-        losses, merged = [], {}
+        the last backward all-reduces (no_sync before). Returns (mean loss on the device, merged metrics)."""
+        total, merged = None, {}
         for micro in range(self.grad_accum):
             batch = self._next_batch()
             with parallel.no_sync(self.model, skip_sync=micro < self.grad_accum - 1):
-                with parallel.autocast(self.bf16, self.device):
+                with torch.profiler.record_function("train/forward"), parallel.autocast(self.bf16, self.device):
                     loss, metrics = self.task.loss(self.model, batch, self.generator)
                 # also for a NaN loss, so DDP ranks stay in step; the update is skipped in fit
-                (loss if self.grad_accum == 1 else loss / self.grad_accum).backward()
-            losses.append(float(loss.detach()))
+                with torch.profiler.record_function("train/backward"):
+                    (loss if self.grad_accum == 1 else loss / self.grad_accum).backward()
+            loss = loss.detach().float()
+            total = loss if total is None else total + loss
             for k, v in metrics.items():
-                if isinstance(v, (int, float)):
-                    merged.setdefault(k, []).append(float(v))
+                if isinstance(v, (int, float, torch.Tensor)):
+                    merged.setdefault(k, []).append(v)
         out = {k: (sum(v) if k in _COUNT_KEYS else sum(v) / len(v)) for k, v in merged.items()}
-        return sum(losses) / len(losses), out
+        return total / self.grad_accum, out
+
+    def _optimizer_step(self, ok: torch.Tensor) -> None:
+        """AdamW and EMA step where `ok` (a 0-dim bool on the device) holds; an exact skip elsewhere."""
+        with torch.profiler.record_function("train/optimizer"):
+            if self.fused:
+                self.optimizer.found_inf = (~ok).float()  # the fused kernel leaves params and state as they were
+                self.optimizer.step()
+            elif bool(ok):  # FSDP: one host read of the flag
+                self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update(unwrap(self.model), ok)
+        self._skipped += (~ok).long()
+        self._bad_run = (self._bad_run + 1) * (~ok).long()
 
     def fit(self) -> dict[str, Any]:
-        """Run until `steps`; returns dict(step, loss, skipped_total, checkpoint, resumed_from)."""
+        """Run until `steps` (or `time_budget_s`); returns dict(step, loss, skipped_total, checkpoint, resumed_from)."""
         if is_main_process():
             self.out_dir.mkdir(parents=True, exist_ok=True)
         self._t0 = time.perf_counter()
         self._it = None
-        win = _Window()
+        win = _Window(self.device)
         last_path = self.resumed_from
         bar = tqdm(total=self.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
                    disable=not (self.progress and is_main_process()))
         self.model.train()
         try:
-            while self.step < self.steps:
+            while self.step < self.steps and not self._time_up():
                 lr = self.lr_at(self.step)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                loss_value, metrics = self._accumulate()
+                loss, metrics = self._accumulate()
                 clip = self.grad_clip if self.grad_clip else float("inf")
-                grad_norm = parallel.scalar(torch.nn.utils.clip_grad_norm_(self.params, clip))
-                ok = math.isfinite(loss_value) and math.isfinite(grad_norm)
-                ok = parallel.all_ranks_true(ok, self.device)  # every rank skips the same steps
-                if ok:
-                    self.optimizer.step()
-                    if self.ema is not None:
-                        self.ema.update(unwrap(self.model))
-                    self.bad_in_a_row = 0
-                else:
-                    self.skipped_total += 1
-                    self.bad_in_a_row += 1
-                    self._print(f"step {self.step + 1}: non-finite loss {loss_value} / grad norm {grad_norm}; "
-                                f"update skipped ({self.bad_in_a_row} in a row)")
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
+                if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor
+                    grad_norm = grad_norm.full_tensor()
+                ok = torch.isfinite(loss) & torch.isfinite(grad_norm)
+                ok = parallel.all_ranks_ok(ok)  # every rank skips the same steps (a collective, no host read)
+                self._optimizer_step(ok)
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
-                win.add(loss_value, grad_norm, metrics, ok)
+                win.add(loss, grad_norm, metrics, ok, self._bad_run)
                 bar.update(1)
-                if self.bad_in_a_row >= self.max_bad_steps:
-                    self._log(win.record(self, lr))
-                    raise TrainingDiverged(
-                        f"{self.bad_in_a_row} steps in a row had a non-finite loss or gradient norm (last at step "
-                        f"{self.step}); stopping. Lower --lr, set a grad clip, or check the data. The last good "
-                        f"checkpoint is {ckpt.latest_checkpoint(self.out_dir)}."
-                    )
                 if self.step % self.log_every == 0 or self.step == self.steps:
-                    record = win.record(self, lr)
-                    self._log(record)
+                    record = win.record(self, lr)  # the one host read of the window
+                    self._refresh_time(record["elapsed_max"])
+                    self._log({k: v for k, v in record.items() if k != "elapsed_max" and k != "bad_run_max"})
                     bar.set_postfix_str(
                         f"loss {_fmt(record['loss'])} {record['throughput']:.3g} {record['throughput_unit']}/s "
-                        f"bad {record['bad_items']} skip {self.skipped_total}", refresh=False)
-                    win = _Window()
-                if self.step % self.ckpt_every == 0 or self.step == self.steps:
+                        f"bad {record['bad_items']} skip {record['skipped_total']}", refresh=False)
+                    if record["skipped"]:
+                        self._print(f"steps {self.step - win.steps + 1}-{self.step}: {record['skipped']} non-finite "
+                                    f"loss / grad norm, updates skipped")
+                    if record["bad_run_max"] >= self.max_bad_steps:
+                        raise TrainingDiverged(
+                            f"{record['bad_run_max']} steps in a row had a non-finite loss or gradient norm (by step "
+                            f"{self.step}); stopping. Lower --lr, set a grad clip, or check the data. The last good "
+                            f"checkpoint is {ckpt.latest_checkpoint(self.out_dir)}."
+                        )
+                    win = _Window(self.device)
+                if self.step % self.ckpt_every == 0 or self.step == self.steps or self._time_up():
                     last_path = self.save() or last_path
         finally:
             bar.close()
@@ -438,23 +503,25 @@ def _fmt(x: float | None) -> str:
 
 
 class _Window:
-    """Accumulates the steps between two log lines."""
+    """Accumulates the steps between two log lines on the device; `record` reads them once."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device) -> None:
         self.t0 = time.perf_counter()
-        self.losses: list[float] = []
-        self.grad_norms: list[float] = []
-        self.extra: dict[str, list[float]] = {}
-        self.count, self.unit, self.skipped = 0.0, "items", 0
+        zero = torch.zeros((), dtype=torch.float64, device=device)
+        self.loss_sum, self.grad_sum, self.ok_steps, self.bad_run_max = zero, zero, zero, zero
+        self.extra: dict[str, list[Any]] = {}
+        self.count, self.unit, self.steps = 0.0, "items", 0
+        self.last = torch.full((), float("nan"), device=device)
         self.last_loss = float("nan")
 
-    def add(self, loss: float, grad_norm: float, metrics: dict[str, float], ok: bool) -> None:
-        self.last_loss = loss
-        if ok:
-            self.losses.append(loss)
-            self.grad_norms.append(grad_norm)
-        else:
-            self.skipped += 1
+    def add(self, loss: torch.Tensor, grad_norm: torch.Tensor, metrics: dict[str, Any], ok: torch.Tensor,
+            bad_run: torch.Tensor) -> None:
+        okf = ok.to(torch.float64)
+        self.loss_sum = self.loss_sum + torch.where(ok, loss.double(), 0.0)
+        self.grad_sum = self.grad_sum + torch.where(ok, grad_norm.double(), 0.0)
+        self.ok_steps = self.ok_steps + okf
+        self.bad_run_max = torch.maximum(self.bad_run_max, bad_run.double())
+        self.last, self.steps = loss, self.steps + 1
         if "tokens" in metrics:
             self.count, self.unit = self.count + float(metrics["tokens"]), "tokens"
         elif "items" in metrics:
@@ -462,28 +529,40 @@ class _Window:
         else:
             self.count += 1
         for k, v in metrics.items():
-            if k not in ("tokens", "items") and isinstance(v, (int, float)) and math.isfinite(v):
-                self.extra.setdefault(k, []).append(float(v))
+            if k not in ("tokens", "items"):
+                self.extra.setdefault(k, []).append(v)
 
     def record(self, trainer: Trainer, lr: float) -> dict[str, Any]:
         """The log line of this window. Under several ranks a collective (every rank calls it at the same
         step): loss, grad norm and extras are means over all ranks' steps, throughput and bad items sums."""
+        tensors = [v for vs in self.extra.values() for v in vs if isinstance(v, torch.Tensor)]
+        device_values = torch.stack([self.loss_sum, self.grad_sum, self.ok_steps, self.bad_run_max,
+                                     self.last.double(), trainer._skipped.double(),
+                                     *(t.detach().double().reshape(()) for t in tensors)]).tolist()  # one read
+        loss_sum, grad_sum, ok_steps, bad_run_max, last, skipped_total = device_values[:6]
+        host_tensor_values = iter(device_values[6:])
+        extra = {k: [next(host_tensor_values) if isinstance(v, torch.Tensor) else float(v) for v in vs]
+                 for k, vs in self.extra.items()}
+        extra = {k: [x for x in vs if math.isfinite(x)] for k, vs in extra.items()}
+        self.last_loss = last
+        ok_steps = int(ok_steps)
         dt = max(time.perf_counter() - self.t0, 1e-9)
-        mine = {"loss": (sum(self.losses), len(self.losses)), "grad_norm": (sum(self.grad_norms), len(self.grad_norms)),
-                **{k: (sum(v), len(v)) for k, v in self.extra.items()}}
-        local = (mine, self.count, int(getattr(trainer.task, "bad_items", 0)))
+        mine = {"loss": (loss_sum, ok_steps), "grad_norm": (grad_sum, ok_steps),
+                **{k: (sum(v), len(v)) for k, v in extra.items()}}
+        local = (mine, self.count, int(getattr(trainer.task, "bad_items", 0)), trainer._elapsed(), int(bad_run_max))
         ranks = parallel.all_gather(local) if trainer.dist.world_size > 1 else [local]
         sums: dict[str, list[float]] = {}
-        for m, _, _ in ranks:
+        for m, *_ in ranks:
             for k, (total, n) in m.items():
                 acc = sums.setdefault(k, [0.0, 0])
                 acc[0], acc[1] = acc[0] + total, acc[1] + n
         mean = {k: (total / n if n else float("nan")) for k, (total, n) in sums.items()}
         rec = {
             "step": trainer.step, "loss": mean["loss"], "grad_norm": mean["grad_norm"], "lr": lr,
-            "throughput": sum(r[1] for r in ranks) / dt, "throughput_unit": self.unit, "skipped": self.skipped,
-            "skipped_total": trainer.skipped_total, "bad_items": sum(r[2] for r in ranks),
-            "epoch": trainer.epoch, "elapsed": round(trainer._elapsed(), 3),
+            "throughput": sum(r[1] for r in ranks) / dt, "throughput_unit": self.unit,
+            "skipped": self.steps - ok_steps, "skipped_total": int(skipped_total),
+            "bad_items": sum(r[2] for r in ranks), "epoch": trainer.epoch, "elapsed": round(trainer._elapsed(), 3),
+            "elapsed_max": max(r[3] for r in ranks), "bad_run_max": max(r[4] for r in ranks),
         }
         if trainer.dist.world_size > 1:
             rec["world_size"] = trainer.dist.world_size
