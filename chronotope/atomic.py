@@ -11,6 +11,7 @@ rename onto the target. Folders (model folders) are written beside the old one a
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -75,8 +76,20 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, write)
 
 
+def finite_json(obj: Any) -> Any:
+    """`obj` with every NaN or infinite float replaced by None, so that it is valid JSON (which has no NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=indent, default=str))
+    """Valid JSON always: non-finite floats are written as null (json.dumps would write a bare NaN)."""
+    return atomic_write_text(path, json.dumps(finite_json(obj), indent=indent, default=str, allow_nan=False))
 
 
 def swap_in_folder(final: str | os.PathLike, write: Callable[[Path], Any]) -> Path:

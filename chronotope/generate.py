@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import os
 import secrets
-import tempfile
 
 import numpy as np
 import torch
@@ -31,13 +30,18 @@ from chronotope.pipeline import (
     schedule,
     tokens_per_sample,
 )
+from chronotope.request import arg, check_cost, check_request, estimate_cost
 from chronotope.text.expand import expand_prompt as _expand
 from chronotope.video import read_video, write_video
 
 NEEDS = {"i2v": ("image",), "extend": ("video",), "connect": ("video", "video_end"), "edit": ("video",)}
 USES = {"t2v": (), "t2i": (), "i2v": ("image",), "extend": ("video",), "connect": ("video", "video_end"),
         "loop": (), "edit": ("video", "strength"), "long": ("image",)}
-CLI_FLAG = {"image": "--image PATH", "video": "--video PATH", "video_end": "--video-end PATH", "strength": "--strength S"}
+# default length of what extend and connect add: extend adds 12 frames in either direction (a 17-frame
+# window forward, 21 backward: the free latent before the given tail costs one), connect fills an 11-frame
+# gap (4m-1 frames: the nearest to 12). Both keep 2 given latent frames (5 frames) from each video.
+NEW_FRAMES = 12
+CONNECT_GAP = 11
 
 
 def infer_mode(mode: str | None, num_frames: int | None, given: dict[str, bool]) -> str:
@@ -46,15 +50,15 @@ def infer_mode(mode: str | None, num_frames: int | None, given: dict[str, bool])
         mode = ("connect" if given["video_end"] else "edit" if given["strength"] else "extend" if given["video"]
                 else "i2v" if given["image"] else "t2i" if num_frames == 1 else "t2v")
     if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
+        raise ValueError(f"{arg('mode', mode)}: unknown mode; valid: {', '.join(MODES)}")
     missing = [k for k in NEEDS.get(mode, ()) if not given[k]]
     if missing:
-        what = " and ".join(f"{k}= ({CLI_FLAG[k]})" for k in missing)
-        raise ValueError(f"mode {mode!r} needs {what}: it is missing")
+        what = " and ".join(arg(k) for k in missing)
+        raise ValueError(f"{arg('mode', mode)} needs {what}: {'they are' if len(missing) > 1 else 'it is'} missing")
     unused = [k for k, v in given.items() if v and k not in USES[mode]]
     if unused:
-        raise ValueError(f"mode {mode!r} does not use {', '.join(unused)}; drop it or choose a mode that does "
-                         f"(image: i2v/long, video: extend/edit, video + video_end: connect)")
+        raise ValueError(f"{arg('mode', mode)} does not use {', '.join(arg(k) for k in unused)}; drop it or choose "
+                         f"a mode that does (image: i2v/long, video: extend/edit, video + video_end: connect)")
     return mode
 
 
@@ -63,14 +67,14 @@ def frames_from(num_frames: int | None, duration: float | None, fps: float) -> i
     if duration is None:
         return num_frames
     if num_frames is not None:
-        raise ValueError("give num_frames or duration, not both")
+        raise ValueError(f"give {arg('num_frames')} or {arg('duration')}, not both")
     n = duration * fps
     if abs(n - round(n)) < 1e-6 and round(n) >= 1 and (round(n) - 1) % 4 == 0:
         return int(round(n))
     lo = max(1, int((n - 1) // 4) * 4 + 1)
     near = ", ".join(f"{k} frames ({k / fps:g} s)" for k in (lo, lo + 4))
-    raise ValueError(f"duration {duration:g} s at {fps:g} fps is {n:g} frames; clips have 4k+1 frames, "
-                     f"nearest valid: {near}")
+    raise ValueError(f"{arg('duration', duration)}: {duration:g} s at {fps:g} fps is {n:g} frames; clips have "
+                     f"4k+1 frames, nearest valid: {near}")
 
 
 def _load(source, what: str) -> tuple[np.ndarray, float]:
@@ -119,6 +123,7 @@ def generate(
     image_position: str = "first",
     cond_latent_frames: int | None = None,
     window_frames: int | None = None,
+    gap_frames: int | None = None,
     shift: float | None = None,
     expand_prompt: bool = True,
     output_path: str | list[str] | None = None,
@@ -129,7 +134,12 @@ def generate(
     num_frames: frames of the output clip (4k+1) for t2v/i2v/edit/long (long: the total); for extend and
     connect the generated window, given frames included (the output holds the whole given videos plus
     the new frames); for loop the loop length (a multiple of 4; the frame after the last is the first).
+    By default extend adds NEW_FRAMES (12) frames either way and connect fills a CONNECT_GAP (11) frame gap.
+    gap_frames (connect): frames generated between the two videos (4m-1: 3, 7, 11, ...), instead of num_frames.
     cond_latent_frames: latent frames taken from a given video (1 = its last frame, 2 = last 5, ...).
+    Every value is used as given or refused (ValueError naming the nearest valid one; request.check_request),
+    and a request that cannot fit in memory, or would run past a day, is refused before it starts
+    (request.check_cost); one that takes minutes gets a note with the estimate.
     image/video/video_end: a path or uint8 frames; other sizes are resized and center-cropped.
     strength (edit): 0 keeps the video, 1 ignores it. output_path: also write the video(s) there
     (atomically; long mode streams frames as they are decoded and then returns no frames).
@@ -142,8 +152,14 @@ def generate(
     given = {"image": image is not None, "video": video is not None, "video_end": video_end is not None,
              "strength": strength is not None}
     mode = infer_mode(mode, num_frames, given)
-    if num_inference_steps < 1:
-        raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+    warnings = check_request(prompt=prompts, mode=mode, height=height, width=width, num_frames=num_frames, fps=fps,
+                             duration=duration, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                             image_guidance_scale=image_guidance_scale, strength=strength, shift=shift, seed=seed,
+                             cond_latent_frames=cond_latent_frames, window_frames=window_frames, gap_frames=gap_frames)
+    _check_choices(sampler=sampler, direction=direction, image_position=image_position)
+    if gap_frames is not None and (mode != "connect" or num_frames is not None or duration is not None):
+        raise ValueError(f"{arg('gap_frames')} sets the length of a connect (mode connect), instead of "
+                         f"{arg('num_frames')}: give one of them")
     if seed is None:
         seed = generator.initial_seed() if generator is not None else secrets.randbelow(2**31)
     generator = generator or torch.Generator().manual_seed(int(seed))
@@ -156,7 +172,7 @@ def generate(
         fallback = (max(step, first[0].shape[1] // step * step), max(step, first[0].shape[2] // step * step))
     H, W = resolve_size(pipe, height, width, resolution, aspect_ratio, fallback)
     in_fps = next((f for _, f in inputs.values() if f > 0), 0.0)
-    fps = float(fps or in_fps or pipe.defaults["fps"])
+    fps = float(fps if fps is not None else (in_fps or pipe.defaults["fps"]))
     num_frames = frames_from(num_frames, duration, fps)
     frames_in = {k: _fit(pipe, f, H, W, k, notes) for k, (f, _) in inputs.items()}
     encode = pipe.encode_video
@@ -164,33 +180,49 @@ def generate(
     # the window's length in frames
     if mode == "t2i":
         if num_frames not in (None, 1):
-            raise ValueError(f"mode 't2i' makes one frame; got num_frames={num_frames} (use t2v for videos)")
+            raise ValueError(f"{arg('mode', 't2i')} makes one frame; got {arg('num_frames', num_frames)} "
+                             f"(use t2v for videos)")
         T = 1
     elif mode == "loop":
         loop_len = 16 if num_frames is None else num_frames
-        k = cond_latent_frames or 1
+        k = 1 if cond_latent_frames is None else cond_latent_frames
         T = modes.window_frames(modes.loop_window(loop_len, k))
     elif mode == "edit":
         v = frames_in["video"]
-        T = num_frames or (len(v) - 1) // 4 * 4 + 1
+        T = num_frames if num_frames is not None else (len(v) - 1) // 4 * 4 + 1
         if T > len(v):
-            raise ValueError(f"edit: the video has {len(v)} frames, fewer than num_frames={T}")
+            raise ValueError(f"edit: the video has {len(v)} frames, fewer than {arg('num_frames', T)}")
         if T < len(v):
             _note(notes, f"edit: using the first {T} of the video's {len(v)} frames (clips have 4k+1 frames)")
         frames_in["video"] = v[:T]
     elif mode == "long":
-        T = window_frames or pipe.defaults["num_frames"]
-        total = num_frames or T
-        pipe.vae.latent_shape(total, H, W)  # 4k+1 check, names the nearest valid counts
+        T = window_frames if window_frames is not None else pipe.defaults["num_frames"]
+        total = num_frames if num_frames is not None else T
+    elif num_frames is not None:
+        T = num_frames
+    elif mode == "extend":  # NEW_FRAMES new frames after (forward) or before (backward) 2 given latent frames
+        k0 = 2 if cond_latent_frames is None else cond_latent_frames
+        T = modes.window_frames(k0 + NEW_FRAMES // modes.TF + (direction == "backward"))
+    elif mode == "connect":  # a CONNECT_GAP-frame gap between 2 given latent frames of each video
+        k0 = 2 if cond_latent_frames is None else cond_latent_frames
+        T = modes.window_frames(2 * k0 + ((CONNECT_GAP if gap_frames is None else gap_frames) + 1) // modes.TF)
     else:
-        T = num_frames or pipe.defaults["num_frames"]
+        T = pipe.defaults["num_frames"]
     C, n, h, w = pipe.vae.latent_shape(T, H, W)
     if mode not in ("loop",):
-        k = cond_latent_frames or max(1, min(2, (n - 1) // (2 if mode == "connect" else 1)))
+        k = (cond_latent_frames if cond_latent_frames is not None
+             else max(1, min(2, (n - 1) // (2 if mode == "connect" else 1))))
     if shift is None:
         shift = shift_for_tokens(tokens_per_sample(pipe, n, h, w), scale=float(pipe.defaults["time_shift"]))
-    if strength is not None and not 0.0 < strength <= 1.0:
-        raise ValueError(f"strength must be in (0, 1] (0 keeps the video, 1 ignores it), got {strength}")
+    passes = 1 if guidance_scale <= 1.0 else (3 if image_guidance_scale is not None and mode != "t2v" else 2)
+    if mode == "long":
+        windows = 1 + max(0, math.ceil(((total - 1) // 4 + 1 - n) / max(1, n - k)))
+        cost = estimate_cost(pipe, B, (C, n, h, w), num_inference_steps, passes, total, windows)
+    else:
+        cost = estimate_cost(pipe, B, (C, n, h, w), num_inference_steps, passes, T, 2 if mode == "loop" else 1)
+    long_note = check_cost(cost)
+    for text in warnings + ([long_note] if long_note else []):
+        _note(notes, text)
 
     texts = [_expand(p, int(seed), None if expand_prompt else False) for p in prompts]
     cond, uncond = pipe.encode_prompts(texts, negatives)
@@ -209,6 +241,8 @@ def generate(
                      if isinstance(v, (str, os.PathLike))})
     if mode != "t2i" and mode not in ("t2v", "i2v", "edit"):
         params["cond_latent_frames"] = k
+    if mode == "connect":
+        params["gap_frames"] = modes.TF * (n - 2 * k) - 1
 
     if mode == "long":
         params.update(num_frames=total, window_frames=T)
@@ -248,6 +282,16 @@ def generate(
     return PipelineOutput(frames, z, texts, int(seed), fps, mode, plan.mask[None].expand(B, -1).clone(), params, notes)
 
 
+def _check_choices(**given: str) -> None:
+    """sampler / direction / image_position: one of their valid values, checked before any work."""
+    from chronotope.diffusion.samplers import SAMPLERS
+
+    valid = {"sampler": tuple(SAMPLERS), "direction": ("forward", "backward"), "image_position": ("first", "last")}
+    for name, value in given.items():
+        if value not in valid[name]:
+            raise ValueError(f"{arg(name, value)}: not one of {', '.join(valid[name])}")
+
+
 def _fit(pipe: VideoPipeline, frames: np.ndarray, H: int, W: int, what: str, notes: list[str]) -> np.ndarray:
     """uint8 [T, h0, w0, 3] -> [T, H, W, 3]: resize to cover, center-crop, with a note when the size changes."""
     from chronotope.data.dataset import resize_crop
@@ -264,7 +308,8 @@ def _fit(pipe: VideoPipeline, frames: np.ndarray, H: int, W: int, what: str, not
 OVERRIDES = {"seed": int, "num_frames": int, "height": int, "width": int, "fps": float, "duration": float,
              "num_inference_steps": int, "guidance_scale": float, "strength": float, "mode": str, "image": str,
              "video": str, "video_end": str, "negative_prompt": str, "direction": str, "image_position": str,
-             "sampler": str, "resolution": str, "aspect_ratio": str, "cond_latent_frames": int, "window_frames": int}
+             "sampler": str, "resolution": str, "aspect_ratio": str, "cond_latent_frames": int, "window_frames": int,
+             "gap_frames": int}
 
 
 def read_prompts(path: str) -> list[dict]:
@@ -313,9 +358,15 @@ def read_prompts(path: str) -> list[dict]:
 
 def output_path(out: str, one_frame: bool, gif: bool) -> str:
     """OUT as given when it ends in .mp4/.gif/.png (--gif turns it into .gif); else OUT + .png for one frame,
-    .gif with gif, .mp4 otherwise."""
+    .gif with gif, .mp4 otherwise. A media extension that is not written (.avi, .mov, .jpg...) is refused,
+    not appended to (x.avi never becomes x.avi.mp4)."""
+    from chronotope.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, WRITE_EXTENSIONS
+
     stem, ext = os.path.splitext(out)
-    if ext.lower() not in (".mp4", ".gif", ".png"):
+    if ext.lower() in set(VIDEO_EXTENSIONS + IMAGE_EXTENSIONS) - set(WRITE_EXTENSIONS):
+        raise ValueError(f"{arg('output_path', out)}: {ext} is not written; give a name ending in "
+                         f"{', '.join(WRITE_EXTENSIONS)} (or none: .mp4, .png for one frame)")
+    if ext.lower() not in WRITE_EXTENSIONS:
         stem, ext = out, ""
     if gif:
         return stem + ".gif"
@@ -325,29 +376,35 @@ def output_path(out: str, one_frame: bool, gif: bool) -> str:
 def generate_to_file(pipe: VideoPipeline, out: str, model: str, gif: bool = False, **kwargs) -> tuple[str, str]:
     """Generate one video and write it (mp4 / png / gif) with a sidecar OUT.json holding every parameter, the
     prompt, the expanded prompt, the seed and the model. Both writes are atomic; if the sidecar fails the video
-    is removed, so a failed run leaves no output file. Returns (video path, sidecar path)."""
-    import json
+    is removed, so a failed run leaves no output file. A one-frame result (t2i, or an edit of an image) is a
+    .png unless OUT names .mp4/.gif; a .png OUT for a several-frame result is refused. Returns (video path,
+    sidecar path)."""
+    from chronotope.atomic import atomic_write_json
 
     mode, n = kwargs.get("mode"), kwargs.get("num_frames")
     one = mode == "t2i" or (n == 1 and mode in (None, "t2v", "t2i") and not kwargs.get("video"))
     path = output_path(out, one, gif)
+    explicit = os.path.splitext(out)[1].lower() in (".mp4", ".gif", ".png")
     if os.path.isdir(path):
         raise ValueError(f"output {path} is a folder; give a file path (or use --prompts for a folder of outputs)")
     long_mode = mode == "long"
+    if path.endswith(".png") and explicit and not one and mode not in (None, "edit"):
+        raise ValueError(f"{arg('output_path', out)}: a .png holds one frame but mode {mode} makes a video; "
+                         f"give a .mp4 or .gif name")
     result = pipe(kwargs.pop("prompt"), output_path=path if long_mode else None, **kwargs)
     if not long_mode:
         frames = result.frames[0]
+        if len(frames) == 1 and not explicit and not gif:
+            path = output_path(out, True, gif)  # one frame is an image
         if path.endswith(".png") and len(frames) > 1:
-            path = os.path.splitext(path)[0] + ".mp4"
+            raise ValueError(f"{arg('output_path', out)}: a .png holds one frame but this request made "
+                             f"{len(frames)}; give a .mp4 or .gif name")
         write_video(path, frames, result.fps)
     side = os.path.splitext(path)[0] + ".json"
     record = {"output": path, "model": model, **result.params, "expanded_prompt": result.prompts[0],
               "notes": result.notes}
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".gen.", suffix=".tmp.json", dir=os.path.dirname(os.path.abspath(side)))
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=2, default=str)
-        os.replace(tmp, side)
+        atomic_write_json(side, record, indent=2)
     except BaseException:
         if os.path.exists(path):
             os.remove(path)

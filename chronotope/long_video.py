@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from chronotope import modes
 from chronotope.pipeline import initial_noise
+from chronotope.request import arg
 from chronotope.video import Mp4Writer, write_video
 
 
@@ -57,8 +58,8 @@ def generate_long(pipe, image: np.ndarray | None, total: int, n_w: int, k: int, 
     n_total = (total - 1) // 4 + 1
     K = modes.head_frames(k)
     if n_w <= k:
-        raise ValueError(f"long: window_frames must exceed the conditioning ({K} frames, cond_latent_frames={k}); "
-                         f"use window_frames >= {modes.window_frames(k + 1)}")
+        raise ValueError(f"long: {arg('window_frames')} must exceed the conditioning ({K} frames, "
+                         f"{arg('cond_latent_frames', k)}); use {arg('window_frames')} >= {modes.window_frames(k + 1)}")
     sinks = [FrameSink(p, fps) for p in (paths or [None] * B)]
     kept, latents, masks = [None] * B, [], []
     n_done = 0  # latent frames of the whole video produced so far (new ones only)

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from chronotope.request import arg
+
 Encoder = Callable[[np.ndarray], Tensor]  # uint8 frames [T, H, W, 3] (target size) -> latents [C, t, h, w]
 
 TF = 4  # frames per latent frame after the first (the causal VAE's temporal factor)
@@ -72,20 +74,20 @@ def head_frames(k: int) -> int:
 
 def _check_k(k: int, n: int, need_free: int, what: str) -> None:
     if k < 1:
-        raise ValueError(f"cond_latent_frames must be >= 1, got {k}")
+        raise ValueError(f"{arg('cond_latent_frames', k)}: must be at least 1")
     if n - k < need_free:
         raise ValueError(
-            f"{what}: a window of {n} latent frames ({window_frames(n)} frames) with cond_latent_frames={k} "
-            f"leaves {n - k} latent frames to generate, need >= {need_free}; raise num_frames to at least "
-            f"{window_frames(k + need_free)} or lower cond_latent_frames"
+            f"{what}: a window of {n} latent frames ({window_frames(n)} frames) with "
+            f"{arg('cond_latent_frames', k)} leaves {n - k} latent frames to generate, need >= {need_free}; "
+            f"raise {arg('num_frames')} to at least {window_frames(k + need_free)} or lower {arg('cond_latent_frames')}"
         )
 
 
 def _need_frames(frames: np.ndarray, count: int, what: str, k: int) -> None:
     if len(frames) < count:
         raise ValueError(
-            f"{what} has {len(frames)} frames; conditioning on cond_latent_frames={k} latent frames needs at "
-            f"least {count}; pass a longer video or cond_latent_frames={max(1, (len(frames) - 1) // TF)}"
+            f"{what} has {len(frames)} frames; conditioning on {arg('cond_latent_frames', k)} latent frames needs "
+            f"at least {count}; pass a longer video or {arg('cond_latent_frames', max(1, (len(frames) - 1) // TF))}"
         )
 
 
@@ -126,7 +128,8 @@ def plan_i2v(encode: Encoder, image: np.ndarray, n: int, position: str = "first"
         latents[:, :1], mask[0] = z, True
         return Plan(latents, mask)
     if n < 2:
-        raise ValueError("image_position='last' needs a video (num_frames >= 5); a 1-frame output is the image itself")
+        raise ValueError(f"{arg('image_position', 'last')} needs a video ({arg('num_frames')} >= 5); a 1-frame "
+                         "output is the image itself")
     z = tail_latents(encode, np.repeat(image[:1], TF + 1, axis=0), 1)  # [C, 1, h, w]: 4 still frames
     latents, mask = _empty(z, n)
     latents[:, -1:], mask[-1] = z, True
@@ -186,8 +189,8 @@ def loop_window(loop_frames: int, k: int) -> int:
         lo = max(TF, loop_frames // TF * TF)
         near = f"{lo} or {lo + TF}" if lo != loop_frames and loop_frames > TF else str(lo)
         raise ValueError(
-            f"a loop's num_frames must be a multiple of {TF} (the frame after the last is the first; the "
-            f"causal VAE adds frames 4 at a time), got {loop_frames}; nearest valid: {near}"
+            f"{arg('num_frames', loop_frames)}: a loop's length must be a multiple of {TF} (the frame after the "
+            f"last is the first; the causal VAE adds frames 4 at a time); nearest valid: {near}"
         )
     return loop_frames // TF + 1 + k
 

@@ -10,12 +10,13 @@ classifier-free guidance over the DiT's packed tokens -> causal-VAE decode. Name
     pipe("...", image="start.png")                                 # i2v; also video=, video_end=, mode="loop"
 
 A model folder holds model_index.json (component classes, the text encoder *named*, defaults) and
-vae/ and dit/ (config.json + model.safetensors each).
+vae/ and dit/ (config.json + model.safetensors each, or shards + an index: chronotope/weights.py).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import zlib
@@ -33,6 +34,7 @@ from chronotope.diffusion.flow import apply_shift
 from chronotope.diffusion.samplers import cfg_velocity, get_sampler
 from chronotope.dit.model import DiT
 from chronotope.dit.patches import Sample, pack, unpack
+from chronotope.request import arg
 from chronotope.sizes import nearest_multiples, size_for
 from chronotope.vae.model import CausalVAE
 
@@ -73,13 +75,13 @@ class DebugTextEncoder:
         return emb, mask
 
 
-def load_text_encoder(name: str, dim: int = 384):
-    """A text encoder by name: the bundled MiniLM-L6, "debug", or a local Hugging Face folder."""
+def load_text_encoder(name: str, dim: int = 384, device: str | torch.device = "cpu"):
+    """A text encoder by name: the bundled MiniLM-L6, "debug", or a local Hugging Face folder (run on `device`)."""
     if name == "debug":
         return DebugTextEncoder(dim)
     from chronotope.text.encoder import TextEncoder
 
-    return TextEncoder() if name == DEFAULT_TEXT_ENCODER else TextEncoder(name)
+    return TextEncoder(None if name == DEFAULT_TEXT_ENCODER else name, device=device)
 
 
 @dataclass
@@ -156,12 +158,15 @@ class VideoPipeline:
                         p.normal_(0.0, 0.02)
         return cls(v, d, None, text_encoder, defaults)
 
-    def save_pretrained(self, folder: str | os.PathLike) -> None:
-        """Write model_index.json + vae/ + dit/ (each file atomically); the text encoder is named, not copied."""
+    def save_pretrained(self, folder: str | os.PathLike, dtype: torch.dtype | None = None,
+                        max_shard_size: int | str | None = None) -> None:
+        """Write model_index.json + vae/ + dit/ (each file atomically); the text encoder is named, not copied.
+        dtype: store the weights in it (torch.float16 ships a folder half the size; loading casts back);
+        max_shard_size: split weights over model-0000k-of-0000n.safetensors files no larger (e.g. "10MB")."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        self.vae.save_pretrained(folder / "vae")
-        self.dit.save_pretrained(str(folder / "dit"))
+        self.vae.save_pretrained(folder / "vae", dtype=dtype, max_shard_size=max_shard_size)
+        self.dit.save_pretrained(str(folder / "dit"), dtype=dtype, max_shard_size=max_shard_size)
         index = {"_class_name": "VideoPipeline", "vae": ["chronotope.vae.model", "CausalVAE"],
                  "dit": ["chronotope.dit.model", "DiT"], "text_encoder": self.text_encoder_name,
                  "defaults": self.defaults}
@@ -261,24 +266,28 @@ def _note(notes: list[str], text: str) -> None:
 
 def resolve_size(pipe: VideoPipeline, height: int | None, width: int | None, resolution, aspect_ratio,
                  fallback: tuple[int, int] | None = None) -> tuple[int, int]:
-    """(height, width) from height/width, or resolution + aspect_ratio, or the input's size, or the defaults.
-    ValueError names the nearest valid sizes (multiples of VAE factor x patch)."""
+    """(height, width) from height/width, or resolution + aspect_ratio (either alone: the other from the
+    model's default size, a square), or the input's size, or the defaults. ValueError names the nearest
+    valid sizes: multiples of the VAE's spatial factor x the DiT's spatial patch (8 x 1 for the shipped
+    model, 8 x 2 = 16 for the patch-2 presets)."""
     if (height is None) != (width is None):
-        raise ValueError("give height and width together (or resolution and aspect_ratio)")
-    if height is not None and resolution is not None:
-        raise ValueError("give either height/width or resolution/aspect_ratio, not both")
-    if resolution is not None:
+        raise ValueError(f"give {arg('height')} and {arg('width')} together (or {arg('resolution')} and "
+                         f"{arg('aspect_ratio')})")
+    if height is not None and (resolution is not None or aspect_ratio is not None):
+        which = arg("resolution") if resolution is not None else arg("aspect_ratio")
+        raise ValueError(f"give either {arg('height')}/{arg('width')} or {which}, not both")
+    if resolution is not None or aspect_ratio is not None:
+        if resolution is None:  # the default frame's area, e.g. 64x64 -> "64px"
+            resolution = f"{round(math.sqrt(pipe.defaults['height'] * pipe.defaults['width']))}px"
         height, width = size_for(resolution, aspect_ratio or "1:1")
-    elif aspect_ratio is not None:
-        raise ValueError("aspect_ratio needs a resolution (e.g. resolution='64px', aspect_ratio='16:9')")
     elif height is None:
         height, width = fallback or (pipe.defaults["height"], pipe.defaults["width"])
     step = pipe.vae.config.spatial_factor * pipe.dit.config.patch[1]
     for name, value in (("height", height), ("width", width)):
         if value < step or value % step:
             near = " or ".join(map(str, nearest_multiples(max(value, 1), step)))
-            raise ValueError(f"{name} must be a multiple of {step} (VAE x{pipe.vae.config.spatial_factor} x patch "
-                             f"{pipe.dit.config.patch[1]}), got {value}; nearest valid: {near}")
+            raise ValueError(f"{arg(name, value)}: must be a multiple of {step} (VAE x{pipe.vae.config.spatial_factor}"
+                             f" x patch {pipe.dit.config.patch[1]}); nearest valid: {near}")
     return int(height), int(width)
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 import re
 
+from chronotope.request import arg
+
 MULTIPLE = 16  # height and width of model inputs are multiples of this
 
 
@@ -20,14 +22,14 @@ def parse_resolution(resolution: str | int) -> int:
     """Target area in pixels of a resolution preset: 64, "64", "64px" (N*N) or "480p" (N * N*16/9)."""
     if isinstance(resolution, int):
         if resolution < MULTIPLE:
-            raise ValueError(f"resolution must be at least {MULTIPLE}, got {resolution}")
+            raise ValueError(f"{arg('resolution', resolution)}: must be at least {MULTIPLE}")
         return resolution * resolution
     m = re.fullmatch(r"\s*(\d+)\s*(px|p)?\s*", str(resolution).lower())
     if m is None:
-        raise ValueError(f"resolution {resolution!r} is not understood; use e.g. 64px, 256px, 480p or 720p")
+        raise ValueError(f"{arg('resolution', resolution)}: not understood; use e.g. 64px, 256px, 480p or 720p")
     n = int(m.group(1))
     if n < MULTIPLE:
-        raise ValueError(f"resolution must be at least {MULTIPLE}px, got {resolution!r}")
+        raise ValueError(f"{arg('resolution', resolution)}: must be at least {MULTIPLE}px")
     if m.group(2) == "p":  # video convention: "480p" is the height of a 16:9 frame
         return round(n * n * 16 / 9)
     return n * n
@@ -46,9 +48,9 @@ def parse_aspect_ratio(aspect_ratio: str | float) -> float:
             else:
                 ratio = float(text)
         except (ValueError, ZeroDivisionError):
-            raise ValueError(f"aspect ratio {aspect_ratio!r} is not understood; use W:H such as 16:9, 1:1 or 9:16")
+            raise ValueError(f"{arg('aspect_ratio', aspect_ratio)}: not understood; use W:H such as 16:9, 1:1 or 9:16")
     if not (ratio > 0 and math.isfinite(ratio)):
-        raise ValueError(f"aspect ratio must be positive, got {aspect_ratio!r}")
+        raise ValueError(f"{arg('aspect_ratio', aspect_ratio)}: must be positive and finite, such as 16:9, 1:1 or 9:16")
     return ratio
 
 

@@ -19,10 +19,24 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 
 from chronotope.atomic import atomic_write, publish
+
+
+class _LazyAV:
+    """PyAV, imported on first use: importing this module (as the World, the latent cache and the pipeline
+    do) must work on machines without PyAV, where only reading and writing media files needs it."""
+
+    def __getattr__(self, name: str):
+        try:
+            import av as module
+        except ImportError as err:
+            raise ImportError("reading or writing video and image files needs PyAV: pip install av") from err
+        return getattr(module, name)
+
+
+av = _LazyAV()
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".webm", ".mov", ".mkv", ".avi", ".gif")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")

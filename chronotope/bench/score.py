@@ -307,6 +307,12 @@ def score_video(frames: np.ndarray, spec: dict, fps: float | None = None) -> dic
         "flicker": _flicker(frames, d),
     }
     scores["overall"] = _mean([scores[a] for a in ATTRIBUTES])
+    scores["notes"] = []
+    if spec["pillar"] and scores["permanence"] is None:  # say why a pillar prompt has no permanence score
+        why = ("an image shows no pass behind the pillar" if T == 1
+               else "the prompt asks for a pillar but none was detected in the video" if d.pillar is None
+               else "no object passed behind the pillar and came out (or should have) within the clip")
+        scores["notes"].append(f"permanence not scored: {why}")
     scores["objects"] = objects
     scores["detected"] = {
         "frames": T, "height": H, "width": W, "fps": fps,

@@ -11,13 +11,14 @@ import sys
 
 from chronotope.cli.bench import add_bench
 from chronotope.cli.generate import add_expand, add_generate
+from chronotope.cli.options import FLAGS, Parser
 from chronotope.cli.train import add_flops, add_plot, add_train
 from chronotope.cli.vae import add_encode, add_reconstruct
 from chronotope.cli.world import add_demo, add_manifest, add_world
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="chronotope", description=__doc__.splitlines()[0])
+    parser = Parser(prog="chronotope", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for add in (add_world, add_manifest, add_demo, add_bench, add_train, add_encode, add_reconstruct, add_flops,
                 add_generate, add_expand, add_plot):
@@ -25,10 +26,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+    """What a user's request can cause: a bad value (ValueError), a missing or unreadable file (OSError,
+    chronotope.video.VideoReadError). Everything else is a bug and keeps its traceback."""
+    video = sys.modules.get("chronotope.video")  # imported by whichever verb read a video; never imported here
+    return (ValueError, OSError) + ((video.VideoReadError,) if video is not None else ())
+
+
 def main(argv: list[str] | None = None) -> int:
+    from chronotope.request import spelled
+
     args = build_parser().parse_args(argv)
     try:
-        return args.handler(args) or 0
-    except (ValueError, FileNotFoundError) as err:
-        print(f"chronotope {args.verb}: error: {err}", file=sys.stderr)
+        with spelled(FLAGS):
+            return args.handler(args) or 0
+    except user_errors() as err:
+        text = " ".join(str(err).split()) or type(err).__name__  # one line, whatever the message holds
+        print(f"chronotope {args.verb}: error: {text}", file=sys.stderr)
         return 2

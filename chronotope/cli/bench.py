@@ -58,7 +58,7 @@ def run_bench_score(args: argparse.Namespace) -> int:
             spec = f.read()
     scores = score_file(args.video, prompt=args.prompt, spec=spec)
     if not args.details:
-        scores = {k: scores[k] for k in ("overall", *ATTRIBUTES)}
+        scores = {k: scores[k] for k in ("overall", *ATTRIBUTES, "notes")}
     print(json.dumps(scores, indent=1))
     return 0
 

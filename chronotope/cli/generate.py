@@ -32,12 +32,18 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--direction", choices=("forward", "backward"), default="forward", help="extend direction")
     p.add_argument("--image-position", choices=("first", "last"), default="first", help="i2v: image first or last")
     p.add_argument("--strength", type=float, default=None, help="edit: 0 keeps the video, 1 ignores it (default 0.7)")
-    p.add_argument("--height", type=int, default=None, help="frame height, multiple of 16 (with --width)")
-    p.add_argument("--width", type=int, default=None, help="frame width, multiple of 16 (with --height)")
-    p.add_argument("--resolution", default=None, help="area preset such as 64px, 256px, 480p (with --aspect-ratio)")
-    p.add_argument("--aspect-ratio", default=None, help="W:H such as 16:9, 1:1, 9:16")
+    p.add_argument("--height", type=int, default=None,
+                   help="frame height (with --width): a multiple of 8 (the VAE) x the DiT's spatial patch, so 8 for "
+                   "the shipped model and 16 for the patch-2 presets; the error names the nearest valid size")
+    p.add_argument("--width", type=int, default=None, help="frame width (with --height), the same multiple")
+    p.add_argument("--resolution", default=None,
+                   help="area preset such as 64px, 256px, 480p (default: the model's size, 64px); with --aspect-ratio")
+    p.add_argument("--aspect-ratio", default=None, help="W:H such as 16:9, 1:1, 9:16 (default 1:1)")
     p.add_argument("--num-frames", type=int, default=None,
-                   help="frames, 4k+1 (loop: the loop length, a multiple of 4; long: the total)")
+                   help="frames, 4k+1 (loop: the loop length, a multiple of 4; long: the total; extend/connect: "
+                   "the window, given frames included; default: extend adds 12 frames either way)")
+    p.add_argument("--gap-frames", type=int, default=None,
+                   help="connect: frames generated between the two videos, 4m-1 (default 11), instead of --num-frames")
     p.add_argument("--duration", type=float, default=None, help="seconds; duration x fps must be 4k+1 frames")
     p.add_argument("--fps", type=float, default=None, help="frames per second (default: the input's, else the model's)")
     p.add_argument("--window-frames", type=int, default=None, help="long: frames per window (default: the model's)")
@@ -49,7 +55,8 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", default="euler", help="euler, heun, midpoint, dpm++2m (default euler)")
     p.add_argument("--seed", type=int, default=None, help="seed (default: random, recorded in the sidecar)")
     p.add_argument("--model", metavar="DIR", default=None, help="model folder (default: the shipped model)")
-    p.add_argument("--out", default=None, help="output file (default generated.mp4), or folder with --prompts")
+    p.add_argument("--out", default=None,
+                   help="output file: .mp4, .gif or .png (default generated.mp4, .png for one frame), or folder with --prompts")
     p.add_argument("--gif", action="store_true", help="write a gif instead of an mp4")
     p.add_argument("--no-expand", action="store_true", help="encode the prompt as written (no prompt expansion)")
     p.add_argument("--negative-prompt", default=None, help="what to steer away from (default: the empty caption)")
@@ -62,6 +69,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
     from chronotope.generate import generate_to_file, read_prompts
     from chronotope.pipeline import VideoPipeline, default_model_dir
+    from chronotope.request import echo
     from chronotope.video import VideoReadError
 
     if (args.prompt is None) == (args.prompts is None):
@@ -71,37 +79,33 @@ def run_generate(args: argparse.Namespace) -> int:
     base = dict(mode=args.mode, image=args.image, video=args.video, video_end=args.video_end, direction=args.direction,
                 image_position=args.image_position, strength=args.strength, height=args.height, width=args.width,
                 resolution=args.resolution, aspect_ratio=args.aspect_ratio, num_frames=args.num_frames,
-                duration=args.duration, fps=args.fps, window_frames=args.window_frames,
+                duration=args.duration, fps=args.fps, window_frames=args.window_frames, gap_frames=args.gap_frames,
                 cond_latent_frames=args.cond_latent_frames, num_inference_steps=args.steps,
                 guidance_scale=args.guidance, image_guidance_scale=args.image_guidance, sampler=args.sampler,
                 seed=args.seed, expand_prompt=not args.no_expand, negative_prompt=args.negative_prompt,
                 progress=not args.no_progress)
-    try:
-        if args.prompt is not None:
-            path, side = generate_to_file(pipe, args.out or "generated", model, args.gif, prompt=args.prompt, **base)
-            print(f"prompt: {_expanded(side)}")
-            print(f"wrote {path} and {side}")
-            return 0
-        rows, folder = read_prompts(args.prompts), args.out or "generated"
-        os.makedirs(folder, exist_ok=True)
-        failed = 0
-        for i, row in enumerate(rows):
-            if os.path.exists(os.path.join(folder, f"{i:04d}.json")):
-                continue  # done in an earlier run: resume
-            kw = {**base, **row}
-            if "seed" not in row and args.seed is not None:
-                kw["seed"] = args.seed + i
-            try:
-                path, _ = generate_to_file(pipe, os.path.join(folder, f"{i:04d}"), model, args.gif, **kw)
-                print(f"[{i + 1}/{len(rows)}] {path}")
-            except (ValueError, VideoReadError) as err:
-                failed += 1
-                print(f"chronotope generate: row {i}: error: {err}", file=sys.stderr)
-        print(f"{len(rows) - failed} of {len(rows)} prompts in {folder}")
-        return 1 if failed else 0
-    except VideoReadError as err:
-        print(f"chronotope generate: error: {err}", file=sys.stderr)
-        return 2
+    if args.prompt is not None:
+        path, side = generate_to_file(pipe, args.out or "generated", model, args.gif, prompt=args.prompt, **base)
+        print(f"prompt: {echo(_expanded(side))}")
+        print(f"wrote {path} and {side}")
+        return 0
+    rows, folder = read_prompts(args.prompts), args.out or "generated"
+    os.makedirs(folder, exist_ok=True)
+    failed = 0
+    for i, row in enumerate(rows):
+        if os.path.exists(os.path.join(folder, f"{i:04d}.json")):
+            continue  # done in an earlier run: resume
+        kw = {**base, **row}
+        if "seed" not in row and args.seed is not None:
+            kw["seed"] = args.seed + i
+        try:
+            path, _ = generate_to_file(pipe, os.path.join(folder, f"{i:04d}"), model, args.gif, **kw)
+            print(f"[{i + 1}/{len(rows)}] {path}")
+        except (ValueError, VideoReadError) as err:
+            failed += 1
+            print(f"chronotope generate: row {i}: error: {' '.join(str(err).split())}", file=sys.stderr)
+    print(f"{len(rows) - failed} of {len(rows)} prompts in {folder}")
+    return 1 if failed else 0
 
 
 

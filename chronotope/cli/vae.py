@@ -20,22 +20,43 @@ def add_reconstruct(sub: argparse._SubParsersAction) -> None:
 
 def run_reconstruct(args: argparse.Namespace) -> int:
     import math
+    import os
+    import sys
 
     import numpy as np
     import torch
 
     from chronotope.data.dataset import budget_size, resize_crop
+    from chronotope.request import arg, check_clip_frames
     from chronotope.vae.losses import ssim
     from chronotope.vae.model import CausalVAE
-    from chronotope.video import read_video, write_video
+    from chronotope.video import WRITE_EXTENSIONS, read_video, write_video
 
+    if args.num_frames is not None:
+        check_clip_frames("num_frames", args.num_frames)  # used as given or refused, never rounded down
+    if args.max_pixels is not None and args.max_pixels < 256:
+        raise ValueError(f"{arg('max_pixels', args.max_pixels)}: must be at least 256 (a 16x16 frame)")
+    for flag, value in (("--chunk-frames", args.chunk_frames), ("--chunk-latent-frames", args.chunk_latent_frames)):
+        if value < 1:
+            raise ValueError(f"{flag} {value}: must be at least 1")
+    if os.path.splitext(args.output)[1].lower() not in WRITE_EXTENSIONS:
+        raise ValueError(f"output {args.output}: give a name ending in {', '.join(WRITE_EXTENSIONS)}")
     vae = CausalVAE.from_pretrained(args.vae)
     frames, fps = read_video(args.input, max_frames=args.num_frames)  # [T, H, W, 3] uint8
-    frames = frames[: (len(frames) - 1) // 4 * 4 + 1]  # a causal VAE codes 4k+1 frames
+    if args.num_frames is not None and len(frames) < args.num_frames:
+        raise ValueError(f"{args.input} has {len(frames)} frames, fewer than {arg('num_frames', args.num_frames)}")
+    T4 = (len(frames) - 1) // 4 * 4 + 1  # a causal VAE codes 4k+1 frames
+    if T4 < len(frames):
+        print(f"note: using the first {T4} of the input's {len(frames)} frames (the causal VAE codes 4k+1 frames)",
+              file=sys.stderr)
+    frames = frames[:T4]
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()  # [T, 3, H, W]
     _, _, H, W = x.shape
-    sf = 16
+    sf = vae.config.spatial_factor  # the VAE alone needs multiples of its spatial factor (no DiT patch here)
     h, w = budget_size(H, W, args.max_pixels) if args.max_pixels else (max(sf, H // sf * sf), max(sf, W // sf * sf))
+    if (h, w) != (H, W):
+        print(f"note: resized and center-cropped {W}x{H} -> {w}x{h} (the VAE codes multiples of {sf} pixels)",
+              file=sys.stderr)
     x = (resize_crop(x, h, w).clamp(0, 255) / 127.5 - 1.0).permute(1, 0, 2, 3)[None]  # [1, 3, T, h, w]
     chunk = args.chunk_frames if x.shape[2] > 1 else None
     with torch.no_grad():

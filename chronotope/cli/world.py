@@ -116,8 +116,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from chronotope.generate import generate_to_file
     from chronotope.pipeline import VideoPipeline
 
-    os.makedirs(args.out, exist_ok=True)
-    pipe = VideoPipeline.from_pretrained(str(model))
+    pipe = VideoPipeline.from_pretrained(str(model))  # the folder is made by the first write, after validation
     path, side = generate_to_file(pipe, os.path.join(args.out, "generated"), str(model), prompt=args.prompt,
                                   num_inference_steps=args.steps, seed=args.seed)
     print(f"prompt: {args.prompt}\nwrote {path} (parameters in {side})")

@@ -11,7 +11,8 @@ As in Open-Sora / LTX-Video pre-extraction: `encode_to_cache` runs `vae.encode_l
 
 Resumable: shard k holds data-set items [k*S, (k+1)*S); it is written atomically, then its
 index lines appended, then cache.json records it complete. A re-run skips completed shards and
-drops index lines of a shard that never got recorded (a crash between the two writes).
+drops index lines of a shard that never got recorded (a crash between the two writes). `CacheWriter`
+does this writing for any producer of latents (also the World-model recipe, which encodes in batches).
 `LatentCache(dir)` reads it back as a torch Dataset; `shard_for_rank` splits it for DDP.
 """
 
@@ -52,6 +53,82 @@ def shard_name(k: int) -> str:
     return f"shard-{k:05d}.safetensors"
 
 
+class CacheWriter:
+    """Writes a cache shard by shard, resumably; `encode_to_cache` and the World-model recipe
+    (chronotope/train/world_data.py, which renders and encodes in memory) both write through it.
+
+    Opening an existing cache checks that its `settings` are these (a resumed cache is one consistent
+    set) and drops index lines of shards that were never recorded complete. `write_shard(k, entries)`
+    then makes shard k durable in three steps: the shard file (atomically), its index lines, the record
+    in cache.json; a crash between them leaves the shard to be redone.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, settings: dict[str, Any], *, vae: torch.nn.Module | None = None,
+                 vae_dir: str | None = None, dtype: str = "float16") -> None:
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        self.out, self.dtype = Path(out_dir), dtype
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.meta_path, self.index_path = self.out / "cache.json", self.out / "index.jsonl"
+        if self.meta_path.exists():
+            self.meta = json.loads(self.meta_path.read_text(encoding="utf-8"))
+            if self.meta["settings"] != settings:
+                raise ValueError(
+                    f"{self.out} already holds a cache made with settings {self.meta['settings']}, not {settings}; "
+                    "use another --out folder or the same options to resume"
+                )
+        else:
+            cfg = getattr(vae, "config", None)
+            self.meta = {
+                "vae": vae_dir, "vae_config": cfg.to_dict() if hasattr(cfg, "to_dict") else None,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "settings": settings,
+                "shards": {}, "items": 0, "failures": 0, "failed": [],
+            }
+        # keep only index lines of recorded shards (a crash may have appended lines of an unrecorded one)
+        rows = [r for r in _read_index(self.index_path) if r.get("shard") in self.meta["shards"]]
+        atomic_write_text(self.index_path, "".join(json.dumps(r) + "\n" for r in rows))
+
+    def is_done(self, k: int) -> bool:
+        return shard_name(k) in self.meta["shards"]
+
+    def write_shard(self, k: int, entries: list[tuple[int, torch.Tensor, dict[str, Any], dict[str, torch.Tensor]]],
+                    failed: list[dict[str, Any]] | None = None) -> None:
+        """Shard k from entries (data-set index, latent [C, t, h, w], index line fields, extra tensors)."""
+        name, failed = shard_name(k), failed or []
+        tensors, lines = {}, []
+        for i, z, fields, extra in entries:
+            key = f"{i:08d}"
+            tensors[f"{key}.latent"] = z.detach().cpu().to(_DTYPES[self.dtype]).contiguous()
+            for tname, t in extra.items():
+                if tname == "latent" or not tname.isidentifier():
+                    raise ValueError(f"extra tensor name {tname!r} must be an identifier other than 'latent'")
+                tensors[f"{key}.{tname}"] = t.detach().cpu().contiguous()
+            lines.append({"key": key, "shard": name, "shape": list(z.shape), **fields})
+        tmp = self.out / f".{name}.tmp{os.getpid()}"
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, self.out / name)  # 1. the shard, whole
+        with open(self.index_path, "a", encoding="utf-8") as f:  # 2. its index lines
+            f.write("".join(json.dumps(r) + "\n" for r in lines))
+            f.flush()
+            os.fsync(f.fileno())
+        self.meta["shards"][name] = {"items": len(lines), "failures": len(failed)}  # 3. recorded complete
+        self.meta["items"] += len(lines)
+        self.meta["failures"] += len(failed)
+        self.meta["failed"] += failed
+        self.flush()
+
+    def flush(self) -> None:
+        """Write cache.json (an empty data set still leaves a valid, empty cache)."""
+        atomic_write_text(self.meta_path, json.dumps(self.meta, indent=1))
+
+    def counts(self, shards: list[int] = ()) -> dict[str, int]:
+        """items, failures, shards of the whole cache; encoded_now: items of `shards`."""
+        return {"items": self.meta["items"], "failures": self.meta["failures"], "shards": len(self.meta["shards"]),
+                "encoded_now": sum(self.meta["shards"][shard_name(k)]["items"] for k in shards)}
+
+
 def encode_to_cache(
     vae: torch.nn.Module,
     dataset: Sequence[dict[str, Any] | None],
@@ -75,32 +152,10 @@ def encode_to_cache(
     """
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    meta_path, index_path = out / "cache.json", out / "index.jsonl"
     settings = {"shard_size": shard_size, "dtype": dtype, "num_items": len(dataset), **(settings or {})}
-    if meta_path.exists():
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if meta["settings"] != settings:
-            raise ValueError(
-                f"{out} already holds a cache made with settings {meta['settings']}, not {settings}; "
-                "use another --out folder or the same options to resume"
-            )
-    else:
-        cfg = getattr(vae, "config", None)
-        meta = {
-            "vae": vae_dir, "vae_config": cfg.to_dict() if hasattr(cfg, "to_dict") else None,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "settings": settings,
-            "shards": {}, "items": 0, "failures": 0, "failed": [],
-        }
-    done = set(meta["shards"])
-    # keep only index lines of recorded shards (a crash may have appended lines of an unrecorded one)
-    rows = [r for r in _read_index(index_path) if r.get("shard") in done]
-    atomic_write_text(index_path, "".join(json.dumps(r) + "\n" for r in rows))
+    writer = CacheWriter(out_dir, settings, vae=vae, vae_dir=vae_dir, dtype=dtype)
     n_shards = (len(dataset) + shard_size - 1) // shard_size
-    todo = [k for k in range(n_shards) if shard_name(k) not in done]
+    todo = [k for k in range(n_shards) if not writer.is_done(k)]
     bar = tqdm(total=len(dataset), initial=len(dataset) - sum(
         min(shard_size, len(dataset) - k * shard_size) for k in todo), desc="encode", unit="item",
         disable=not progress, dynamic_ncols=True)
@@ -109,7 +164,7 @@ def encode_to_cache(
     vae.eval()
     try:
         for k in todo:
-            tensors, lines, failed = {}, [], []
+            entries, failed = [], []
             for i in range(k * shard_size, min((k + 1) * shard_size, len(dataset))):
                 try:
                     item = load(i)
@@ -122,40 +177,18 @@ def encode_to_cache(
                     failed.append({"index": i, "path": _item_path(dataset, i), "error": str(err)[:300]})
                     bar.update(1)
                     continue
-                key = f"{i:08d}"
-                tensors[f"{key}.latent"] = z.to(_DTYPES[dtype]).contiguous()
-                for name, t in (extra_tensors(item) if extra_tensors else {}).items():
-                    if name == "latent" or not name.isidentifier():
-                        raise ValueError(f"extra tensor name {name!r} must be an identifier other than 'latent'")
-                    tensors[f"{key}.{name}"] = t.detach().cpu().contiguous()
-                line = {"key": key, "shard": shard_name(k), "shape": list(z.shape),
-                        "num_frames": int(video.shape[1]), "height": int(video.shape[2]), "width": int(video.shape[3])}
-                line.update({m: item.get(m) for m in _META_KEYS})
-                lines.append(line)
+                fields = {"num_frames": int(video.shape[1]), "height": int(video.shape[2]),
+                          "width": int(video.shape[3]), **{m: item.get(m) for m in _META_KEYS}}
+                entries.append((i, z, fields, extra_tensors(item) if extra_tensors else {}))
                 bar.update(1)
-                bar.set_postfix_str(f"bad {meta['failures'] + len(failed)}", refresh=False)
-            name = shard_name(k)
-            tmp = out / f".{name}.tmp{os.getpid()}"
-            save_file(tensors, str(tmp), metadata={"format": "pt"})
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, out / name)  # 1. the shard, whole
-            with open(index_path, "a", encoding="utf-8") as f:  # 2. its index lines
-                f.write("".join(json.dumps(r) + "\n" for r in lines))
-                f.flush()
-                os.fsync(f.fileno())
-            meta["shards"][name] = {"items": len(lines), "failures": len(failed)}  # 3. recorded complete
-            meta["items"] += len(lines)
-            meta["failures"] += len(failed)
-            meta["failed"] += failed
-            atomic_write_text(meta_path, json.dumps(meta, indent=1))
+                bar.set_postfix_str(f"bad {writer.meta['failures'] + len(failed)}", refresh=False)
+            writer.write_shard(k, entries, failed)
     finally:
         bar.close()
         vae.train(was_training)
-    if not meta_path.exists():  # an empty data set still leaves a valid (empty) cache
-        atomic_write_text(meta_path, json.dumps(meta, indent=1))
-    return {"items": meta["items"], "failures": meta["failures"], "shards": len(meta["shards"]),
-            "encoded_now": sum(meta["shards"][shard_name(k)]["items"] for k in todo)}
+    if not writer.meta_path.exists():
+        writer.flush()
+    return writer.counts(todo)
 
 
 def _item_path(dataset: Any, i: int) -> str | None:

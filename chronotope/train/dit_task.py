@@ -51,15 +51,27 @@ class TextEmbeddings:
             return cls(data["emb"], data["mask"].bool(), (data["null_emb"], data["null_mask"].bool()))
         chunks = []
         for i in tqdm(range(0, len(texts), batch_size), desc="text", unit="batch", disable=not progress):
-            chunks.append(encoder.encode(texts[i:i + batch_size]))
+            emb, mask = encoder.encode(texts[i:i + batch_size])  # on the encoder's device
+            chunks.append((emb.half().cpu(), mask.cpu()))
         length = max(e.shape[1] for e, _ in chunks)
         emb = torch.cat([nn.functional.pad(e, (0, 0, 0, length - e.shape[1])) for e, _ in chunks])
         mask = torch.cat([nn.functional.pad(m, (0, length - m.shape[1])) for _, m in chunks])
         null_emb, null_mask = torch.zeros(length, emb.shape[-1]), torch.zeros(length, dtype=torch.bool)
-        tensors = {"emb": emb.half().contiguous(), "mask": mask.to(torch.uint8), "null_emb": null_emb.half(),
+        tensors = {"emb": emb.contiguous(), "mask": mask.to(torch.uint8), "null_emb": null_emb.half(),
                    "null_mask": null_mask.to(torch.uint8)}
         atomic_write(path, lambda tmp: save_file(tensors, tmp))
-        return cls(emb.half(), mask, (null_emb.half(), null_mask))
+        return cls(emb, mask, (null_emb.half(), null_mask))
+
+
+def dit_folder(path: str | Path) -> Path:
+    """A DiT folder (config.json + weights), or a model folder's dit/ subfolder."""
+    folder = Path(path)
+    if (folder / "dit" / "config.json").is_file():
+        folder = folder / "dit"
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"--init {path}: not a DiT folder (config.json + model.safetensors) nor a model folder "
+                         "with a dit/ inside (see `chronotope train dit` exports: RUN_DIR/dit or RUN_DIR/model)")
+    return folder
 
 
 def plan_packs(lengths: list[int], order: list[int], budget: int) -> list[list[int]]:

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from chronotope.config import VAEConfig, config_from_dict
@@ -333,26 +332,28 @@ class CausalVAE(nn.Module):
 
     # --- folders --------------------------------------------------------------------------------
 
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write config.json and model.safetensors into `directory`, each atomically (temp file + os.replace)."""
+    def save_pretrained(self, directory: str | os.PathLike, dtype: torch.dtype | None = None,
+                        max_shard_size: int | str | None = None) -> None:
+        """Write config.json and model.safetensors (or shards + index when over `max_shard_size`) into
+        `directory`, each atomically; `dtype` stores the weights in another precision (loading casts back)."""
+        from chronotope.weights import save_weights
+
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        _atomic_write(directory / "model.safetensors", lambda p: save_file(tensors, p))
+        save_weights(self.state_dict(), directory, dtype=dtype, max_shard_size=max_shard_size)
         text = json.dumps(self.config.to_dict(), indent=2)
         _atomic_write(directory / "config.json", lambda p: Path(p).write_text(text))
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> CausalVAE:
+        from chronotope.weights import has_weights, load_weights
+
         directory = Path(directory)
-        for name in ("config.json", "model.safetensors"):
-            if not (directory / name).is_file():
-                raise FileNotFoundError(
-                    f"{directory / name} not found; a VAE folder holds config.json and model.safetensors"
-                )
+        if not (directory / "config.json").is_file() or not has_weights(directory):
+            raise FileNotFoundError(f"{directory} lacks config.json or its weights; a VAE folder holds config.json "
+                                    "and model.safetensors (or shards + model.safetensors.index.json)")
         config = config_from_dict(VAEConfig, json.loads((directory / "config.json").read_text()))
         vae = cls(config)
-        vae.load_state_dict(load_file(directory / "model.safetensors"))
+        vae.load_state_dict(load_weights(directory))
         return vae.eval()
 
 

@@ -1,0 +1,108 @@
+"""A training mix of World scenes, item by item: what item i of a mix is, and its frames, in memory.
+
+The World-model recipe (chronotope/train/world_model.py) renders its data here instead of writing mp4 files:
+item i of a mix seeded `seed` is always the same scene, size and length (all drawn from (seed, i)), so a run
+stopped anywhere re-makes exactly the items it had. The default mix is the one of docs/training-world.md:
+64px at five aspect ratios, images and 17- and 33-frame clips; about 70% general scenes (1-3 objects), 15%
+one-movers (one object moving left, right, up or down, starting on the side it comes from, section 4d) and
+15% one-movers starting anywhere in view (section 4f). Held-out compositions are left out.
+
+    mix = WorldMix()
+    frames, row = render_item(mix, seed=0, index=7)     # uint8 [T, H, W, 3], caption, short caption, spec
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from chronotope.sizes import size_for
+from chronotope.world.captions import detailed_caption, short_caption
+from chronotope.world.render import render
+from chronotope.world.scene import Scene, sample_scene
+
+MOVER_MOTIONS = ("left", "right", "up", "down")
+KINDS = ("general", "mover", "mover-anywhere")
+
+
+@dataclass(frozen=True)
+class WorldMix:
+    """Sizes, lengths and scene kinds of a training mix (shares of one-movers; the rest general scenes)."""
+
+    resolution: str = "64px"
+    aspect_ratios: tuple[str, ...] = ("1:1", "4:3", "3:4", "16:9", "9:16")
+    num_frames: tuple[int, ...] = (1, 17, 33)
+    fps: float = 8.0
+    movers: float = 0.15  # one object moving left/right/up/down, starting on the side it comes from
+    movers_anywhere: float = 0.15  # the same, starting anywhere in view: the first frame does not tell the way
+
+    def __post_init__(self) -> None:
+        if not self.aspect_ratios or not self.num_frames:
+            raise ValueError("a World mix needs at least one aspect ratio and one frame count")
+        for t in self.num_frames:
+            if t < 1 or (t - 1) % 4:
+                raise ValueError(f"frame counts must be 4k+1 (1, 17, 33, ...) for the causal VAE, got {t}")
+        if not (0 <= self.movers and 0 <= self.movers_anywhere and self.movers + self.movers_anywhere <= 1):
+            raise ValueError(f"mover shares must be >= 0 and sum to at most 1, got {self.movers} and "
+                             f"{self.movers_anywhere}")
+        if self.movers + self.movers_anywhere > 0 and max(self.num_frames) == 1:
+            raise ValueError("one-mover clips need a frame count above 1 (e.g. 17)")
+        for ar in self.aspect_ratios:
+            size_for(self.resolution, ar)  # ValueError for a bad ratio or resolution, now
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class MixItem:
+    """What item `index` of a mix renders."""
+
+    index: int
+    kind: str
+    scene_seed: int
+    height: int
+    width: int
+    aspect_ratio: str
+    num_frames: int
+    fps: float
+
+    def scene(self) -> Scene:
+        if self.kind == "general":
+            return sample_scene(self.scene_seed)
+        starts = "anywhere" if self.kind == "mover-anywhere" else "behind"
+        return sample_scene(self.scene_seed, objects=1, motions=MOVER_MOTIONS, starts=starts)
+
+
+def plan_item(mix: WorldMix, seed: int, index: int) -> MixItem:
+    """Item `index` of the mix seeded `seed`: kind, size and length from one generator seeded (seed, index);
+    one-movers are clips (they draw from the frame counts above 1)."""
+    if seed < 0 or index < 0:
+        raise ValueError(f"seed and index must be >= 0, got seed={seed}, index={index}")
+    rng = np.random.default_rng([int(seed), int(index), 11])
+    u = rng.random()
+    kind = "mover" if u < mix.movers else "mover-anywhere" if u < mix.movers + mix.movers_anywhere else "general"
+    ratio = mix.aspect_ratios[int(rng.integers(len(mix.aspect_ratios)))]
+    lengths = mix.num_frames if kind == "general" else tuple(t for t in mix.num_frames if t > 1)
+    num_frames = int(lengths[int(rng.integers(len(lengths)))])
+    height, width = size_for(mix.resolution, ratio)
+    scene_seed = int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
+    return MixItem(index, kind, scene_seed, height, width, ratio, num_frames, float(mix.fps))
+
+
+def render_item(mix: WorldMix, seed: int, index: int) -> tuple[np.ndarray, dict]:
+    """Frames uint8 [T, H, W, 3] of item `index` and its row: text (detailed caption), short_text, spec (JSON),
+    fps (0 for images, as manifests have it), num_frames, height, width, aspect_ratio, kind."""
+    item = plan_item(mix, seed, index)
+    scene = item.scene()
+    frames = render(scene, item.height, item.width, item.num_frames, item.fps).frames
+    row = {"text": detailed_caption(scene, np.random.default_rng([item.scene_seed, 2])),
+           "short_text": short_caption(scene), "spec": json.dumps(scene.spec, separators=(",", ":")),
+           "fps": 0.0 if item.num_frames == 1 else item.fps, "num_frames": item.num_frames, "height": item.height,
+           "width": item.width, "aspect_ratio": item.aspect_ratio, "kind": item.kind}
+    return frames, row
+
+
+__all__ = ["KINDS", "MOVER_MOTIONS", "MixItem", "WorldMix", "plan_item", "render_item"]

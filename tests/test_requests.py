@@ -1,0 +1,271 @@
+"""Every bad request gets one clear line (issue 24): chronotope.request's one validation shared by the API and
+the CLI, the CLI's one error handler, and a table of nonsense arguments over every verb (exit code 2, one
+line on stderr, nothing written). In-process (`main([...])`) on debug models and tiny shapes: fast."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from chronotope.atomic import atomic_write_json
+from chronotope.cli import main
+from chronotope.pipeline import VideoPipeline
+from chronotope.request import MAX_SECONDS, arg, check_cost, check_request, echo, estimate_cost, spelled
+from chronotope.video import read_video, write_video
+
+KW = dict(height=32, width=32, num_inference_steps=1, guidance_scale=1.0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def pipe() -> VideoPipeline:
+    torch.set_num_threads(1)
+    return VideoPipeline.from_presets("debug", "debug", defaults=dict(height=32, width=32, num_frames=5))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, pipe) -> dict[str, str]:
+    """A debug model folder, its VAE, a 5-frame 40x36 clip, a 1-frame png, a file that is not a video."""
+    root = tmp_path_factory.mktemp("requests")
+    pipe.save_pretrained(root / "model")
+    rng = np.random.default_rng(0)
+    write_video(str(root / "clip.mp4"), rng.integers(0, 256, (6, 36, 40, 3), dtype=np.uint8), fps=8)
+    write_video(str(root / "one.png"), rng.integers(0, 256, (1, 32, 32, 3), dtype=np.uint8), fps=1)
+    (root / "bad.mp4").write_bytes(b"this is not a video")
+    return {"root": str(root), "model": str(root / "model"), "vae": str(root / "model" / "vae"),
+            "clip": str(root / "clip.mp4"), "one": str(root / "one.png"), "bad": str(root / "bad.mp4"),
+            "missing": str(root / "missing.mp4")}
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    """main(argv) in this process -> (exit code, stdout, stderr); argparse's exits count as exit codes."""
+    try:
+        rc = main(argv)
+    except SystemExit as exit_:
+        rc = exit_.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+# --- nonsense over every verb: exit 2, one line on stderr, nothing written --------------------------------
+
+G = ["generate", "a red circle", "--no-progress", "--steps", "1"]
+NONSENSE = {
+    "world --num -3": ["world", "--out", "{out}", "--num", "-3"],
+    "world --fps 0": ["world", "--out", "{out}", "--num", "1", "--fps", "0"],
+    "world --num-frames x": ["world", "--out", "{out}", "--num", "1", "--num-frames", "x"],
+    "manifest missing dir": ["manifest", "{root}/nowhere", "--out", "{out}"],
+    "demo --steps 0": ["demo", "--steps", "0", "--out", "{out}"],
+    "bench score missing": ["bench", "score", "{missing}", "--prompt", "a red circle"],
+    "bench score not a video": ["bench", "score", "{bad}", "--prompt", "a red circle"],
+    "bench score bad spec": ["bench", "score", "{clip}", "--spec", "{{not json"],
+    "bench run missing": ["bench", "run", "{root}/nowhere.csv", "--out", "{out}"],
+    "bench generate-and-score --num 0": ["bench", "generate-and-score", "--model", "{model}", "--out", "{out}",
+                                         "--num", "0"],
+    "bench compare missing": ["bench", "compare", "{root}/a.json", "{root}/b.json", "--json", "{out}"],
+    "train vae bad preset": ["train", "vae", "--preset", "nope", "--data", "{root}/m.csv", "--out", "{out}"],
+    "train vae missing data": ["train", "vae", "--preset", "debug", "--data", "{root}/m.csv", "--out", "{out}"],
+    "train dit missing cache": ["train", "dit", "--preset", "debug", "--data", "{root}/cache", "--out", "{out}"],
+    "train dit --steps x": ["train", "dit", "--data", "{root}/cache", "--out", "{out}", "--steps", "x"],
+    "encode missing manifest": ["encode", "{root}/m.csv", "--vae", "{vae}", "--out", "{out}"],
+    "reconstruct missing input": ["reconstruct", "--vae", "{vae}", "{missing}", "{out}.mp4"],
+    "reconstruct not a video": ["reconstruct", "--vae", "{vae}", "{bad}", "{out}.mp4"],
+    "reconstruct folder input": ["reconstruct", "--vae", "{vae}", "{root}", "{out}.mp4"],
+    "reconstruct missing vae": ["reconstruct", "--vae", "{root}/novae", "{clip}", "{out}.mp4"],
+    "reconstruct --num-frames 6": ["reconstruct", "--vae", "{vae}", "{clip}", "{out}.mp4", "--num-frames", "6"],
+    "reconstruct .avi": ["reconstruct", "--vae", "{vae}", "{clip}", "{out}.avi"],
+    "flops bad preset": ["flops", "--preset", "nope"],
+    "flops --latent 1,2": ["flops", "--preset", "debug", "--latent", "1,2"],
+    "generate --height 100000 --width 64": G + ["--model", "{model}", "--out", "{out}", "--height", "100000",
+                                                "--width", "64"],
+    "generate --height 100000 --width 100000": G + ["--model", "{model}", "--out", "{out}", "--height", "100000",
+                                                    "--width", "100000"],
+    "generate --resolution 99999px": G + ["--model", "{model}", "--out", "{out}", "--resolution", "99999px"],
+    "generate --guidance nan": G + ["--model", "{model}", "--out", "{out}", "--guidance", "nan"],
+    "generate --guidance inf": G + ["--model", "{model}", "--out", "{out}", "--guidance", "inf"],
+    "generate --num-frames 0": G + ["--model", "{model}", "--out", "{out}", "--num-frames", "0"],
+    "generate --num-frames 6": G + ["--model", "{model}", "--out", "{out}", "--num-frames", "6"],
+    "generate --fps 0": G + ["--model", "{model}", "--out", "{out}", "--fps", "0"],
+    "generate --fps nan": G + ["--model", "{model}", "--out", "{out}", "--fps", "nan"],
+    "generate --duration -1": G + ["--model", "{model}", "--out", "{out}", "--duration", "-1"],
+    "generate --steps 0": G + ["--model", "{model}", "--out", "{out}", "--steps", "0"],
+    "generate --strength 2": G + ["--model", "{model}", "--out", "{out}", "--video", "{clip}", "--strength", "2"],
+    "generate --cond-latent-frames 0": G + ["--model", "{model}", "--out", "{out}", "--video", "{clip}",
+                                            "--cond-latent-frames", "0"],
+    "generate --window-frames 0": G + ["--model", "{model}", "--out", "{out}", "--mode", "long",
+                                       "--window-frames", "0"],
+    "generate --gap-frames 4": G + ["--model", "{model}", "--out", "{out}", "--video", "{clip}", "--video-end",
+                                    "{clip}", "--gap-frames", "4"],
+    "generate --seed -1": G + ["--model", "{model}", "--out", "{out}", "--seed", "-1"],
+    "generate --sampler nope": G + ["--model", "{model}", "--out", "{out}", "--sampler", "nope"],
+    "generate --height 40 --width 32": G + ["--model", "{model}", "--out", "{out}", "--height", "40",
+                                            "--width", "32"],
+    "generate --height only": G + ["--model", "{model}", "--out", "{out}", "--height", "32"],
+    "generate --aspect-ratio 0:1": G + ["--model", "{model}", "--out", "{out}", "--aspect-ratio", "0:1"],
+    "generate --resolution tiny": G + ["--model", "{model}", "--out", "{out}", "--resolution", "tiny"],
+    "generate --out x.avi": G + ["--model", "{model}", "--out", "{out}.avi"],
+    "generate --out x.png for a video": G + ["--model", "{model}", "--out", "{out}.png", "--num-frames", "5"],
+    "generate missing image": G + ["--model", "{model}", "--out", "{out}", "--image", "{missing}"],
+    "generate unreadable video": G + ["--model", "{model}", "--out", "{out}", "--video", "{bad}"],
+    "generate missing model": G + ["--model", "{root}/nomodel", "--out", "{out}"],
+    "generate --mode connect alone": G + ["--model", "{model}", "--out", "{out}", "--mode", "connect"],
+    "generate --num-frames abc": G + ["--model", "{model}", "--out", "{out}", "--num-frames", "abc"],
+    "expand unreachable chat": ["expand", "a red circle", "--chat-url", "http://127.0.0.1:9/v1"],
+    "plot missing run": ["plot", "{root}/norun", "--out", "{out}.png"],
+}
+
+
+@pytest.mark.parametrize("case", list(NONSENSE))
+def test_nonsense_gets_one_line_and_exit_2(case, files, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    argv = [a.format(out=out, **files) for a in NONSENSE[case]]
+    rc, _, err = run_cli(argv, capsys)
+    lines = err.strip().splitlines()
+    assert rc == 2, (case, rc, err)
+    assert len(lines) == 1 and "error" in lines[0] and "Traceback" not in err, (case, err)
+    assert not [p for p in os.listdir(tmp_path) if p.startswith("out")], (case, os.listdir(tmp_path))
+
+
+def test_errors_name_the_flag_typed_and_the_nearest_value(files, capsys):
+    m = ["--model", files["model"], "--out", os.path.join(files["root"], "never")]
+    _, _, err = run_cli(G + m + ["--num-frames", "6"], capsys)
+    assert "--num-frames 6" in err and "nearest valid: 5 or 9" in err and "num_frames" not in err
+    _, _, err = run_cli(G + m + ["--height", "40", "--width", "32"], capsys)
+    assert "--height 40" in err and "multiple of 16" in err and "32 or 48" in err
+    _, _, err = run_cli(G + m + ["--video", files["clip"], "--cond-latent-frames", "3"], capsys)
+    assert "--cond-latent-frames" in err and "cond_latent_frames" not in err
+    _, _, err = run_cli(G + m + ["--resolution", "8px"], capsys)
+    assert "--resolution 8px" in err and "resolution=" not in err
+
+
+def test_api_errors_keep_python_names(pipe):
+    with pytest.raises(ValueError, match=r"num_frames=6: clips have 4k\+1 frames.*nearest valid: 5 or 9"):
+        pipe("x", num_frames=6, **KW)
+    with spelled({"num_frames": "--num-frames"}):
+        assert arg("num_frames", 6) == "--num-frames 6"
+    assert arg("num_frames", 6) == "num_frames=6"
+
+
+@pytest.mark.parametrize("name,value", [("num_frames", 0), ("fps", 0.0), ("cond_latent_frames", 0),
+                                        ("guidance_scale", math.nan), ("guidance_scale", math.inf),
+                                        ("image_guidance_scale", math.nan), ("strength", 0.0), ("seed", -1),
+                                        ("num_inference_steps", 0), ("window_frames", 0), ("duration", 0.0),
+                                        ("height", 0), ("shift", math.nan)])
+def test_zero_and_non_finite_are_refused_not_replaced(pipe, name, value):
+    """Before: num_frames=0 gave 17 frames, fps=0 gave 8, cond_latent_frames=0 gave 2, guidance nan ran."""
+    kw = {**KW, name: value}
+    if name in ("cond_latent_frames", "strength"):
+        kw["video"] = np.zeros((9, 32, 32, 3), np.uint8)
+    if name == "window_frames":
+        kw["mode"] = "long"
+    if name == "height":
+        kw["width"] = 32
+    with pytest.raises(ValueError, match=name):
+        pipe("a red circle", **kw)
+
+
+def test_check_request_in_range_passes_and_warns_on_empty_prompt():
+    assert check_request(prompt="a red circle", num_frames=17, fps=8.0, guidance_scale=5.0, seed=0) == []
+    assert any("empty" in w for w in check_request(prompt="  ", num_frames=5))
+    with pytest.raises(ValueError, match="whole number"):
+        check_request(num_frames=5.5)
+
+
+def test_empty_prompt_warns(pipe, capsys):
+    out = pipe("", num_frames=5, seed=0, **KW)
+    assert any("prompt is empty" in n for n in out.notes) and "prompt is empty" in capsys.readouterr().err
+
+
+def test_cost_refuses_what_cannot_fit_and_notes_what_takes_minutes(pipe):
+    big = estimate_cost(pipe, 1, (4, 5, 12500, 12500), 30, 2, 17)
+    with pytest.raises(ValueError, match="memory"):
+        check_cost(big, available=20e9)
+    tall = estimate_cost(pipe, 1, (4, 5, 50000, 8), 30, 2, 17)  # 500,000 tokens, as --height 100000 --width 64
+    # on the shipped model (patch 1): days of attention
+    assert tall.seconds > MAX_SECONDS
+    with pytest.raises(ValueError, match="limit"):
+        check_cost(tall, available=1e15)
+    mid = estimate_cost(pipe, 1, (4, 5, 128, 128), 30, 2, 17)  # 1024 x 1024: runs, but says so first
+    note = check_cost(mid, available=1e12)
+    assert note is not None and "memory" in note and mid.seconds > 60
+    assert check_cost(estimate_cost(pipe, 1, (4, 5, 4, 4), 2, 2, 17), available=1e12) is None
+
+
+def test_large_request_notes_its_cost_before_starting(pipe, monkeypatch):
+    import chronotope.request as request
+
+    monkeypatch.setattr(request, "LONG_SECONDS", 0.0)  # every request "takes minutes"
+    out = pipe("a red circle", num_frames=5, seed=0, **KW)
+    assert any("will take about" in n and "memory" in n for n in out.notes)
+
+
+def test_aspect_ratio_alone_uses_the_default_resolution(pipe):
+    out = pipe("a red circle", aspect_ratio="16:9", num_frames=1, seed=0, num_inference_steps=1, progress=False)
+    h, w = out.frames[0].shape[1:3]
+    assert w > h and (h, w) == (32, 48)
+
+
+def test_sidecar_json_is_valid_json_always(tmp_path):
+    atomic_write_json(tmp_path / "x.json", {"a": math.nan, "b": [math.inf, 1.5], "c": np.float64("nan")})
+    assert json.loads((tmp_path / "x.json").read_text(), parse_constant=lambda c: pytest.fail(c)) == {
+        "a": None, "b": [None, 1.5], "c": None}
+
+
+def test_long_prompt_echo_is_truncated(files, tmp_path, capsys):
+    prompt = "a red circle moves left " * 210  # ~5,000 characters
+    assert len(echo(prompt)) < 300 and "characters in all" in echo(prompt)
+    rc, out, _ = run_cli(["generate", prompt, "--model", files["model"], "--steps", "1", "--no-progress",
+                          "--no-expand", "--num-frames", "1", "--out", str(tmp_path / "p")], capsys)
+    assert rc == 0 and max(len(line) for line in out.splitlines()) < 400
+    assert json.loads((tmp_path / "p.json").read_text())["prompt"] == prompt  # the whole text is kept there
+
+
+def test_edit_of_one_frame_writes_a_png(files, tmp_path, capsys):
+    rc, out, err = run_cli(["generate", "a red circle", "--model", files["model"], "--video", files["one"],
+                            "--strength", "0.5", "--steps", "1", "--no-progress", "--out", str(tmp_path / "e")],
+                           capsys)
+    assert rc == 0, err
+    assert os.path.exists(tmp_path / "e.png") and not os.path.exists(tmp_path / "e.mp4")
+
+
+def test_extend_and_connect_defaults_agree(pipe):
+    """Extend adds 12 frames either way; connect fills an 11-frame gap (4m-1 nearest 12), or --gap-frames."""
+    v = np.random.default_rng(0).integers(0, 256, (9, 32, 32, 3), dtype=np.uint8)
+    fwd = pipe("x", video=v, seed=0, **KW)
+    back = pipe("x", video=v, direction="backward", seed=0, **KW)
+    assert len(fwd.frames[0]) - 9 == len(back.frames[0]) - 9 == 12
+    con = pipe("x", video=v, video_end=v, seed=0, **KW)
+    assert len(con.frames[0]) - 18 == 11 == con.params["gap_frames"]
+    short = pipe("x", video=v, video_end=v, gap_frames=3, seed=0, **KW)
+    assert len(short.frames[0]) - 18 == 3
+
+
+def test_reconstruct_notes_the_crop_and_keeps_multiples_of_8(files, tmp_path, capsys):
+    """128x72 is a valid VAE size (8x): kept; 40x36 is cropped to 40x32, with a note; 6 frames use 5, noted."""
+    rc, out, err = run_cli(["reconstruct", "--vae", files["vae"], files["clip"], str(tmp_path / "r.mp4")], capsys)
+    assert rc == 0, err
+    assert "40x36 -> 40x32" in err and "first 5 of the input's 6 frames" in err
+    frames, _ = read_video(str(tmp_path / "r.mp4"))
+    assert frames.shape[:3] == (5, 32, 40)
+    clip72 = tmp_path / "c72.mp4"
+    write_video(str(clip72), np.zeros((5, 72, 128, 3), np.uint8), fps=8)
+    rc, _, err = run_cli(["reconstruct", "--vae", files["vae"], str(clip72), str(tmp_path / "r72.mp4")], capsys)
+    assert rc == 0 and "cropped" not in err
+    assert read_video(str(tmp_path / "r72.mp4"))[0].shape[1:3] == (72, 128)
+
+
+def test_pillar_prompt_says_why_permanence_is_not_scored():
+    from chronotope.bench.score import score_video
+    from chronotope.world.parser import parse_prompt
+
+    spec = parse_prompt("a red circle moves left behind a pillar on a black background")
+    assert spec["pillar"] is True
+    frames = np.full((9, 32, 32, 3), 15, np.uint8)
+    frames[:, 10:18, 12:20] = (220, 40, 40)  # a still red square-ish blob, no pillar drawn
+    scores = score_video(frames, spec)
+    assert scores["permanence"] is None
+    assert any("no pillar was detected" in n or "none was detected" in n for n in scores["notes"])
