@@ -157,3 +157,91 @@ def test_train_dit_init_and_time_shift_reach_the_model_folder(cache, tmp_path, c
     assert "not a DiT folder" in capsys.readouterr().err
     assert main(common + ["--steps", "2", "--time-shift", "0", "--out", str(tmp_path / "r3")]) == 2
     assert "time shift" in capsys.readouterr().err
+
+
+def test_device_pack_matches_the_flow_and_its_host_facts(cache):
+    """The pack built on the device: samples sorted by length (one attention run per distinct length),
+    x_t = x0 + t * (noise - x0) where noised, clean where given, and PackInfo's host values agree with it."""
+    from chronotope.dit.attention import segments_from_lengths
+    from chronotope.dit.patches import Sample, pack
+
+    model = DiT(DIT_PRESETS["debug"]())
+    text = TextEmbeddings.build(cache, DebugTextEncoder(), progress=False)
+    task = DiTTask(model, cache, text, token_budget=4096, cond_probs={"none": 0.5, "first": 0.5}, drop_rate=0.25)
+    items = list(range(len(cache)))
+    packed, target, emb, mask = task.make_pack(items, torch.Generator().manual_seed(3))
+    order = sorted(items, key=lambda i: -task.lengths[i])
+    x0 = pack([Sample(cache[i]["latent"]) for i in order], model.config.patch).tokens
+    info = packed.info
+    assert [task.lengths[i] for i in order] == sorted(task.lengths, reverse=True)
+    kept_lengths = (info.keep_cu[1:] - info.keep_cu[:-1]).tolist()  # after token dropping
+    assert info.seg == segments_from_lengths(kept_lengths) and info.seg.total == int(info.keep_cu[-1])
+    assert torch.equal(info.t_table[info.t_inv], packed.timestep)
+    t = packed.timestep[:, None]
+    assert torch.allclose(packed.tokens, x0 + t * target, atol=1e-5)
+    assert torch.equal(packed.tokens[packed.is_cond], x0[packed.is_cond]) and packed.is_cond.any()
+    kept = (~packed.is_dropped).nonzero().squeeze(1)
+    assert packed.is_dropped.any() and torch.equal(info.keep, kept) and not (packed.is_dropped & packed.is_cond).any()
+    assert info.keep_cu[-1] == kept.numel() and info.max_seqlen == int((info.keep_cu[1:] - info.keep_cu[:-1]).max())
+    task.drop_rate = 0.0  # without dropping: one attention run per distinct length
+    whole = task.make_pack(items, torch.Generator().manual_seed(3))[0].info
+    assert [r[3] for r in whole.seg.runs] == sorted({task.lengths[i] for i in items}, reverse=True)
+    # the model gives the same velocity with the host facts as when it reads them back itself
+    from dataclasses import replace
+
+    with torch.no_grad():
+        fast = model(packed, emb, mask)
+        slow = model(replace(packed, info=None), emb, mask)
+    assert torch.allclose(fast, slow, atol=1e-5)
+
+
+def test_a_training_step_reads_nothing_back_from_the_device(cache, tmp_path):
+    """No .item() / bool() / int() / float() of a tensor inside a non-logging step (the profiler's
+    aten::_local_scalar_dense), except inside CPU-only kernels (fused AdamW's CPU kernel reads its step count)."""
+    from torch.profiler import profile
+
+    model = DiT(DIT_PRESETS["debug"]())
+    text = TextEmbeddings.build(cache, DebugTextEncoder(), progress=False)
+    task = DiTTask(model, cache, text, token_budget=256)
+    trainer = Trainer(task, tmp_path / "run", steps=6, log_every=100, ckpt_every=100, progress=False, plot=False)
+    with profile() as prof:
+        trainer.fit()
+    events = list(prof.events())
+    # not the first step (it reads the cache into the token store, once) nor the last (it logs and checkpoints)
+    steps = sorted((e for e in events if e.name == "train/step"), key=lambda e: e.time_range.start)[1:-1]
+
+    def under_fused(e) -> bool:
+        p = e.cpu_parent
+        while p is not None:
+            if p.name == "aten::_fused_adamw_":
+                return True
+            p = p.cpu_parent
+        return False
+
+    reads = [e for e in events if e.name == "aten::_local_scalar_dense" and not under_fused(e)
+             and any(s.time_range.start <= e.time_range.start <= s.time_range.end for s in steps)]
+    assert len(steps) == 4 and reads == []
+
+
+def test_pack_cond_masks_follow_the_mode_rules():
+    from chronotope.diffusion import flow
+
+    frames = [1, 2, 3, 5, 9] * 60
+    g = torch.Generator().manual_seed(0)
+    for probs in ({"head": 1.0}, {"tail": 1.0}, {"random": 1.0}, {"first_last": 1.0}, {"last": 1.0}, {"first": 1.0}):
+        for T, m in zip(frames, flow.sample_cond_masks(frames, g, probs).split(frames)):
+            if T == 1:
+                assert not m.any()  # images never get conditioning
+                continue
+            assert m.any() and not m.all(), (probs, T, m)  # at least one frame given, one free
+            mode = next(iter(probs))
+            if mode == "head":
+                assert m[0] and (m.long().diff() <= 0).all()
+            elif mode == "tail":
+                assert m[-1] and (m.long().diff() >= 0).all()
+            elif mode in ("first", "last", "first_last"):
+                want = flow.cond_mask_for_mode(mode, T)
+                assert torch.equal(m, want)
+    mixed = flow.sample_cond_masks([5] * 2000, g)  # the default mix: half the clips get no conditioning
+    share = sum(bool(m.any()) for m in mixed.split([5] * 2000)) / 2000
+    assert 0.45 < share < 0.55

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -152,8 +153,11 @@ def apply_shift(t: Tensor, shift: Tensor | float) -> Tensor:
     shift = torch.as_tensor(shift, dtype=t.dtype, device=t.device)
     if shift.dim() > 0:
         shift = shift.reshape(*shift.shape, *([1] * (t.dim() - shift.dim())))
-    if bool((shift <= 0).any()):
-        raise ValueError("shift must be > 0 (1 = no shift)")
+    if shift.device.type == "cpu":
+        if (shift.numpy() <= 0).any():
+            raise ValueError("shift must be > 0 (1 = no shift)")
+    else:  # checked on the device, without waiting for it
+        torch._assert_async((shift > 0).all(), "shift must be > 0 (1 = no shift)")
     return shift * t / (1 + (shift - 1) * t)
 
 
@@ -300,3 +304,42 @@ def sample_cond_mask(
     if num_latent_frames == 1:  # images never get conditioning; don't consume randomness for them
         return torch.zeros(1, dtype=torch.bool)
     return cond_mask_for_mode(sample_cond_mode(generator, probs), num_latent_frames, generator)
+
+
+def sample_cond_masks(num_frames: list[int], generator: torch.Generator | None = None,
+                      probs: dict[str, float] | None = None) -> Tensor:
+    """Training conditioning masks of a whole pack at once (the rules of `cond_mask_for_mode`, one mode drawn
+    per sample): num_frames [N] latent frame counts -> bool [sum T] (True = given clean), samples concatenated.
+
+    A fixed number of tensor ops whatever N, so building a pack of hundreds of clips costs no Python loop.
+    """
+    probs = check_cond_probs(DEFAULT_COND_PROBS if probs is None else probs)
+    names = list(probs)
+    n = len(num_frames)
+    if n == 0 or min(num_frames) < 1:
+        raise ValueError(f"every sample needs >= 1 latent frame, got {num_frames}")
+    T = torch.tensor(num_frames, dtype=torch.long)  # [N]
+    w = torch.tensor([float(probs[k]) for k in names], dtype=torch.float64)
+    mode = torch.multinomial(w / w.sum(), n, replacement=True, generator=generator)  # [N] index into names
+    u_span, u_pick = torch.rand(n, generator=generator), torch.rand(n, generator=generator)  # [N]
+    sample = torch.from_numpy(np.repeat(np.arange(n), num_frames))  # [sum T]
+    start = torch.cumsum(T, 0) - T  # [N] first frame of each sample
+    f = torch.arange(sum(num_frames)) - start[sample]  # [sum T] frame index within its sample
+    u_frame = torch.rand(f.numel(), generator=generator)
+    code = {k: names.index(k) if k in names else -1 for k in COND_MODES}
+    m_mode = mode[sample]
+    Ts = T[sample]
+    first_last = (m_mode == code["first_last"]) & (Ts >= 3)
+    first = (m_mode == code["first"]) | ((m_mode == code["first_last"]) & (Ts < 3))
+    k = (1 + (u_span * (T - 1).clamp_min(1)).long().clamp_max((T - 2).clamp_min(0)))[sample]  # span 1 .. T-1
+    mask = (first & (f == 0)) | ((m_mode == code["last"]) & (f == Ts - 1)) | (first_last & ((f == 0) | (f == Ts - 1)))
+    mask |= (m_mode == code["head"]) & (f < k)
+    mask |= (m_mode == code["tail"]) & (f >= Ts - k)
+    rnd = (m_mode == code["random"]) & (u_frame < 0.5)  # each frame given with probability 1/2 ...
+    given = torch.zeros(n, dtype=torch.long).index_add_(0, sample, rnd.long())  # [N]
+    pick = (u_pick * T).long().clamp_max(T - 1)[sample] == f  # one random frame per sample
+    is_random = m_mode == code["random"]
+    rnd |= is_random & (given == 0)[sample] & pick  # ... at least one given
+    rnd &= ~(is_random & (given == T)[sample] & pick)  # ... and at least one free
+    return (mask | rnd) & (Ts > 1)  # images never get conditioning
+

@@ -31,16 +31,23 @@ class Segments:
 
 
 def segments(cu_seqlens: Tensor) -> Segments:
-    """cu_seqlens [N+1] -> runs of consecutive equal-length samples (computed once per forward)."""
+    """cu_seqlens [N+1] -> runs of consecutive equal-length samples (reads cu_seqlens on the host)."""
     cu = cu_seqlens.tolist()
-    runs, i, n = [], 0, len(cu) - 1
+    return segments_from_lengths([b - a for a, b in zip(cu[:-1], cu[1:])])
+
+
+def segments_from_lengths(lengths: list[int]) -> Segments:
+    """Per-sample token counts (host ints) -> runs of consecutive equal lengths. A pack whose samples are
+    sorted by length has one run per distinct length: one attention call each."""
+    runs, i, n, start = [], 0, len(lengths), 0
     while i < n:
-        length, j = cu[i + 1] - cu[i], i + 1
-        while j < n and cu[j + 1] - cu[j] == length:
+        length, j = lengths[i], i + 1
+        while j < n and lengths[j] == length:
             j += 1
-        runs.append((cu[i], i, j - i, length))
+        runs.append((start, i, j - i, length))
+        start += (j - i) * length
         i = j
-    return Segments(tuple(runs), cu[-1])
+    return Segments(tuple(runs), start)
 
 
 def _sdpa(q: Tensor, k: Tensor, v: Tensor, seg: Segments) -> Tensor:

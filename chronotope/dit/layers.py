@@ -21,20 +21,22 @@ class Context:
     """What every block needs about the packed sequence, computed once per forward."""
 
     def __init__(self, cu_seqlens: Tensor, max_seqlen: int, seg: Segments, rope: tuple[Tensor, Tensor] | None,
-                 inv: Tensor, text: Tensor | None, text_mask: Tensor | None, backend: str):
+                 inv: Tensor, text: Tensor | None, text_mask: Tensor | None, backend: str,
+                 one_cond: bool | None = None):
         self.cu_seqlens, self.max_seqlen, self.seg = cu_seqlens, max_seqlen, seg
         self.rope = rope  # (cos, sin) each [L, 1, 1, hd], or None (the DiT paper's check has no RoPE)
         self.inv = inv  # [L] long: row of the distinct-condition table for each token
         self.text, self.text_mask = text, text_mask  # [N, Lt, D], [N, Lt] bool or None
         self.backend = backend
         # fast path: one run of N equal-length samples, each with one condition -> modulate by broadcasting
-        # over x viewed as [N, l, D] instead of gathering [L, 6D] per-token rows
+        # over x viewed as [N, l, D] instead of gathering [L, 6D] per-token rows. one_cond: whether every
+        # sample has one condition, known on the host (PackInfo); None = read it from `inv` (a host read)
         self.grouped: tuple[int, int] | None = None
         self.sample_rows: Tensor | None = None
         if len(seg.runs) == 1:
             _, _, n, length = seg.runs[0]
             rows = inv.view(n, length)  # [N, l]
-            if bool((rows == rows[:, :1]).all()):
+            if one_cond if one_cond is not None else bool((rows == rows[:, :1]).all()):
                 self.grouped, self.sample_rows = (n, length), rows[:, 0]
 
     def expand(self, mod: Tensor) -> Tensor:

@@ -91,24 +91,24 @@ class DiT(nn.Module):
             nn.init.zeros_(self.pooled_embedder[-1].weight)
             nn.init.zeros_(self.pooled_embedder[-1].bias)
 
-    def _text(self, text: Tensor, text_mask: Tensor | None, text_idx: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Captions [Nt, Lt, Dt] + mask [Nt, Lt] -> per-sample context [N, Lt, D] and mask [N, Lt] (or None)."""
+    def _text(self, text: Tensor, text_mask: Tensor | None, text_idx: Tensor,
+              text_rows: int | None = None) -> tuple[Tensor, Tensor | None]:
+        """Captions [Nt, Lt, Dt] + mask [Nt, Lt] -> per-sample context [N, Lt, D] and mask [N, Lt] (or None).
+        text_rows: captions the samples refer to, known on the host (PackInfo); else read from text_idx."""
         if text.ndim != 3 or text.shape[-1] != self.config.text_dim:
             raise ValueError(f"text must be [N, Lt, {self.config.text_dim}], got {tuple(text.shape)}")
-        if int(text_idx.max()) >= text.shape[0]:
-            raise ValueError(f"a sample uses caption {int(text_idx.max())} but only {text.shape[0]} were given")
+        rows = text_rows if text_rows is not None else int(text_idx.max()) + 1
+        if rows > text.shape[0]:
+            raise ValueError(f"a sample uses caption {rows - 1} but only {text.shape[0]} were given")
         ctx = self.text_embedder(text)  # [Nt, Lt, D]
         if text_mask is None:
             return ctx[text_idx], None
         mask = text_mask.to(torch.bool)
-        null = ~mask.any(dim=1)  # [Nt] empty captions
-        if bool(null.any()):  # give the null caption one valid learned token at position 0
-            first = torch.zeros_like(mask)
-            first[:, 0] = null
-            ctx = torch.where(first[..., None], self.null_text.to(ctx.dtype), ctx)
-            mask = mask | first
-        mask = mask[text_idx]  # [N, Lt]
-        return ctx[text_idx], (None if bool(mask.all()) else mask)
+        # give the null caption (an all-False row) one valid learned token at position 0; no branch, no host read
+        first = torch.zeros_like(mask)
+        first[:, 0] = ~mask.any(dim=1)  # [Nt] empty captions
+        ctx = torch.where(first[..., None], self.null_text.to(ctx.dtype), ctx)
+        return ctx[text_idx], (mask | first)[text_idx]  # [N, Lt, D], [N, Lt]
 
     @staticmethod
     def _pooled(text: Tensor, text_mask: Tensor | None) -> Tensor:
@@ -133,15 +133,26 @@ class DiT(nn.Module):
         if packed.tokens.shape[1] != self.patch_dim or tuple(packed.patch) != cfg.patch:
             raise ValueError(f"packed tokens {tuple(packed.tokens.shape)} with patch {packed.patch} do not match the "
                              f"model (patch {cfg.patch}, {cfg.in_channels} channels -> dim {self.patch_dim})")
-        keep = None
+        info = packed.info
+        keep, inv_table = None, None
         cu, max_len = packed.cu_seqlens, packed.max_seqlen
         x, t, sample_idx, ids = packed.tokens, packed.timestep, packed.sample_idx, packed.ids
-        if bool(packed.is_dropped.any()):  # remove dropped tokens from the sequence entirely
+        if info is not None:  # host facts of the pack: nothing below reads the device
+            keep, seg, max_len = info.keep, info.seg, info.max_seqlen
+            if keep is not None:
+                cu = info.keep_cu
+            if info.t_table is not None:
+                inv_table = (info.t_table, info.t_inv if keep is None else info.t_inv[keep])
+        elif bool(packed.is_dropped.any()):
             keep = (~packed.is_dropped).nonzero().squeeze(1)  # [L']
+        if keep is not None:  # remove dropped tokens from the sequence entirely
             x, t, sample_idx, ids = x[keep], t[keep], sample_idx[keep], ids[keep]
-            lengths = torch.bincount(sample_idx, minlength=packed.num_samples)  # [N]
-            cu = torch.nn.functional.pad(torch.cumsum(lengths, 0), (1, 0)).to(torch.int32)
-            max_len = int(lengths.max())
+            if info is None:
+                lengths = torch.bincount(sample_idx, minlength=packed.num_samples)  # [N]
+                cu = torch.nn.functional.pad(torch.cumsum(lengths, 0), (1, 0)).to(torch.int32)
+                max_len = int(lengths.max())
+        if info is None:
+            seg = segments(cu)
 
         # distinct conditions (timestep [, class]) -> embed once, gather per token
         if self.class_conditional:
@@ -154,9 +165,9 @@ class DiT(nn.Module):
         else:
             if text is None:
                 raise ValueError("this DiT is text-conditional: pass text [N, Lt, text_dim] and text_mask [N, Lt]")
-            text_ctx, mask = self._text(text, text_mask, packed.text_idx)
+            text_ctx, mask = self._text(text, text_mask, packed.text_idx, info.text_rows if info else None)
             if self.pooled_embedder is None:
-                uniq, inv = torch.unique(t, return_inverse=True)
+                uniq, inv = inv_table if inv_table is not None else torch.unique(t, return_inverse=True)
                 c = self.t_embedder(uniq)  # [U, D]
             else:  # distinct (timestep, caption) pairs
                 key = torch.stack([t.to(torch.float64), packed.text_idx[sample_idx].to(torch.float64)], dim=1)
@@ -169,7 +180,8 @@ class DiT(nn.Module):
             pos = rope_positions(ids, sample_idx, packed.grids, cfg.pos_scaling, cfg.pos_ref)  # [L, 3]
         if self.rope is not None:
             rope = self.rope(pos)
-        ctx = Context(cu, max_len, segments(cu), rope, inv, text_ctx, mask, cfg.attention)
+        one_cond = info.one_cond if info is not None and inv_table is not None else None
+        ctx = Context(cu, max_len, seg, rope, inv, text_ctx, mask, cfg.attention, one_cond)
 
         h = self.x_embedder(x)  # [L, D]
         if self.pos_embedder is not None:

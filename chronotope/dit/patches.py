@@ -21,6 +21,8 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
+from chronotope.dit.attention import Segments, segments_from_lengths
+
 Patch = tuple[int, int, int]
 Grid = tuple[int, int, int]
 
@@ -86,12 +88,60 @@ class Sample:
 
 
 @dataclass
+class PackInfo:
+    """What the model needs to know about a pack as host values, fixed when the pack is built, so that a
+    forward pass reads nothing back from the device (every `int(t)`/`bool(t)` of a GPU tensor waits for it).
+
+    seg, max_seqlen: attention runs and longest sample AFTER token dropping; text_rows: captions the pack
+    refers to (max text_idx + 1); t_table [U] / t_inv [L]: distinct timesteps and each token's row (None:
+    the model finds them itself, e.g. after `with_tokens` gave new timesteps); one_cond: every sample's
+    tokens share one timestep; keep [L'] / keep_cu [N+1]: kept token indices and their sample boundaries
+    when tokens were dropped (None otherwise).
+    """
+
+    seg: Segments
+    max_seqlen: int
+    text_rows: int
+    t_table: Tensor | None = None
+    t_inv: Tensor | None = None
+    one_cond: bool = False
+    keep: Tensor | None = None
+    keep_cu: Tensor | None = None
+
+    def to(self, device: torch.device | str) -> "PackInfo":
+        move = {k: getattr(self, k).to(device, non_blocking=True) for k in ("t_table", "t_inv", "keep", "keep_cu")
+                if getattr(self, k) is not None}
+        return replace(self, **move)
+
+
+def pack_info(lengths: list[int], kept: list[int], text_idx: list[int], timestep: Tensor | None,
+              is_dropped: Tensor | None) -> PackInfo:
+    """PackInfo from host facts: per-sample token counts before / after dropping, caption rows, and the
+    per-token timestep [L] and drop mask [L] as CPU tensors (None: leave the table to the model)."""
+    t_table = t_inv = keep = keep_cu = None
+    one_cond = False
+    if timestep is not None:
+        t_table, t_inv = torch.unique(timestep, return_inverse=True)  # [U], [L]
+        if len(set(lengths)) == 1:  # the grouped fast path needs it: one run of samples with one t each
+            rows = t_inv.view(len(lengths), lengths[0])
+            one_cond = bool((rows == rows[:, :1]).all())
+    if is_dropped is not None and kept != lengths:
+        keep = (~is_dropped).nonzero().squeeze(1)  # [L']
+        keep_cu = torch.zeros(len(kept) + 1, dtype=torch.int32)
+        keep_cu[1:] = torch.cumsum(torch.tensor(kept, dtype=torch.int32), 0)
+        one_cond = False
+    return PackInfo(segments_from_lengths(kept), max(kept), max(text_idx) + 1, t_table, t_inv, one_cond, keep,
+                    keep_cu)
+
+
+@dataclass
 class PackedBatch:
     """N samples packed into one sequence of L tokens (block-diagonal attention via cu_seqlens).
 
     tokens [L, C*pt*ph*pw]   ids [L, 3] long (t, h, w)   sample_idx [L] long   cu_seqlens [N+1] int32
     timestep [L] float       is_cond [L] bool            is_dropped [L] bool   text_idx [N] long
-    grids: token grid (t, h, w) per sample; patch, channels: what `unpack` needs.
+    grids: token grid (t, h, w) per sample; patch, channels: what `unpack` needs; info: host-side facts
+    (PackInfo) so the model never reads the device (None: it computes them, with host reads).
 
     Dropped tokens stay in the batch (so `unpack`, targets and losses keep the full layout) but the model
     removes them from its input sequence: they cost no compute and the model returns zeros for them.
@@ -110,6 +160,7 @@ class PackedBatch:
     grids: list[Grid]
     patch: Patch
     channels: int
+    info: PackInfo | None = None
 
     @property
     def num_samples(self) -> int:
@@ -122,12 +173,16 @@ class PackedBatch:
 
     def with_tokens(self, tokens: Tensor, timestep: Tensor | None = None) -> "PackedBatch":
         """Same layout, new token values (e.g. x_t during sampling) and optionally new per-token t."""
-        return replace(self, tokens=tokens, timestep=self.timestep if timestep is None else timestep)
+        if timestep is None:
+            return replace(self, tokens=tokens)
+        info = None if self.info is None else replace(self.info, t_table=None, t_inv=None)
+        return replace(self, tokens=tokens, timestep=timestep, info=info)
 
     def to(self, device: torch.device | str) -> "PackedBatch":
         move = {k: getattr(self, k).to(device) for k in
                 ("tokens", "ids", "sample_idx", "timestep", "is_cond", "is_dropped", "text_idx")}
-        return replace(self, cu_seqlens=self.cu_seqlens.to(device), **move)
+        info = None if self.info is None else self.info.to(device)
+        return replace(self, cu_seqlens=self.cu_seqlens.to(device), info=info, **move)
 
 
 def _per_token(value: float | Tensor | None, grid: Grid, patch: Patch, name: str, dtype: torch.dtype) -> Tensor:
@@ -166,7 +221,7 @@ def pack(
     if not 0.0 <= drop_rate < 1.0:
         raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate}")
     channels = samples[0].latent.shape[0]
-    tokens, ids, ts, conds, drops, grids, lens = [], [], [], [], [], [], []
+    tokens, ids, ts, conds, drops, grids, lens, kept = [], [], [], [], [], [], [], []
     for i, s in enumerate(samples):
         if s.latent.ndim != 4 or s.latent.shape[0] != channels:
             raise ValueError(f"sample {i}: expected latent [C={channels}, T, H, W], got {tuple(s.latent.shape)}")
@@ -186,22 +241,26 @@ def pack(
         drops.append(drop)
         grids.append(grid)
         lens.append(n)
+        kept.append(n - max(n_drop, 0))
     lengths = torch.tensor(lens, dtype=torch.int32)
     cu = torch.zeros(len(samples) + 1, dtype=torch.int32)
     cu[1:] = torch.cumsum(lengths, 0)
+    timestep, is_dropped, text_idx = torch.cat(ts), torch.cat(drops), [int(s.text_idx) for s in samples]
+    on_host = timestep.device.type == "cpu"  # a latent already on a GPU: leave the table to the model
     return PackedBatch(
         tokens=torch.cat(tokens),
         ids=torch.cat(ids),
         sample_idx=torch.repeat_interleave(torch.arange(len(samples)), lengths.long()),
         cu_seqlens=cu,
         max_seqlen=max(lens),
-        timestep=torch.cat(ts),
+        timestep=timestep,
         is_cond=torch.cat(conds),
-        is_dropped=torch.cat(drops),
-        text_idx=torch.tensor([s.text_idx for s in samples], dtype=torch.long),
+        is_dropped=is_dropped,
+        text_idx=torch.tensor(text_idx, dtype=torch.long),
         grids=grids,
         patch=tuple(patch),
         channels=channels,
+        info=pack_info(lens, kept, text_idx, timestep if on_host else None, is_dropped),
     )
 
 

@@ -7,6 +7,13 @@ spans / random frames: clean latent frames with t = 0, so one model serves every
 caption dropout for classifier-free guidance. Caption embeddings are computed once per cache by
 the frozen text encoder and stored beside it (`TextEmbeddings`).
 
+Built for a GPU that must never wait: the cache is read once into `TokenStore` (every item already
+patchified, moved to the training device with the captions), a pack is a gather of its items' rows
+plus a fixed number of tensor ops on the device (noise from a device generator seeded by the
+checkpointed CPU generator, so resume stays exact), its samples are sorted by length (one attention
+call per distinct length), and everything the model would otherwise read back from the device is
+handed to it as host values (`PackInfo`). benchmarks/train_step.py measures all three.
+
     task = DiTTask(DiT(cfg), LatentCache(dir), TextEmbeddings.build(cache, TextEncoder()))
     Trainer(task, out_dir, steps).fit()
 """
@@ -20,12 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import numpy as np
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from chronotope.atomic import atomic_write, swap_in_folder
 from chronotope.diffusion import flow
-from chronotope.dit.patches import PackedBatch, Sample, pack
+from chronotope.dit.patches import PackedBatch, pack_info, patchify, position_ids, token_grid
 
 
 class TextEmbeddings:
@@ -61,6 +69,40 @@ class TextEmbeddings:
                    "null_mask": null_mask.to(torch.uint8)}
         atomic_write(path, lambda tmp: save_file(tensors, tmp))
         return cls(emb, mask, (null_emb.half(), null_mask))
+
+
+class TokenStore:
+    """Every cache item as patchified tokens in one tensor, read from the cache once.
+
+    tokens [sum L_i, C*pt*ph*pw] (the cache's dtype), ids [sum L_i, 3] int32 (t, h, w) positions;
+    offsets [N+1] and grids (t, h, w per item) on the host. `to(device)` moves the two tensors (a World
+    cache of 100,000 items is about 1 GB in fp16).
+    """
+
+    def __init__(self, latents: list[Tensor], patch: tuple[int, int, int]) -> None:
+        self.grids = [token_grid(tuple(z.shape[1:]), patch) for z in latents]
+        lengths = [t * h * w for t, h, w in self.grids]
+        self.offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)  # [N+1]
+        self.tokens = torch.cat([patchify(z, patch) for z in latents]) if latents else torch.zeros(0, 1)
+        self.ids = torch.cat([position_ids(g).to(torch.int32) for g in self.grids]) if latents else torch.zeros(0, 3)
+
+    def to(self, device: torch.device | str) -> TokenStore:
+        self.tokens, self.ids = self.tokens.to(device), self.ids.to(device)
+        return self
+
+    def rows(self, items: list[int]) -> np.ndarray:
+        """Token rows of `items`, concatenated in order: int64 [sum of their lengths] (host)."""
+        starts, ends = self.offsets[items], self.offsets[np.asarray(items) + 1]
+        n = ends - starts
+        return np.repeat(starts - np.concatenate([[0], np.cumsum(n)[:-1]]), n) + np.arange(int(n.sum()))
+
+
+def _to_device(x: np.ndarray | Tensor, device: torch.device) -> Tensor:
+    """A host array on the device without waiting for it (pinned memory, asynchronous copy)."""
+    t = torch.from_numpy(x) if isinstance(x, np.ndarray) else x
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t
 
 
 def dit_folder(path: str | Path) -> Path:
@@ -133,7 +175,9 @@ class DiTTask:
             raise ValueError(f"every item has more tokens than the budget {token_budget} (max {max(self.lengths)}); "
                              f"raise --token-budget")
         self.too_long = too_long
-        channels = cache.rows[0]["shape"][0]
+        self._store: TokenStore | None = None  # the cache as tokens, loaded on first use
+        self._noise: torch.Generator | None = None
+        channels = self.cache_channels = cache.rows[0]["shape"][0]
         if channels != model.config.in_channels:
             raise ValueError(f"the cache holds {channels}-channel latents but the DiT expects "
                              f"{model.config.in_channels}; use a DiT preset whose in_channels matches the VAE")
@@ -153,36 +197,95 @@ class DiTTask:
             packs = packs[: len(packs) // world * world][rank::world]
         yield from packs[position:]
 
-    def make_pack(self, items: list[int], generator: torch.Generator) -> tuple[PackedBatch, Tensor, Tensor, Tensor]:
-        """Noise the items into one pack -> (packed x_t, target tokens [L, D], text [N, Lt, Dt], mask [N, Lt])."""
-        samples, targets, texts, masks = [], [], [], []
-        keep_caption = torch.rand(len(items), generator=generator) >= self.caption_dropout
-        for j, i in enumerate(items):
-            x0 = self.cache[i]["latent"]  # [C, T, H, W]
-            T = x0.shape[1]
-            noise = torch.randn(x0.shape, generator=generator)
-            shift = flow.shift_for_tokens(self.lengths[i], scale=self.time_shift)
-            t = flow.sample_t(1, generator, self.t_mean, self.t_std, shift)  # [1]
-            cond = flow.sample_cond_mask(T, generator, self.cond_probs)  # [T] bool
-            t_frames = torch.where(cond, torch.zeros(T), t.expand(T))  # clean conditioning frames carry t = 0
-            x_t = torch.where(cond[None, :, None, None], x0, flow.interpolate(x0, noise, t_frames[None, :, None, None]))
-            samples.append(Sample(x_t, timestep=t_frames, is_cond=cond, text_idx=j))
-            targets.append(Sample(flow.velocity_target(x0, noise)))
-            emb, mask = (self.text.emb[i], self.text.mask[i]) if keep_caption[j] else self.text.null
-            texts.append(emb.float())
-            masks.append(mask)
-        packed = pack(samples, self.patch, self.drop_rate, generator)
-        target = pack(targets, self.patch).tokens  # [L, C*pt*ph*pw], same layout
-        return packed, target, torch.stack(texts), torch.stack(masks)
+    def _device_data(self, device: torch.device) -> TokenStore:
+        """The token store and captions on `device` (read from the cache on first use, then kept)."""
+        if self._store is None:
+            self._store = TokenStore(self.cache.latents(), self.patch)
+        if self._store.tokens.device != device or self._noise is None:
+            self._store.to(device)
+            self.text = TextEmbeddings(self.text.emb.to(device), self.text.mask.to(device),
+                                       (self.text.null[0].to(device), self.text.null[1].to(device)))
+            self._noise = torch.Generator(device=device)
+        return self._store
+
+    def make_pack(self, items: list[int], generator: torch.Generator, device: torch.device | str = "cpu"
+                  ) -> tuple[PackedBatch, Tensor, Tensor, Tensor]:
+        """Noise the items into one pack on `device` -> (packed x_t, target tokens [L, D], text [N, Lt, Dt],
+        mask [N, Lt]). Host work is O(N) small draws from `generator`; per-token work runs on the device."""
+        device = torch.device(device)
+        store = self._device_data(device)
+        items = sorted(items, key=lambda i: -self.lengths[i])  # equal lengths adjacent: one attention call each
+        n = len(items)
+        grids = [store.grids[i] for i in items]
+        lengths = [self.lengths[i] for i in items]
+        pt = self.patch[0]
+        frames = [g[0] * pt for g in grids]  # latent frames per sample
+        # host draws (the trainer's CPU generator, checkpointed: resume is exact)
+        keep_caption = torch.rand(n, generator=generator) >= self.caption_dropout  # [N]
+        shift = flow.shift_for_tokens(torch.tensor(lengths), scale=self.time_shift)  # [N]
+        t = flow.sample_t(n, generator, self.t_mean, self.t_std, shift)  # [N]
+        cond_frames = flow.sample_cond_masks(frames, generator, self.cond_probs)  # [sum T]
+        noise_seed = torch.randint(2**62, (1,), generator=generator).tolist()[0]
+        # host values stay numpy from here: a host read of a torch tensor looks like a device sync to a profiler
+        cond_patch = cond_frames.numpy().reshape(-1, pt)  # [sum t, pt]: a temporal patch is given whole or not
+        if pt > 1 and not (cond_patch == cond_patch[:, :1]).all():
+            raise ValueError(f"a conditioning mask differs inside a temporal patch of {pt} frames; use pt=1")
+        per_frame = np.repeat([h * w for _, h, w in grids], [g[0] for g in grids])  # tokens per temporal patch
+        cond_tok_host = torch.from_numpy(np.repeat(cond_patch[:, 0], per_frame))  # [L] bool
+        drop, kept = self._drop(cond_tok_host, lengths, generator)
+        sample_idx = np.repeat(np.arange(n), lengths)  # [L]
+        cu = torch.zeros(n + 1, dtype=torch.int32)
+        cu[1:] = torch.cumsum(torch.tensor(lengths, dtype=torch.int32), 0)
+        # the pack's distinct timesteps: row 0 is t = 0 (clean conditioning), row 1 + i sample i's t
+        t_table = torch.cat([torch.zeros(1), t])  # [N+1]
+        t_inv_host = torch.where(cond_tok_host, 0, torch.from_numpy(sample_idx) + 1)  # [L]
+        info = pack_info(lengths, kept, list(range(n)), None, drop)
+        info.t_table, info.t_inv = t_table, t_inv_host
+        info.one_cond = len(set(lengths)) == 1 and not cond_patch.any() and info.keep is None
+        # on the device
+        rows = _to_device(store.rows(items), device)
+        x0 = store.tokens.index_select(0, rows).float()  # [L, C*pt*ph*pw]
+        ids = store.ids.index_select(0, rows).long()  # [L, 3]
+        cond = _to_device(cond_tok_host, device)  # [L] bool
+        t_tok = _to_device(t_table, device)[_to_device(t_inv_host, device)]  # [L]
+        self._noise.manual_seed(noise_seed)
+        noise = torch.randn(x0.shape, generator=self._noise, device=device)
+        x_t = torch.where(cond[:, None], x0, flow.interpolate(x0, noise, t_tok))  # clean where given
+        packed = PackedBatch(
+            tokens=x_t, ids=ids, sample_idx=_to_device(sample_idx, device), cu_seqlens=_to_device(cu, device),
+            max_seqlen=max(lengths), timestep=t_tok, is_cond=cond, is_dropped=_to_device(drop, device),
+            text_idx=torch.arange(n, device=device), grids=grids, patch=self.patch, channels=self.cache_channels,
+            info=info.to(device))
+        item_rows = _to_device(torch.tensor(items), device)
+        keep = _to_device(keep_caption, device)
+        emb = torch.where(keep[:, None, None], self.text.emb[item_rows], self.text.null[0]).float()  # [N, Lt, Dt]
+        mask = torch.where(keep[:, None], self.text.mask[item_rows], self.text.null[1])  # [N, Lt]
+        return packed, flow.velocity_target(x0, noise), emb, mask
+
+    def _drop(self, cond: Tensor, lengths: list[int], generator: torch.Generator) -> tuple[Tensor, list[int]]:
+        """NaViT token dropping on the host: drop_rate of each sample's noised tokens (never all of them, never
+        conditioning ones) -> (is_dropped [L] bool, kept tokens per sample)."""
+        drop = torch.zeros(cond.numel(), dtype=torch.bool)
+        if self.drop_rate <= 0:
+            return drop, list(lengths)
+        kept, start = [], 0
+        for n in lengths:
+            free = (~cond[start:start + n]).nonzero().squeeze(1)
+            k = min(int(self.drop_rate * free.numel()), n - 1)
+            if k > 0:
+                drop[start + free[torch.randperm(free.numel(), generator=generator)[:k]]] = True
+            kept.append(n - max(k, 0))
+            start += n
+        return drop, kept
 
     def loss(self, model: nn.Module, batch: list[int], generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
-        packed, target, text, mask = self.make_pack(batch, generator)  # built on CPU (the noise generator's device)
         device = next(model.parameters()).device
-        if device.type != "cpu":
-            packed, target, text, mask = packed.to(device), target.to(device), text.to(device), mask.to(device)
+        with torch.profiler.record_function("train/pack"):
+            packed, target, text, mask = self.make_pack(batch, generator, device)
         v = model(packed, text, mask)  # [L, D]
-        m = packed.loss_mask  # neither conditioning nor dropped
-        loss = (v - target).square()[m].mean() if bool(m.any()) else v.sum() * 0.0
+        m = packed.loss_mask.to(torch.float32)  # neither conditioning nor dropped
+        per_token = (v.float() - target).square().mean(-1)  # [L]
+        loss = (per_token * m).sum() / m.sum().clamp_min(1.0)  # no host read: 0 when nothing is trainable
         tokens = int(packed.tokens.shape[0])
         return loss, {"tokens": tokens, "samples": len(batch), "fill": tokens / self.token_budget}
 

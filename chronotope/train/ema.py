@@ -60,11 +60,10 @@ class EMA:
             w = w * ok.to(w.dtype)
         shadows = [s for s, _ in self._pairs if s.is_floating_point()]
         lives = [t.to(torch.float32) for s, t in self._pairs if s.is_floating_point()]
-        try:
-            torch._foreach_lerp_(shadows, lives, w)
-        except (RuntimeError, TypeError):  # older torch: no tensor weight for the foreach form
-            for s, t in zip(shadows, lives):
-                s.lerp_(t, w)
+        # s += w * (t - s); not _foreach_lerp_, whose weight is a Scalar (a 0-dim tensor is read to the host)
+        diffs = torch._foreach_sub(lives, shadows)
+        torch._foreach_mul_(diffs, w)
+        torch._foreach_add_(shadows, diffs)
         for s, t in self._ints:
             s.copy_(t)  # integer buffers (e.g. counters) follow the model
         self._updates += 1 if ok is None else ok.to(torch.float64)

@@ -351,6 +351,7 @@ class Trainer:
         parallel.load_model_state_dict(self.model, data["model"])
         if data["optimizer"] is not None:
             parallel.load_optimizer_state_dict(self.model, self.optimizer, data["optimizer"])
+            _match_param_layout(self.optimizer)
         if self.ema is not None:
             if data["ema"] is not None:
                 self.ema.load_state_dict(parallel.shard_like(data["ema"], self.ema.shadow), state.get("ema_updates", 0))
@@ -461,17 +462,19 @@ class Trainer:
                 lr = self.lr_at(self.step)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                loss, metrics = self._accumulate()
-                clip = self.grad_clip if self.grad_clip else float("inf")
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
-                if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor
-                    grad_norm = grad_norm.full_tensor()
-                ok = torch.isfinite(loss) & torch.isfinite(grad_norm)
-                ok = parallel.all_ranks_ok(ok)  # every rank skips the same steps (a collective, no host read)
-                self._optimizer_step(ok)
-                self.optimizer.zero_grad(set_to_none=True)
-                self.step += 1
-                win.add(loss, grad_norm, metrics, ok, self._bad_run)
+                with torch.profiler.record_function("train/step"):
+                    loss, metrics = self._accumulate()
+                    with torch.profiler.record_function("train/optimizer"):
+                        clip = self.grad_clip if self.grad_clip else float("inf")
+                        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
+                        if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor
+                            grad_norm = grad_norm.full_tensor()
+                        ok = torch.isfinite(loss) & torch.isfinite(grad_norm)
+                        ok = parallel.all_ranks_ok(ok)  # every rank skips the same steps (a collective, no host read)
+                    self._optimizer_step(ok)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.step += 1
+                    win.add(loss, grad_norm, metrics, ok, self._bad_run)
                 bar.update(1)
                 if self.step % self.log_every == 0 or self.step == self.steps:
                     record = win.record(self, lr)  # the one host read of the window
@@ -496,6 +499,16 @@ class Trainer:
             bar.close()
         return {"step": self.step, "loss": win.last_loss, "skipped_total": self.skipped_total,
                 "checkpoint": last_path, "resumed_from": self.resumed_from}
+
+
+def _match_param_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give loaded moment tensors their parameter's memory layout: a checkpoint stores them contiguous, and
+    the fused AdamW kernel walks a parameter and its moments as flat memory, so a channels-last convolution
+    weight would otherwise be updated with another element's moments."""
+    for p, state in optimizer.state.items():
+        for k, v in state.items():
+            if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():
+                state[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
 
 
 def _fmt(x: float | None) -> str:

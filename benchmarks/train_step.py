@@ -1,0 +1,239 @@
+"""Does a DiT training step keep its device busy? Host share, attention calls and host syncs of a real step.
+
+    .venv/bin/python benchmarks/train_step.py                  # CPU: world-s, 2,048-token packs
+    python benchmarks/train_step.py --device cuda              # also tokens/s at 32k packs and DiT-XL MFU
+
+The step is the Trainer's own (chronotope/train/trainer.py + dit_task.py) on an in-memory latent cache with
+the shapes of the World training mix (64px at 1:1, 4:3, 3:4, 16:9, 9:16; 1-, 17- and 33-frame items, as
+docs/training-world.md section 1) and the shipped DiT's layout (world-s, patch 1x1x1, absolute positions).
+Latent values and captions are random: a step's cost does not depend on them.
+
+- host_share: the part of a step's wall time outside the model's forward, backward and optimizer (pack
+  building, noise, bookkeeping), from the torch profiler's `train/*` ranges. Target <= 0.03.
+- attn_calls_per_block: SDPA calls per block per step (self- and cross-attention each count one call per
+  run of equal-length samples), beside distinct_lengths, the distinct sample lengths per pack. Target <=
+  distinct_lengths.
+- syncs_per_step: device-to-host reads (`aten::_local_scalar_dense`: .item(), bool(), int(), float() of a
+  tensor) inside non-logging steps. The step's own host-side draws use numpy or .tolist() of CPU tensors,
+  so on a CPU run every counted read would be a device read on a GPU. Target <= 1; on CUDA also counted
+  with torch.cuda.set_sync_debug_mode.
+- on CUDA: tokens_per_s of world-s at 32,768-token packs in bf16 (target >= 1.5M on one H100/H200) and
+  mfu_xl, DiT-XL at 16,384-token packs of a 256px mix in bf16: 3 x forward FLOPs (chronotope.dit.flops)
+  per second over 989 TFLOP/s, the H100/H200 dense bf16 peak (target >= 0.45).
+
+Prints a table, then last `train_step: host_share=<x> attn_calls_per_block=<x> syncs_per_step=<x>
+[tokens_per_s=<x> mfu_xl=<x>]`; writes benchmarks/results/train_step.json (train_step_cuda.json on CUDA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import replace
+from itertools import product
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from chronotope.config import DIT_PRESETS  # noqa: E402
+from chronotope.dit.flops import count_flops  # noqa: E402
+from chronotope.dit.model import DiT  # noqa: E402
+from chronotope.sizes import size_for  # noqa: E402
+from chronotope.train.dit_task import DiTTask, TextEmbeddings  # noqa: E402
+from chronotope.train.trainer import Trainer  # noqa: E402
+
+RATIOS = ("1:1", "4:3", "3:4", "16:9", "9:16")
+FRAMES = (1, 17, 33)
+TEXT_LEN, TEXT_DIM = 40, 384
+PEAK_BF16 = 989e12  # H100 / H200 SXM dense bf16, the datasheet figure the issue's MFU uses
+
+
+class MemoryCache:
+    """The part of LatentCache that DiTTask reads, held in memory: rows with shapes, and the latents."""
+
+    def __init__(self, shapes: list[tuple[int, int, int, int]], seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.rows = [{"shape": list(s), "text": f"item {i}"} for i, s in enumerate(shapes)]
+        self._latents = [torch.randn(s, generator=g).half() for s in shapes]
+        self.dir, self.meta = None, {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def latents(self, progress: bool = False) -> list[torch.Tensor]:
+        return self._latents
+
+
+def world_mix(resolution: str, n: int, channels: int = 16, factor: int = 8) -> list[tuple[int, int, int, int]]:
+    """Latent shapes (C, T, H, W) of n items cycling through the World mix at `resolution` (8x VAE, 4x time)."""
+    combos = [(size_for(resolution, r), t) for r, t in product(RATIOS, FRAMES)]
+    return [(channels, (t - 1) // 4 + 1, h // factor, w // factor) for (h, w), t in
+            (combos[i % len(combos)] for i in range(n))]
+
+
+def random_text(n: int, seed: int = 1) -> TextEmbeddings:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(12, TEXT_LEN, (n,), generator=g)
+    mask = torch.arange(TEXT_LEN)[None, :] < lengths[:, None]
+    emb = torch.randn(n, TEXT_LEN, TEXT_DIM, generator=g).half()
+    return TextEmbeddings(emb, mask, (torch.zeros(TEXT_LEN, TEXT_DIM).half(), torch.zeros(TEXT_LEN, dtype=torch.bool)))
+
+
+def make_trainer(preset: str, resolution: str, budget: int, items: int, device: str, bf16: bool, steps: int,
+                 out: str, **cfg_changes) -> Trainer:
+    cfg = replace(DIT_PRESETS[preset](), **cfg_changes)
+    cache = MemoryCache(world_mix(resolution, items, cfg.in_channels))
+    task = DiTTask(DiT(cfg), cache, random_text(items), token_budget=budget, time_shift=3.0)
+    return Trainer(task, out, steps=steps, lr=1e-4, log_every=10**9, ckpt_every=10**9, progress=False, plot=False,
+                   device=device, bf16=bf16, samples_at="end")
+
+
+CPU_ONLY_READS = ("aten::_fused_adamw_",)
+
+
+def _under(event, names: tuple[str, ...]) -> bool:
+    p = event.cpu_parent
+    while p is not None:
+        if p.name in names:
+            return True
+        p = p.cpu_parent
+    return False
+
+
+def profile_steps(trainer: Trainer, warmup: int) -> dict:
+    """Run the trainer's steps under the torch profiler; measure its steps after `warmup` (the last step,
+    which logs and checkpoints, is left out)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    trainer.task.export = lambda *a, **k: None  # no model folder for a benchmark
+    acts = [ProfilerActivity.CPU]
+    with profile(activities=acts) as prof:
+        trainer.fit()
+    events = sorted(prof.events(), key=lambda e: e.time_range.start)
+    steps = [e for e in events if e.name == "train/step"][warmup:-1]
+    lo, hi = steps[0].time_range.start, steps[-1].time_range.end
+
+    def inside(e) -> bool:
+        return lo <= e.time_range.start and e.time_range.end <= hi
+
+    def total(name: str) -> float:
+        return sum(e.time_range.elapsed_us() for e in events if e.name == name and inside(e))
+
+    wall = sum(s.time_range.elapsed_us() for s in steps)
+    model = total("train/forward") - total("train/pack") + total("train/backward") + total("train/optimizer")
+    depth = trainer.task.model.config.depth
+    sdpa = sum(1 for e in events if e.name == "aten::scaled_dot_product_attention" and inside(e))
+    reads = [e for e in events if e.name == "aten::_local_scalar_dense" and inside(e)]
+    # the CPU kernel of fused AdamW reads its own step counters on the host (there is no device on a CPU);
+    # its CUDA kernel does not: counted apart
+    in_kernel = [e for e in reads if _under(e, CPU_ONLY_READS)]
+    syncs = len(reads) - len(in_kernel)
+    return {"steps": len(steps), "step_ms": wall / len(steps) / 1e3, "host_share": 1 - model / wall,
+            "pack_share": total("train/pack") / wall, "attn_calls_per_block": sdpa / (2 * depth * len(steps)),
+            "syncs_per_step": syncs / len(steps), "cpu_kernel_reads_per_step": len(in_kernel) / len(steps)}
+
+
+def distinct_lengths(task: DiTTask, packs: int = 50) -> float:
+    """Mean number of distinct sample lengths per pack over the first packs of an epoch."""
+    it = task.batches(0, 0)
+    counts = [len({task.lengths[i] for i in next(it)}) for _ in range(packs)]
+    return sum(counts) / len(counts)
+
+
+def cpu_measure(args: argparse.Namespace) -> dict:
+    with tempfile.TemporaryDirectory() as out:
+        tr = make_trainer("world-s", "64px", 2048, 600, "cpu", False, args.warmup + args.steps + 1, out,
+                          patch=(1, 1, 1), abs_pos=True)
+        res = profile_steps(tr, args.warmup)
+        res["distinct_lengths"] = distinct_lengths(tr.task)
+    return res
+
+
+def cuda_run(preset: str, resolution: str, budget: int, items: int, steps: int, warmup: int, out: str,
+             **changes) -> dict:
+    """bf16 training steps on CUDA through Trainer.fit: tokens/s and MFU of `steps` steps after `warmup`
+    (the device synchronised only at the two ends), and the synchronising calls inside them
+    (torch.cuda.set_sync_debug_mode). The last step, which logs and checkpoints, is not measured."""
+    tr = make_trainer(preset, resolution, budget, items, "cuda", True, warmup + steps + 1, out, **changes)
+    tr.task.export = lambda *a, **k: None
+    task, cfg = tr.task, tr.task.model.config
+    packs = list(task.batches(0, 0))[warmup:warmup + steps]  # the packs of the measured steps (epoch 0)
+    if len(packs) < steps:
+        raise ValueError(f"{items} items fill only {len(packs) + warmup} packs; raise items")
+    flops = sum(3 * count_flops(cfg, [tuple(task.cache.rows[j]["shape"][1:]) for j in pk], text_len=TEXT_LEN).flops
+                for pk in packs)
+    tokens = sum(task.lengths[j] for pk in packs for j in pk)
+    marks: dict[str, float] = {}
+    done = [0]
+    step_once = tr._optimizer_step
+
+    def hooked(ok):
+        step_once(ok)
+        done[0] += 1
+        if done[0] == warmup:
+            torch.cuda.synchronize()
+            marks["t0"] = time.perf_counter()
+            torch.cuda.set_sync_debug_mode("warn")
+        elif done[0] == warmup + steps:
+            torch.cuda.set_sync_debug_mode(0)
+            torch.cuda.synchronize()
+            marks["t1"] = time.perf_counter()
+            marks["syncs"] = len(caught)
+
+    tr._optimizer_step = hooked
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tr.fit()
+    dt = marks["t1"] - marks["t0"]
+    return {"tokens_per_s": tokens / dt, "mfu": flops / dt / PEAK_BF16, "step_ms": 1e3 * dt / steps,
+            "syncs_per_step": marks["syncs"] / steps, "params_m": sum(p.numel() for p in task.model.parameters()) / 1e6,
+            "tokens_per_step": tokens / steps}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--steps", type=int, default=6, help="measured steps (default 6; x3 for world-s on CUDA)")
+    p.add_argument("--warmup", type=int, default=2, help="steps before measuring (default 2)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default=None, help="JSON to write (default benchmarks/results/train_step[_cuda].json)")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    res: dict = {"device": args.device, "torch": torch.__version__}
+    cpu = cpu_measure(args)
+    res["cpu_world_s_2048"] = cpu
+    print(f"world-s, patch 1x1x1, 2,048-token packs, CPU ({torch.get_num_threads()} threads):")
+    for k in ("step_ms", "host_share", "pack_share", "attn_calls_per_block", "distinct_lengths", "syncs_per_step",
+              "cpu_kernel_reads_per_step"):
+        print(f"  {k:<22}{cpu[k]:.4g}")
+    line = (f"train_step: host_share={cpu['host_share']:.3f} attn_calls_per_block={cpu['attn_calls_per_block']:.2f} "
+            f"syncs_per_step={cpu['syncs_per_step']:.2f}")
+    if args.device == "cuda":
+        res["gpu"] = torch.cuda.get_device_name()
+        with tempfile.TemporaryDirectory() as out:
+            ws = cuda_run("world-s", "64px", 32768, 20000, args.steps * 3, args.warmup + 2, out, patch=(1, 1, 1),
+                          abs_pos=True)
+            xl = cuda_run("XL", "256px", 16384, 800, args.steps, args.warmup, out)
+        res["cuda_world_s_32768"], res["cuda_xl_16384"] = ws, xl
+        print(f"CUDA {res['gpu']}, bf16: world-s 32k packs {ws['tokens_per_s']:.4g} tokens/s ({ws['step_ms']:.1f} ms/step, "
+              f"syncs/step {ws['syncs_per_step']:.2f}); XL 16k packs MFU {xl['mfu']:.3f} ({xl['step_ms']:.1f} ms/step, "
+              f"syncs/step {xl['syncs_per_step']:.2f})")
+        line += f" tokens_per_s={ws['tokens_per_s']:.0f} mfu_xl={xl['mfu']:.3f}"
+    name = "train_step_cuda.json" if args.device == "cuda" else "train_step.json"
+    path = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(res, f, indent=1)
+    print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
