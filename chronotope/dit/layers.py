@@ -16,6 +16,12 @@ from chronotope.dit.attention import Segments, attention, cross_attention
 from chronotope.dit.embeddings import apply_rope
 from chronotope.dit.fused import norm_rope
 
+# Under torch.compile (chronotope/train/parallel.py compiles each block) attention stays outside the graphs:
+# its loop over runs of equal-length samples would make every new pack structure a recompile, while the
+# dense parts around it compile once for any pack length (dynamic shapes)
+_attention = torch.compiler.disable(attention)
+_cross_attention = torch.compiler.disable(cross_attention)
+
 
 class Context:
     """What every block needs about the packed sequence, computed once per forward."""
@@ -87,7 +93,7 @@ class SelfAttention(nn.Module):
             if ctx.rope is not None:
                 qk = apply_rope(qk, *ctx.rope)  # cos/sin [L, 1, 1, hd]
         q, k = qk.unbind(1)  # each [L, nh, hd]
-        o = attention(q, k, v.squeeze(1), ctx.cu_seqlens, ctx.max_seqlen, ctx.backend, seg=ctx.seg)  # [L, nh, hd]
+        o = _attention(q, k, v.squeeze(1), ctx.cu_seqlens, ctx.max_seqlen, ctx.backend, seg=ctx.seg)  # [L, nh, hd]
         return self.proj(o.flatten(1))  # [L, D]
 
 
@@ -105,7 +111,7 @@ class CrossAttention(nn.Module):
         q = self.q_norm(self.q(x).unflatten(-1, (self.heads, -1)))  # [L, nh, hd]
         k, v = self.kv(ctx.text).unflatten(-1, (2, self.heads, -1)).unbind(2)  # each [N, Lt, nh, hd]
         k = self.k_norm(k)
-        o = cross_attention(q, k, v, ctx.text_mask, ctx.cu_seqlens, seg=ctx.seg)  # [L, nh, hd]
+        o = _cross_attention(q, k, v, ctx.text_mask, ctx.cu_seqlens, seg=ctx.seg)  # [L, nh, hd]
         return self.proj(o.flatten(1))  # [L, D]
 
 
