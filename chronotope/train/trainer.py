@@ -475,6 +475,8 @@ class Trainer:
                     self.optimizer.zero_grad(set_to_none=True)
                     self.step += 1
                     win.add(loss, grad_norm, metrics, ok, self._bad_run)
+                if self.time_budget_s is not None and self.dist.world_size == 1:
+                    self._refresh_time(self._elapsed())  # the host clock: no device read (ranks agree at log steps)
                 bar.update(1)
                 if self.step % self.log_every == 0 or self.step == self.steps:
                     record = win.record(self, lr)  # the one host read of the window
