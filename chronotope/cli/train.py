@@ -66,9 +66,12 @@ def _fit(trainer) -> dict:
     from chronotope.train.parallel import destroy_distributed
 
     try:
-        return trainer.fit()
-    finally:
-        destroy_distributed()
+        result = trainer.fit()
+    except BaseException:
+        destroy_distributed(barrier=False)  # the other ranks may never reach a barrier
+        raise
+    destroy_distributed()
+    return result
 
 
 def _print_rank0(msg: str) -> None:

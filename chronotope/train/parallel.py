@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,7 @@ import torch.distributed as dist
 from torch import nn
 
 PARALLEL_MODES = ("auto", "none", "ddp", "fsdp")
+_DDP_MODELS: weakref.WeakSet = weakref.WeakSet()  # DDP wrappers made here, released by destroy_distributed
 
 
 # --- process group ------------------------------------------------------------------------------
@@ -85,6 +87,8 @@ def destroy_distributed(barrier: bool = True) -> None:
     if dist.is_available() and dist.is_initialized():
         if barrier:
             dist.barrier()
+        for ddp in list(_DDP_MODELS):  # free each DDP reducer now, not in interpreter teardown at exit
+            ddp.reducer = None
         dist.destroy_process_group()
 
 
@@ -210,7 +214,9 @@ def parallelize(model: nn.Module, mode: str, device: torch.device, *, activation
         # find_unused_parameters: the DiT's learned null-caption token only gets a gradient in packs that
         # hold a dropped caption, which differs between ranks and steps
         ids = [device.index] if device.type == "cuda" else None
-        return DDP(model, device_ids=ids, find_unused_parameters=True)
+        ddp = DDP(model, device_ids=ids, find_unused_parameters=True)
+        _DDP_MODELS.add(ddp)
+        return ddp
     if mode == "fsdp":  # FSDP (GPU, untested on CPU)
         from torch.distributed.fsdp import fully_shard
 
