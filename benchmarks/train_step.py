@@ -156,11 +156,14 @@ def cpu_measure(args: argparse.Namespace) -> dict:
 
 
 def cuda_run(preset: str, resolution: str, budget: int, items: int, steps: int, warmup: int, out: str,
-             **changes) -> dict:
+             device: str = "cuda", **changes) -> dict:
     """bf16 training steps on CUDA through Trainer.fit: tokens/s and MFU of `steps` steps after `warmup`
     (the device synchronised only at the two ends), and the synchronising calls inside them
-    (torch.cuda.set_sync_debug_mode). The last step, which logs and checkpoints, is not measured."""
-    tr = make_trainer(preset, resolution, budget, items, "cuda", True, warmup + steps + 1, out, **changes)
+    (torch.cuda.set_sync_debug_mode). The last step, which logs and checkpoints, is not measured.
+    device="cpu" runs the same code in fp32 (a check of the script, not a measurement)."""
+    cuda = device == "cuda"
+    tr = make_trainer(preset, resolution, budget, items, device, cuda, warmup + steps + 1,
+                      os.path.join(out, f"{preset}-{budget}"), **changes)
     tr.task.export = lambda *a, **k: None
     task, cfg = tr.task, tr.task.model.config
     packs = list(task.batches(0, 0))[warmup:warmup + steps]  # the packs of the measured steps (epoch 0)
@@ -177,14 +180,18 @@ def cuda_run(preset: str, resolution: str, budget: int, items: int, steps: int, 
         step_once(ok)
         done[0] += 1
         if done[0] == warmup:
-            torch.cuda.synchronize()
-            marks["t0"] = time.perf_counter()
-            torch.cuda.set_sync_debug_mode("warn")
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.set_sync_debug_mode("warn")
+            marks["t0"], marks["before"] = time.perf_counter(), len(caught)
         elif done[0] == warmup + steps:
-            torch.cuda.set_sync_debug_mode(0)
-            torch.cuda.synchronize()
+            if cuda:
+                torch.cuda.set_sync_debug_mode(0)
+                torch.cuda.synchronize()
             marks["t1"] = time.perf_counter()
-            marks["syncs"] = len(caught)
+            marks["syncs"] = sum("synchroniz" in str(w.message) for w in caught[marks["before"]:])
+            marks["other_warnings"] = sorted({str(w.message)[:120] for w in caught[marks["before"]:]
+                                              if "synchroniz" not in str(w.message)})
 
     tr._optimizer_step = hooked
     with warnings.catch_warnings(record=True) as caught:
@@ -193,7 +200,7 @@ def cuda_run(preset: str, resolution: str, budget: int, items: int, steps: int, 
     dt = marks["t1"] - marks["t0"]
     return {"tokens_per_s": tokens / dt, "mfu": flops / dt / PEAK_BF16, "step_ms": 1e3 * dt / steps,
             "syncs_per_step": marks["syncs"] / steps, "params_m": sum(p.numel() for p in task.model.parameters()) / 1e6,
-            "tokens_per_step": tokens / steps}
+            "tokens_per_step": tokens / steps, "other_warnings": marks["other_warnings"]}
 
 
 def main() -> int:
@@ -202,12 +209,21 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=6, help="measured steps (default 6; x3 for world-s on CUDA)")
     p.add_argument("--warmup", type=int, default=2, help="steps before measuring (default 2)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--only-cuda", action="store_true", help="skip the CPU measurement")
+    p.add_argument("--no-cudnn-attention", action="store_true", help="SDPA without its cuDNN backend")
+    p.add_argument("--xl-steps", type=int, default=None, help="measured DiT-XL steps (default --steps)")
     p.add_argument("--out", default=None, help="JSON to write (default benchmarks/results/train_step[_cuda].json)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     res: dict = {"device": args.device, "torch": torch.__version__}
-    cpu = cpu_measure(args)
+    if args.no_cudnn_attention:  # SDPA's cuDNN backend builds a plan per new shape: packs bring new shapes
+        torch.backends.cuda.enable_cudnn_sdp(False)
+    if args.only_cuda:
+        cpu = {k: float("nan") for k in ("step_ms", "host_share", "pack_share", "attn_calls_per_block",
+                                         "distinct_lengths", "syncs_per_step", "cpu_kernel_reads_per_step")}
+    else:
+        cpu = cpu_measure(args)
     res["cpu_world_s_2048"] = cpu
     print(f"world-s, patch 1x1x1, 2,048-token packs, CPU ({torch.get_num_threads()} threads):")
     for k in ("step_ms", "host_share", "pack_share", "attn_calls_per_block", "distinct_lengths", "syncs_per_step",
@@ -220,7 +236,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as out:
             ws = cuda_run("world-s", "64px", 32768, 20000, args.steps * 3, args.warmup + 2, out, patch=(1, 1, 1),
                           abs_pos=True)
-            xl = cuda_run("XL", "256px", 16384, 800, args.steps, args.warmup, out)
+            xl = cuda_run("XL", "256px", 16384, 800, args.xl_steps or args.steps, args.warmup, out)
         res["cuda_world_s_32768"], res["cuda_xl_16384"] = ws, xl
         print(f"CUDA {res['gpu']}, bf16: world-s 32k packs {ws['tokens_per_s']:.4g} tokens/s ({ws['step_ms']:.1f} ms/step, "
               f"syncs/step {ws['syncs_per_step']:.2f}); XL 16k packs MFU {xl['mfu']:.3f} ({xl['step_ms']:.1f} ms/step, "

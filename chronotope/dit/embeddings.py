@@ -36,7 +36,9 @@ def rope_positions(ids: Tensor, sample_idx: Tensor, grids: list[Grid], scaling: 
         return pos
     if scaling != "min_side":
         raise ValueError(f"unknown pos_scaling {scaling!r}; choose 'min_side' or 'none'")
-    scale = torch.tensor([ref / min(g[1], g[2]) for g in grids], dtype=torch.float32, device=ids.device)
+    scale = torch.tensor([ref / min(g[1], g[2]) for g in grids], dtype=torch.float32)  # [N], host values
+    if ids.is_cuda:  # pinned and asynchronous: a plain copy from pageable memory waits for the GPU
+        scale = scale.pin_memory().to(ids.device, non_blocking=True)
     s = scale[sample_idx]  # [L]
     return torch.stack([pos[:, 0], pos[:, 1] * s, pos[:, 2] * s], dim=1)  # [L, 3]
 

@@ -23,11 +23,12 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import torch
 import numpy as np
+import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -240,14 +241,17 @@ class DiTTask:
         t_table = torch.cat([torch.zeros(1), t])  # [N+1]
         t_inv_host = torch.where(cond_tok_host, 0, torch.from_numpy(sample_idx) + 1)  # [L]
         info = pack_info(lengths, kept, list(range(n)), None, drop)
-        info.t_table, info.t_inv = t_table, t_inv_host
-        info.one_cond = len(set(lengths)) == 1 and not cond_patch.any() and info.keep is None
-        # on the device
+        # on the device (every copy from pinned memory, asynchronous)
+        t_table, t_inv = _to_device(t_table, device), _to_device(t_inv_host, device)
+        info = replace(info, t_table=t_table, t_inv=t_inv,
+                       one_cond=len(set(lengths)) == 1 and not cond_patch.any() and info.keep is None,
+                       keep=None if info.keep is None else _to_device(info.keep, device),
+                       keep_cu=None if info.keep_cu is None else _to_device(info.keep_cu, device))
         rows = _to_device(store.rows(items), device)
         x0 = store.tokens.index_select(0, rows).float()  # [L, C*pt*ph*pw]
         ids = store.ids.index_select(0, rows).long()  # [L, 3]
         cond = _to_device(cond_tok_host, device)  # [L] bool
-        t_tok = _to_device(t_table, device)[_to_device(t_inv_host, device)]  # [L]
+        t_tok = t_table[t_inv]  # [L]
         self._noise.manual_seed(noise_seed)
         noise = torch.randn(x0.shape, generator=self._noise, device=device)
         x_t = torch.where(cond[:, None], x0, flow.interpolate(x0, noise, t_tok))  # clean where given
@@ -255,7 +259,7 @@ class DiTTask:
             tokens=x_t, ids=ids, sample_idx=_to_device(sample_idx, device), cu_seqlens=_to_device(cu, device),
             max_seqlen=max(lengths), timestep=t_tok, is_cond=cond, is_dropped=_to_device(drop, device),
             text_idx=torch.arange(n, device=device), grids=grids, patch=self.patch, channels=self.cache_channels,
-            info=info.to(device))
+            info=info)
         item_rows = _to_device(torch.tensor(items), device)
         keep = _to_device(keep_caption, device)
         emb = torch.where(keep[:, None, None], self.text.emb[item_rows], self.text.null[0]).float()  # [N, Lt, Dt]
