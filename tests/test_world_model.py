@@ -121,7 +121,7 @@ def test_world_model_end_to_end_without_pyav(tmp_path):
     last = proc.stdout.strip().splitlines()[-1]
     assert last.startswith("world-model: items=12 dit_steps=") and " t2v_overall=0." in last, last
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["items"] == 12 and summary["dit_steps"] >= 10 and summary["tokens"] > 0
+    assert summary["items"] == 12 and summary["dit_steps"] >= 1 and summary["tokens"] > 0
     assert 0 <= summary["t2v_overall"] <= 1 and summary["bench"]["prompts"] == 2
     model = out / "model"
     files = [p for p in model.rglob("*") if p.is_file()]

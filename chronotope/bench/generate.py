@@ -277,6 +277,27 @@ def run_job(pipe, job: Job, cfg: BenchConfig, fps: float, guidance: float) -> tu
     return frames, _plain(record)
 
 
+def score_t2v(pipe, num: int, steps: int = 20, progress: bool = True) -> dict:
+    """World-bench t2v on its first `num` prompts (the published sizes and seeds), generated and scored in
+    memory: no video files, no PyAV (a quick score where only the number is wanted, e.g. at the end of
+    `chronotope train world-model`). Returns t2v_overall (the mean over all its prompts, held-out ones included) and
+    each attribute's mean."""
+    prompts = plan_prompts(BenchConfig(out="", num=num, modes=["t2v"], steps_table=[]))
+    fps, guidance = float(pipe.defaults.get("fps", 8.0)), float(pipe.defaults.get("guidance_scale", 5.0))
+    scores, t0 = [], time.perf_counter()
+    for p in tqdm(prompts, desc="world-bench t2v", unit="video", disable=not progress):
+        out = pipe(p.caption, num_frames=p.num_frames, height=p.height, width=p.width, num_inference_steps=steps,
+                   guidance_scale=guidance, seed=p.scene_seed, fps=fps, expand_prompt=False, progress=False)
+        scores.append(score_video(out.frames[0], p.spec, fps=fps))
+
+    def mean(key: str) -> float | None:
+        values = [s[key] for s in scores if s.get(key) is not None]
+        return float(np.mean(values)) if values else None
+
+    return {"prompts": num, "t2v_overall": mean("overall"), "attributes": {a: mean(a) for a in ATTRIBUTES},
+            "seconds_per_video": (time.perf_counter() - t0) / max(1, num)}
+
+
 def _signature(job: Job, cfg: BenchConfig, model: str, guidance: float) -> dict:
     """What makes a saved video reusable on a re-run: same prompt, size, mode, steps, sampler, shift, model."""
     p = job.prompt
@@ -361,4 +382,4 @@ def _run_jobs(pipe, cfg: BenchConfig, model: str, guidance: float) -> dict:
 
 
 __all__ = ["BENCH_MODES", "BenchConfig", "BenchPrompt", "Job", "ceilings", "plan_jobs", "plan_prompts", "psnr",
-           "run_generate_and_score", "run_job", "seam_ratio"]
+           "run_generate_and_score", "run_job", "score_t2v", "seam_ratio"]

@@ -29,7 +29,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -194,12 +193,14 @@ def _fit_within(run: _Run, name: str, task: Any, budget_s: float, *, lr: float, 
                   seed=r.seed, resume=True, progress=r.progress, plot=False, bf16=bf16, device=r.device,
                   keep_last=2, log_every=10, config=config)
     if "ckpt_every" not in st:
-        Trainer(task, run_dir, steps=PROBE_STEPS, ckpt_every=PROBE_STEPS, **common).fit()
-        rows = [m for m in read_metrics(run_dir / "metrics.jsonl") if m.get("elapsed") is not None]
-        if len(rows) >= 2 and rows[-1]["step"] > rows[-2]["step"]:
+        result = Trainer(task, run_dir, steps=PROBE_STEPS, ckpt_every=PROBE_STEPS, **common).fit()
+        log = run_dir / "metrics.jsonl"
+        rows = [m for m in read_metrics(log) if m.get("elapsed") is not None] if log.exists() else []
+        if len(rows) >= 2 and rows[-1]["step"] > rows[-2]["step"]:  # steps 10-20: past the first steps' set-up
             per_step = (rows[-1]["elapsed"] - rows[-2]["elapsed"]) / (rows[-1]["step"] - rows[-2]["step"])
-        else:
-            per_step = rows[-1]["elapsed"] / max(1, rows[-1]["step"]) if rows else 1.0
+        else:  # the budget ran out first: the checkpoint's clock
+            state = json.loads((result["checkpoint"] / "trainer_state.json").read_text())
+            per_step = state["elapsed"] / max(1, state["step"])
         st["ckpt_every"] = max(PROBE_STEPS, round(r.ckpt_minutes * 60 / max(per_step, 1e-6)))
         run.save()
         _say(r, f"{name}: {per_step:.3f} s per step; a checkpoint every {st['ckpt_every']} steps")
@@ -366,25 +367,9 @@ def stage_export(run: _Run, vae_dir: str, encoder_name: str) -> Path:
     return folder
 
 
-def quick_bench(pipe: Any, num: int, steps: int = 20, progress: bool = True) -> dict[str, Any]:
-    """World-bench t2v on its first `num` prompts (the published sizes and seeds), generated and scored in
-    memory: no video files. Returns t2v_overall (the mean over prompts) and each attribute's mean."""
-    from chronotope.bench.generate import BenchConfig, plan_prompts
-    from chronotope.bench.score import ATTRIBUTES, score_video
-
-    prompts = plan_prompts(BenchConfig(out="", num=num, modes=["t2v"], steps_table=[]))
-    fps, guidance = float(pipe.defaults.get("fps", 8.0)), float(pipe.defaults.get("guidance_scale", 5.0))
-    scores, t0 = [], time.perf_counter()
-    for p in tqdm(prompts, desc="world-bench t2v", unit="video", disable=not progress):
-        out = pipe(p.caption, num_frames=p.num_frames, height=p.height, width=p.width, num_inference_steps=steps,
-                   guidance_scale=guidance, seed=p.scene_seed, fps=fps, expand_prompt=False, progress=False)
-        scores.append(score_video(out.frames[0], p.spec, fps=fps))
-    mean = lambda key: (float(np.mean(v)) if (v := [s[key] for s in scores if s.get(key) is not None]) else None)  # noqa: E731
-    return {"prompts": num, "t2v_overall": mean("overall"), "attributes": {a: mean(a) for a in ATTRIBUTES},
-            "seconds_per_video": (time.perf_counter() - t0) / max(1, num)}
-
-
 def stage_bench(run: _Run, model_dir: Path, encoder: Any) -> dict[str, Any] | None:
+    """World-bench t2v of OUT/model on its first --bench-prompts prompts, in memory, on the training device."""
+    from chronotope.bench.generate import score_t2v
     from chronotope.pipeline import VideoPipeline
 
     r, st = run.recipe, run.stage("bench")
@@ -394,20 +379,23 @@ def stage_bench(run: _Run, model_dir: Path, encoder: Any) -> dict[str, Any] | No
         return st
     with run.timed("bench"):
         pipe = VideoPipeline.from_pretrained(model_dir, text_encoder=encoder).to(r.device)
-        result = quick_bench(pipe, r.bench_prompts, progress=r.progress)
+        result = score_t2v(pipe, r.bench_prompts, progress=r.progress)
     run.finish("bench", **result)
     return st
 
 
-def _tokens_trained(run_dir: Path, token_budget: int) -> int:
-    """Tokens the DiT trained on, from its log: each line's mean pack fill x budget x the steps it covers."""
+def _tokens_trained(run_dir: Path, token_budget: int, steps: int) -> int:
+    """Tokens the DiT trained on, from its log: each line's mean pack fill x budget x the steps it covers;
+    steps after the last line (a run that stopped on time between two) at the mean fill."""
     from chronotope.train.plots import read_metrics
 
-    total, last = 0.0, 0
+    total, last, fills = 0.0, 0, []
     for m in read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []:
         if m.get("fill") is not None:
             total += m["fill"] * token_budget * (m["step"] - last)
+            fills.append(m["fill"])
         last = m["step"]
+    total += (sum(fills) / len(fills) if fills else 1.0) * token_budget * max(0, steps - last)
     return int(round(total))
 
 
@@ -430,7 +418,7 @@ def train_world_model(recipe: WorldModelRecipe) -> dict[str, Any]:
     stages = run.state["stages"]
     summary = {
         "model": str(model_dir), "device": r.device, "items": stages["data"].get("items"),
-        "dit_steps": stages["dit"].get("steps"), "tokens": _tokens_trained(run.out / "train-dit", r.token_budget),
+        "dit_steps": stages["dit"].get("steps"), "tokens": _tokens_trained(run.out / "train-dit", r.token_budget, stages["dit"].get("steps") or 0),
         "minutes": sum(s["seconds"] for s in stages.values()) / 60, "budget_minutes": run.budget_s / 60,
         "t2v_overall": bench["t2v_overall"] if bench else None,
         "bench": {k: bench[k] for k in ("prompts", "attributes", "seconds_per_video")} if bench else None,
@@ -446,4 +434,4 @@ def summary_line(summary: dict[str, Any]) -> str:
             f"minutes={summary['minutes']:.2f} t2v_overall={'skipped' if score is None else f'{score:.3f}'}")
 
 
-__all__ = ["WorldModelRecipe", "quick_bench", "summary_line", "train_world_model"]
+__all__ = ["WorldModelRecipe", "summary_line", "train_world_model"]
