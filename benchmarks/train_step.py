@@ -210,15 +210,12 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=2, help="steps before measuring (default 2)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--only-cuda", action="store_true", help="skip the CPU measurement")
-    p.add_argument("--no-cudnn-attention", action="store_true", help="SDPA without its cuDNN backend")
     p.add_argument("--xl-steps", type=int, default=None, help="measured DiT-XL steps (default --steps)")
     p.add_argument("--out", default=None, help="JSON to write (default benchmarks/results/train_step[_cuda].json)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     res: dict = {"device": args.device, "torch": torch.__version__}
-    if args.no_cudnn_attention:  # SDPA's cuDNN backend builds a plan per new shape: packs bring new shapes
-        torch.backends.cuda.enable_cudnn_sdp(False)
     if args.only_cuda:
         cpu = {k: float("nan") for k in ("step_ms", "host_share", "pack_share", "attn_calls_per_block",
                                          "distinct_lengths", "syncs_per_step", "cpu_kernel_reads_per_step")}
