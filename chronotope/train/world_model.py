@@ -131,9 +131,9 @@ class _Run:
             self.state = json.loads(self.path.read_text(encoding="utf-8"))
             diff = sorted(k for k in set(fixed) | set(self.state["recipe"]) if fixed.get(k) != self.state["recipe"].get(k))
             if diff:
-                raise ValueError(f"{self.out} holds a world-model run with other options ({', '.join(diff)}: "
-                                 f"{[self.state['recipe'].get(k) for k in diff]}); rerun it with those, or choose a "
-                                 "new --out")
+                was = ", ".join(f"{k}={self.state['recipe'].get(k)!r}" for k in diff)
+                raise ValueError(f"{self.out} holds a world-model run with other options ({was}); run the same "
+                                 "command to continue it, or choose a new --out")
         else:
             self.state = {"recipe": fixed, "budget_s": recipe.minutes * 60, "stages": {}}
             self.save()
