@@ -137,12 +137,5 @@ def load_weights(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
     return load_file(str(folder / WEIGHTS_NAME))
 
 
-def folder_bytes(folder: str | os.PathLike) -> int:
-    """Total size of the weight files in `folder` (either layout)."""
-    folder = Path(folder)
-    return sum(p.stat().st_size for p in folder.iterdir()
-               if p.name == WEIGHTS_NAME or _SHARD.fullmatch(p.name))
-
-
-__all__ = ["INDEX_NAME", "WEIGHTS_NAME", "folder_bytes", "has_weights", "load_weights", "parse_size", "plan_shards",
+__all__ = ["INDEX_NAME", "WEIGHTS_NAME", "has_weights", "load_weights", "parse_size", "plan_shards",
            "save_weights"]

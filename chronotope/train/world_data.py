@@ -17,7 +17,6 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -152,8 +151,4 @@ class WorldClips(torch.utils.data.Dataset):
         return {"video": video, "text": row["text"]}
 
 
-def cache_folder_bytes(folder: str | os.PathLike) -> int:
-    return sum(p.stat().st_size for p in Path(folder).glob("shard-*.safetensors"))
-
-
-__all__ = ["MAX_ITEMS", "WorldClips", "build_world_cache", "cache_folder_bytes", "encode_batched"]
+__all__ = ["MAX_ITEMS", "WorldClips", "build_world_cache", "encode_batched"]
