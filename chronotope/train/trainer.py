@@ -454,8 +454,9 @@ class Trainer:
         self._it = None
         win = _Window(self.device)
         last_path = self.resumed_from
-        bar = tqdm(total=self.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
-                   disable=not (self.progress and is_main_process()))
+        # a run bounded by the clock shows its minutes; its step count is only an upper bound
+        bar = tqdm(total=None if self.time_budget_s else self.steps, initial=self.step, desc="train", unit="step",
+                   dynamic_ncols=True, disable=not (self.progress and is_main_process()))
         self.model.train()
         try:
             while self.step < self.steps and not self._time_up():
@@ -478,13 +479,15 @@ class Trainer:
                 if self.time_budget_s is not None and self.dist.world_size == 1:
                     self._refresh_time(self._elapsed())  # the host clock: no device read (ranks agree at log steps)
                 bar.update(1)
-                if self.step % self.log_every == 0 or self.step == self.steps:
+                if self.step % self.log_every == 0 or self.step == self.steps or self._time_up():
                     record = win.record(self, lr)  # the one host read of the window
                     self._refresh_time(record["elapsed_max"])
                     self._log({k: v for k, v in record.items() if k != "elapsed_max" and k != "bad_run_max"})
+                    clock = (f" {record['elapsed'] / 60:.1f}/{self.time_budget_s / 60:.1f} min"
+                             if self.time_budget_s else "")
                     bar.set_postfix_str(
                         f"loss {_fmt(record['loss'])} {record['throughput']:.3g} {record['throughput_unit']}/s "
-                        f"bad {record['bad_items']} skip {record['skipped_total']}", refresh=False)
+                        f"bad {record['bad_items']} skip {record['skipped_total']}{clock}", refresh=False)
                     if record["skipped"]:
                         self._print(f"steps {self.step - win.steps + 1}-{self.step}: {record['skipped']} non-finite "
                                     f"loss / grad norm, updates skipped")
