@@ -11,6 +11,7 @@ import sys
 
 from chronotope.cli.bench import add_bench
 from chronotope.cli.generate import add_expand, add_generate
+from chronotope.cli.model import add_average
 from chronotope.cli.options import FLAGS, Parser
 from chronotope.cli.train import add_flops, add_plot, add_train
 from chronotope.cli.vae import add_encode, add_reconstruct
@@ -21,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="chronotope", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for add in (add_world, add_manifest, add_demo, add_bench, add_train, add_encode, add_reconstruct, add_flops,
-                add_generate, add_expand, add_plot):
+                add_generate, add_expand, add_plot, add_average):
         add(sub)
     return parser
 
