@@ -116,6 +116,13 @@ NONSENSE = {
     "generate --num-frames abc": G + ["--model", "{model}", "--out", "{out}", "--num-frames", "abc"],
     "expand unreachable chat": ["expand", "a red circle", "--chat-url", "http://127.0.0.1:9/v1"],
     "plot missing run": ["plot", "{root}/norun", "--out", "{out}.png"],
+    "train world-model --minutes 0": ["train", "world-model", "--out", "{out}", "--minutes", "0", "--device", "cpu"],
+    "train world-model --data-share 2": ["train", "world-model", "--out", "{out}", "--data-share", "2",
+                                         "--device", "cpu"],
+    "train world-model missing vae": ["train", "world-model", "--out", "{out}", "--vae", "{root}/novae",
+                                      "--device", "cpu"],
+    "average missing model": ["average", "{root}/nomodel", "--out", "{out}"],
+    "average bad shard size": ["average", "{model}", "--out", "{out}", "--max-shard-size", "lots"],
 }
 
 

@@ -26,6 +26,10 @@ def average_models(sources: list[str | os.PathLike], out: str | os.PathLike, vae
 
     if not sources:
         raise ValueError("name at least one model folder to average (or to re-export)")
+    if max_shard_size is not None:
+        from chronotope.weights import parse_size
+
+        parse_size(max_shard_size)  # a bad size is refused before anything is read or written
     pipes = [VideoPipeline.from_pretrained(s) for s in sources]  # the text encoder is only named, not loaded
     first = pipes[0]
     states = [p.dit.state_dict() for p in pipes]

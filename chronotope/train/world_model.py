@@ -106,6 +106,8 @@ class WorldModelRecipe:
             raise ValueError(f"--patch takes three positive sizes PT,PH,PW such as 1,1,1, got {list(r.patch)}")
         if r.train_vae and r.vae:
             raise ValueError("give --vae DIR (reuse a VAE) or --train-vae (train one), not both")
+        if r.vae and not (Path(r.vae) / "config.json").is_file():  # before OUT is made
+            raise FileNotFoundError(f"--vae {r.vae}: not a VAE folder (config.json + model.safetensors)")
         if r.max_shard_size is not None:
             from chronotope.weights import parse_size
 
