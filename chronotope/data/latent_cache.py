@@ -214,6 +214,7 @@ class LatentCache(Dataset):
             rows = [r for r in _read_index(self.dir / "index.jsonl") if r.get("shard") in done]
         self.rows = rows
         self._handles: dict[str, Any] = {}
+        self._names: dict[str, dict[str, list[str]]] = {}  # shard -> item key -> its tensor names
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -226,17 +227,34 @@ class LatentCache(Dataset):
         h = self._handles.get(shard)
         if h is None:  # opened lazily, so each DataLoader worker gets its own memory map
             h = self._handles[shard] = safe_open(str(self.dir / shard), framework="pt")
+            names: dict[str, list[str]] = {}
+            for name in h.keys():  # one scan per shard, not one per item
+                names.setdefault(name.partition(".")[0], []).append(name)
+            self._names[shard] = names
         return h
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         row = self.rows[i]
         h = self._open(row["shard"])
-        prefix = row["key"] + "."
         item = {k: v for k, v in row.items() if k != "shape"}
-        for name in h.keys():
-            if name.startswith(prefix):
-                item[name[len(prefix):]] = h.get_tensor(name).float()
+        for name in self._names[row["shard"]].get(row["key"], []):
+            item[name.partition(".")[2]] = h.get_tensor(name).float()
         return item
+
+    def latents(self, progress: bool = False) -> list[torch.Tensor]:
+        """Every item's latent [C, t, h, w] in row order, in the cache's dtype, reading each shard once
+        (for training sets that fit in memory: no per-item file access during training)."""
+        from safetensors.torch import load_file
+
+        by_shard: dict[str, list[int]] = {}
+        for i, row in enumerate(self.rows):
+            by_shard.setdefault(row["shard"], []).append(i)
+        out: list[torch.Tensor | None] = [None] * len(self.rows)
+        for shard, idx in tqdm(by_shard.items(), desc="load cache", unit="shard", disable=not progress):
+            data = load_file(str(self.dir / shard))
+            for i in idx:
+                out[i] = data[self.rows[i]["key"] + ".latent"]
+        return out  # type: ignore[return-value]
 
     def shard_for_rank(self, rank: int, world_size: int, drop_last: bool = True) -> LatentCache:
         """This rank's share (items rank, rank + W, ...); drop_last keeps every rank the same length
@@ -247,4 +265,4 @@ class LatentCache(Dataset):
         return LatentCache(self.dir, self.rows[:n][rank::world_size])
 
     def __getstate__(self) -> dict[str, Any]:  # DataLoader workers re-open their own handles
-        return {**self.__dict__, "_handles": {}}
+        return {**self.__dict__, "_handles": {}, "_names": {}}
