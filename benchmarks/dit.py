@@ -12,11 +12,9 @@ says so) and `speed_vs_wan_eager` / `speed_vs_wan_compiled` give the like-for-li
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import replace
 
@@ -24,6 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from chronotope.atomic import atomic_write_json  # noqa: E402
 from chronotope.config import DIT_PRESETS, DiTConfig  # noqa: E402
 from chronotope.dit.flops import count_flops  # noqa: E402
 from chronotope.dit.model import DiT  # noqa: E402
@@ -285,12 +284,7 @@ def main() -> None:
         rows += [(k, v) for k, v in pos.items()]
     for name, value in rows:
         print(f"{name:<26}{value:>12.3f}")
-    os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
-    path = os.path.join(os.path.dirname(__file__), "results", "dit.json")
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(res, f, indent=2)
-    os.replace(tmp, path)
+    atomic_write_json(os.path.join(os.path.dirname(__file__), "results", "dit.json"), res, indent=2)
     print(f"speed_vs_wan is {res['speed_vs_wan_mode']}")
     print(f"dit: speed_vs_wan={res['speed_vs_wan']:.3f} frac_of_peak={res['frac_of_peak']:.3f} "
           f"pack_useful={res['pack_useful']:.3f} pack_vs_pad={res['pack_vs_pad']:.3f}")

@@ -19,7 +19,6 @@ import resource  # fallback for peak RSS
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -181,11 +180,9 @@ RESULT = ROOT / "benchmarks" / "results" / "vae.json"
 
 def write_result(result: dict) -> None:
     """benchmarks/results/vae.json, written atomically."""
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=RESULT.parent, prefix=".vae.json.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp, RESULT)
+    from chronotope.atomic import atomic_write_json
+
+    atomic_write_json(RESULT, result, indent=2)
 
 
 def main() -> int:

@@ -10,7 +10,6 @@ minute on 2 cores. Timings on shared machines are noisy; compare runs made side 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -19,6 +18,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from chronotope.atomic import atomic_write_json  # noqa: E402
 from chronotope.world import detailed_caption, render, sample_scene  # noqa: E402
 from chronotope.world.generate import write_world  # noqa: E402
 
@@ -78,11 +78,7 @@ def main() -> None:
     result = {"num_clips": args.num, "clip_shape_THW": shape, "fps": args.fps, "memory": memory, "files": files,
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                           "processor": platform.processor() or platform.machine()}}
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp, args.out)
+    atomic_write_json(args.out, result, indent=2)
     print(f"wrote {args.out}")
 
 

@@ -9,10 +9,10 @@ objects and the video-level means of the others) and writes benchmarks/results/w
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
+from chronotope.atomic import atomic_write_json
 from chronotope.bench.corrupt import CORRUPTIONS, corruption_scores, ground_truth_scores
 from chronotope.bench.score import ATTRIBUTES
 
@@ -44,12 +44,8 @@ def main() -> None:
     for name, r in rows.items():
         print(f"{name:<12} {r['attribute']:<12} {_fmt(r['broken']):>7} | "
               + " ".join(f"{_fmt(r['attributes'][c]):>7}" for c in cols))
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"ground_truth": gt, "corruptions": rows, "scenes": args.scenes,
-                   "corrupt_scenes": args.corrupt_scenes}, f, indent=1)
-    os.replace(tmp, args.out)
+    atomic_write_json(args.out, {"ground_truth": gt, "corruptions": rows, "scenes": args.scenes,
+                                 "corrupt_scenes": args.corrupt_scenes})
     print(f"wrote {args.out}")
 
 

@@ -5,6 +5,7 @@ rename onto the target. Folders (model folders) are written beside the old one a
 
     atomic_write(path, lambda tmp: fig.savefig(tmp))      # any writer that takes a path
     atomic_write_text(path, text); atomic_write_json(path, obj)
+    tmp = temp_beside(path); ...stream into tmp...; publish(tmp, path)
     swap_in_folder(folder, lambda tmp: model.save_pretrained(tmp))
 """
 
@@ -46,15 +47,23 @@ def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
+def temp_beside(path: str | os.PathLike) -> str:
+    """A new empty temp file in `path`'s folder (made if missing), same extension, for `publish` to rename onto
+    `path` later; a writer that streams (chronotope.video.Mp4Writer) opens it itself."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    return tmp
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], Any], fsync: bool = True) -> Path:
     """Call write(tmp_path) on a temp file beside `path` (same extension), then rename it onto `path`.
 
     On any failure the temp file is removed and `path` is left as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
+    tmp = temp_beside(path)
     try:
         write(tmp)
         if fsync:

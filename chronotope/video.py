@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from chronotope.atomic import atomic_write, publish
+from chronotope.atomic import atomic_write, publish, temp_beside
 
 
 class _LazyAV:
@@ -266,11 +265,6 @@ def _check_frames(frames: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(frames)
 
 
-def _atomic_write(path: str, write) -> None:
-    """Call write(tmp_path) on a temp file next to `path`, then rename it onto `path`."""
-    atomic_write(path, write, fsync=False)
-
-
 def _encode_png(frame: np.ndarray) -> bytes:
     """One RGB frame [H, W, 3] -> PNG bytes."""
     ctx = av.CodecContext.create("png", "w")
@@ -360,7 +354,7 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, *, crf:
             raise ValueError(f"{path}: a .png holds one frame but got {len(frames)}; use "
                              "write_frames(folder, frames) for a folder of PNGs, or a .mp4/.gif path")
         data = _encode_png(frames[0])
-        _atomic_write(path, lambda tmp: open(tmp, "wb").write(data))
+        atomic_write(path, lambda tmp: Path(tmp).write_bytes(data), fsync=False)
         return
     if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
         raise ValueError(f"fps must be a positive number, got {fps!r}")
@@ -368,7 +362,7 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, *, crf:
         pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
         if pad_h or pad_w:
             frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-    _atomic_write(path, lambda tmp: _write_av(tmp, frames, float(fps), ext[1:], crf))
+    atomic_write(path, lambda tmp: _write_av(tmp, frames, float(fps), ext[1:], crf), fsync=False)
 
 
 class Mp4Writer:
@@ -390,9 +384,7 @@ class Mp4Writer:
         self.count = 0
 
     def _open(self, height: int, width: int) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".tmp.mp4", dir=self.path.parent)
-        os.close(fd)
+        self.tmp = temp_beside(self.path.with_suffix(".mp4"))
         rate = Fraction(self.fps).limit_denominator(1001)
         self.container = av.open(self.tmp, mode="w", format="mp4")
         self.stream = self.container.add_stream("libx264", rate=rate)
@@ -449,6 +441,6 @@ def write_frames(folder: str | os.PathLike, frames: np.ndarray) -> list[str]:
     for t in range(len(frames)):
         path = os.path.join(folder, f"{t:06d}.png")
         data = _encode_png(frames[t])
-        _atomic_write(path, lambda tmp, data=data: open(tmp, "wb").write(data))
+        atomic_write(path, lambda tmp, data=data: Path(tmp).write_bytes(data), fsync=False)
         paths.append(path)
     return paths

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from chronotope.atomic import atomic_write_json
 from chronotope.config import VAEConfig, config_from_dict
 from chronotope.vae.layers import (
     CHANNELS_LAST,
@@ -340,8 +340,7 @@ class CausalVAE(nn.Module):
 
         directory = Path(directory)
         save_weights(self.state_dict(), directory, dtype=dtype, max_shard_size=max_shard_size)
-        text = json.dumps(self.config.to_dict(), indent=2)
-        _atomic_write(directory / "config.json", lambda p: Path(p).write_text(text))
+        atomic_write_json(directory / "config.json", self.config.to_dict(), indent=2)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> CausalVAE:
@@ -355,18 +354,6 @@ class CausalVAE(nn.Module):
         vae = cls(config)
         vae.load_state_dict(load_weights(directory))
         return vae.eval()
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 @torch.no_grad()
