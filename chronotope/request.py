@@ -20,6 +20,9 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
+# every generation mode (chronotope/modes.py builds each one's conditioning; chronotope/generate.py runs it)
+MODES: tuple[str, ...] = ("t2v", "t2i", "i2v", "extend", "connect", "loop", "edit", "long")
+
 # how callers spell parameters: None = as Python keywords; the CLI installs its flag table with spelled()
 _SPELLING: ContextVar[dict[str, str] | None] = ContextVar("chronotope_request_spelling", default=None)
 

@@ -107,6 +107,15 @@ def test_timesteps_schedule():
     assert bool((shifted[1:-1] > ts[1:-1]).all())  # shifted schedule spends more steps at high noise
     with pytest.raises(ValueError):
         flow.timesteps(0)
+    # SDEdit: a schedule that starts at `start` with the shifted schedule's shape; start = 1 is the full one
+    for shift in (1.0, 3.0):
+        part = flow.timesteps(4, shift=shift, start=0.6)
+        assert part[0] == 0.6 and part[-1] == 0 and bool((part[1:] < part[:-1]).all())
+        assert torch.equal(flow.timesteps(10, shift=shift, start=1.0), flow.timesteps(10, shift=shift))
+    u = torch.linspace(0.6 / (3.0 - 2.0 * 0.6), 0.0, 5, dtype=torch.float64)  # unshifted times, uniform
+    torch.testing.assert_close(flow.timesteps(4, shift=3.0, start=0.6)[1:], flow.apply_shift(u, 3.0)[1:].float())
+    with pytest.raises(ValueError, match="strength"):
+        flow.timesteps(4, start=0.0)
 
 
 def test_make_example_keeps_cond_clean_and_flow_loss_ignores_masked_tokens():
@@ -178,6 +187,21 @@ def test_cond_masks_never_on_images_and_cover_every_mode():
         counts[flow.sample_cond_mode(g)] += 1
     for mode, p in flow.DEFAULT_COND_PROBS.items():
         assert abs(counts[mode] / 4000 - p) < 0.03, (mode, counts[mode])
+
+
+def test_span_mask_is_the_vocabulary_generation_plans_use():
+    F, Tr = False, True
+    assert flow.span_mask("none", 4).tolist() == [F, F, F, F]
+    assert flow.span_mask("first", 1).tolist() == [Tr]  # i2v of one frame: the image itself
+    assert flow.span_mask("last", 3).tolist() == [F, F, Tr]
+    assert flow.span_mask("head", 5, 2).tolist() == [Tr, Tr, F, F, F]
+    assert flow.span_mask("tail", 5, 2).tolist() == [F, F, F, Tr, Tr]
+    assert flow.span_mask("first_last", 6, 2).tolist() == [Tr, Tr, F, F, Tr, Tr]
+    with pytest.raises(ValueError, match="no fixed frames"):
+        flow.span_mask("random", 4)
+    # training's fixed modes are the same masks
+    for mode in ("none", "first", "last", "first_last"):
+        assert torch.equal(flow.cond_mask_for_mode(mode, 5), flow.span_mask(mode, 5))
 
 
 def test_cond_mask_modes_exact_and_validation():

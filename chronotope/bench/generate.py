@@ -27,10 +27,11 @@ from tqdm import tqdm
 from chronotope import modes as modes_lib
 from chronotope.atomic import atomic_write_json
 from chronotope.bench.score import ATTRIBUTES, score_video
+from chronotope.request import MODES
 from chronotope.sizes import parse_aspect_ratio, size_for
 from chronotope.world import detailed_caption, is_heldout, render, sample_scene
 
-BENCH_MODES: tuple[str, ...] = ("t2v", "t2i", "i2v", "extend", "connect", "loop", "long")
+BENCH_MODES: tuple[str, ...] = tuple(m for m in MODES if m != "edit")  # edit needs a user's video to edit
 PSNR_CAP = 100.0  # dB reported for identical frames (an infinite PSNR is not JSON)
 
 

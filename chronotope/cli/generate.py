@@ -5,16 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from chronotope.request import MODES
+
 # --- generate ----------------------------------------------------------------------------------
-
-
-GENERATE_MODES = ("t2v", "t2i", "i2v", "extend", "connect", "loop", "edit", "long")
 
 
 def add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "generate",
-        help="generate a video in any mode: t2v, t2i, i2v, extend, connect, loop, edit, long",
+        help=f"generate a video in any mode: {', '.join(MODES)}",
         description="Generate a video from a prompt (plus an image or videos, depending on --mode) and write it "
         "(mp4; png for one frame; gif with --gif) with a sidecar OUT.json holding every parameter, the expanded "
         "prompt, the seed and the model. With --prompts FILE, one output per row into the --out folder.",
@@ -23,7 +22,7 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompts", metavar="FILE", default=None,
                    help="CSV (prompt or text column; columns such as seed, num_frames, mode, image override per row) "
                    "or JSONL ({\"prompt\": ..., overrides}); outputs go to the --out folder")
-    p.add_argument("--mode", choices=GENERATE_MODES, default=None,
+    p.add_argument("--mode", choices=MODES, default=None,
                    help="default: from the inputs (image: i2v, video: extend, + --video-end: connect, "
                    "+ --strength: edit; else t2v, or t2i for one frame)")
     p.add_argument("--image", metavar="PATH", default=None, help="image for i2v (and the first window of long)")

@@ -161,12 +161,19 @@ def apply_shift(t: Tensor, shift: Tensor | float) -> Tensor:
     return shift * t / (1 + (shift - 1) * t)
 
 
-def timesteps(num_steps: int, shift: float = 1.0) -> Tensor:
-    """Sampling schedule: [num_steps + 1] from 1 to 0, uniform in t then `apply_shift`ed. float32."""
+def timesteps(num_steps: int, shift: float = 1.0, start: float = 1.0) -> Tensor:
+    """Sampling schedule: [num_steps + 1] times from `start` to 0, uniform in unshifted time then `apply_shift`ed
+    (float32). `start` < 1 (SDEdit's strength) keeps the shape of the shifted 1 -> 0 schedule, rescaled in
+    unshifted time to begin exactly at `start`."""
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    t = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)
-    return apply_shift(t, float(shift)).to(torch.float32)
+    if not 0.0 < start <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {start}")
+    u0 = start / (shift - (shift - 1.0) * start)  # inverse of apply_shift at `start` (1 when start = 1)
+    u = torch.linspace(u0, 0.0, num_steps + 1, dtype=torch.float64)
+    ts = apply_shift(u, float(shift)).to(torch.float32)
+    ts[0] = start
+    return ts
 
 
 # --- a training example ------------------------------------------------------------------------------
@@ -234,6 +241,9 @@ def drop_captions(prompts: list[str], rate: float, generator: torch.Generator | 
 
 
 COND_MODES: tuple[str, ...] = ("none", "first", "last", "first_last", "head", "tail", "random")
+# The one conditioning vocabulary: training draws these masks, and every generation mode's plan
+# (chronotope/modes.py) asks `span_mask` for one of them by name: t2v none, i2v first or last, extend
+# forward head, extend backward tail, connect and loop first_last (k frames at each end), long head.
 # Default mode probabilities: half the clips learn plain text-to-video; the rest image-to-video
 # (first), backward extension / reaching an end frame (last), connecting/looping (first_last),
 # forward extension (head span), backward extension (tail span), frame interpolation (random).
@@ -242,39 +252,44 @@ DEFAULT_COND_PROBS: dict[str, float] = {
 }
 
 
+def span_mask(mode: str, num_latent_frames: int, span: int = 1) -> Tensor:
+    """The frames a mode gives, deterministically: bool [T], True = given clean. first / head: the first `span`
+    latent frames; last / tail: the last `span`; first_last: `span` at each end; none: nothing. Generation's
+    plans (chronotope/modes.py) ask for their masks here, with their k given latent frames as the span."""
+    if mode not in COND_MODES or mode == "random":
+        raise ValueError(f"{mode!r} has no fixed frames; span_mask takes one of {', '.join(COND_MODES[:-1])}")
+    m = torch.zeros(num_latent_frames, dtype=torch.bool)
+    if mode in ("first", "head", "first_last"):
+        m[:span] = True
+    if mode in ("last", "tail", "first_last"):
+        m[num_latent_frames - span:] = True
+    return m
+
+
 def cond_mask_for_mode(mode: str, num_latent_frames: int, generator: torch.Generator | None = None) -> Tensor:
     """Conditioning mask bool [T] for one mode; True = latent frame given clean. Always leaves >= 1 frame free.
 
     Images (T = 1) never get conditioning; a mode that would cover every frame falls back to "first".
+    head / tail draw a span of 1 .. T-1 frames; first, last and first_last give one frame at their ends.
     """
     T = num_latent_frames
     if T < 1:
         raise ValueError(f"num_latent_frames must be >= 1, got {T}")
     if mode not in COND_MODES:
         raise ValueError(f"unknown conditioning mode {mode!r}; valid: {', '.join(COND_MODES)}")
-    m = torch.zeros(T, dtype=torch.bool)
     if T == 1 or mode == "none":
-        return m
+        return torch.zeros(T, dtype=torch.bool)
     if mode == "first_last" and T < 3:
         mode = "first"
-    if mode == "first":
-        m[0] = True
-    elif mode == "last":
-        m[-1] = True
-    elif mode == "first_last":
-        m[0] = m[-1] = True
-    elif mode in ("head", "tail"):
-        k = int(torch.randint(1, T, (1,), generator=generator))  # span of 1 .. T-1 frames
-        if mode == "head":
-            m[:k] = True
-        else:
-            m[T - k:] = True
-    else:  # random frames, each with probability 1/2, at least one given and one free
-        m = torch.rand(T, generator=generator) < 0.5
-        if not m.any():
-            m[int(torch.randint(0, T, (1,), generator=generator))] = True
-        if m.all():
-            m[int(torch.randint(0, T, (1,), generator=generator))] = False
+    if mode in ("head", "tail"):
+        return span_mask(mode, T, int(torch.randint(1, T, (1,), generator=generator)))  # span of 1 .. T-1 frames
+    if mode != "random":
+        return span_mask(mode, T)
+    m = torch.rand(T, generator=generator) < 0.5  # random frames, each with probability 1/2 ...
+    if not m.any():  # ... at least one given
+        m[int(torch.randint(0, T, (1,), generator=generator))] = True
+    if m.all():  # ... and one free
+        m[int(torch.randint(0, T, (1,), generator=generator))] = False
     return m
 
 
