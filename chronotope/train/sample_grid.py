@@ -41,7 +41,8 @@ def write_sample_grid(dit: nn.Module, vae_dir: str, prompts: list[str], out_dir:
                       defaults: dict | None = None) -> Path:
     """Generate one 17-frame 64x64 clip per prompt with `dit` and write out_dir/grid.gif + prompts.json.
     defaults: pipeline defaults the model is trained for (e.g. its time_shift)."""
-    from chronotope.pipeline import VideoPipeline, load_text_encoder
+    from chronotope.pipeline import VideoPipeline
+    from chronotope.text.encoder import load_text_encoder
     from chronotope.vae.model import CausalVAE
     from chronotope.video import write_video
 
