@@ -1,6 +1,6 @@
 """Where a generated loop's wrap-around step comes from, and what World-bench's loop target asks of a World scene.
 
-Loop mode (chronotope/modes.py, `plan_loop`) makes a clip, then the same window again with its head given
+Loop mode (chronotope/pipeline/modes.py, `plan_loop`) makes a clip, then the same window again with its head given
 and its tail replaying the clip's frames 1..4k: decoded, the frame just before the tail ("the stand-in")
 should be frame 0 again, so the kept frames [0, L) play in a cycle. For World-bench's loop prompts (the
 bench's own prompt list, loop length T - 1) this prints, in mean |difference| of uint8 levels:
@@ -51,7 +51,7 @@ def main() -> None:
     import torch
 
     from chronotope.bench.generate import BenchConfig, plan_prompts
-    from chronotope.modes import loop_closure
+    from chronotope.pipeline.modes import loop_closure
     from chronotope.pipeline import VideoPipeline, default_model_dir
     from chronotope.world.render import render
     from chronotope.world.scene import sample_scene

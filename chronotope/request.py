@@ -20,7 +20,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-# every generation mode (chronotope/modes.py builds each one's conditioning; chronotope/generate.py runs it)
+# every generation mode (chronotope/pipeline/modes.py builds each one's conditioning; VideoPipeline runs it)
 MODES: tuple[str, ...] = ("t2v", "t2i", "i2v", "extend", "connect", "loop", "edit", "long")
 
 # how callers spell parameters: None = as Python keywords; the CLI installs its flag table with spelled()

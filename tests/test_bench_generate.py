@@ -152,6 +152,11 @@ class ShiftRecordingPipe(GroundTruthPipe):
         self.defaults = {"num_frames": 17, "fps": 8.0, "time_shift": 3.0}
         self.seen = []
 
+    def with_defaults(self, **changes) -> "ShiftRecordingPipe":
+        other = ShiftRecordingPipe()
+        other.defaults, other.seen = {**self.defaults, **changes}, self.seen
+        return other
+
     def __call__(self, caption, **kw):
         self.seen.append(self.defaults["time_shift"])
         return super().__call__(caption, **kw)

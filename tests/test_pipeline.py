@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from chronotope import modes
 from chronotope.cli import main
-from chronotope.pipeline import VideoPipeline, default_model_dir
+from chronotope.pipeline import VideoPipeline, default_model_dir, modes
 from chronotope.video import VideoReadError, read_video
 
 KW = dict(height=32, width=32, num_inference_steps=2, guidance_scale=2.0, progress=False)
@@ -56,9 +55,9 @@ def test_i2v_keeps_image_latent_exactly(pipe, position):
     image = _frames(1, 3, 40, 48)[0]  # another size: resized and center-cropped to 32x32
     out = pipe("a red circle", image=image, image_position=position, num_frames=9, seed=0, sampler="heun", **KW)
     assert out.mode == "i2v" and out.frames[0].shape == (9, 32, 32, 3) and out.notes
-    from chronotope.generate import _fit
+    from chronotope.pipeline.resolve import fit_frames
 
-    img = _fit(pipe, image[None], 32, 32, "image", [])  # the conditioning image is the fitted one
+    img = fit_frames(pipe, image[None], 32, 32, "image", [])  # the conditioning image is the fitted one
     if position == "first":
         want, where = pipe.encode_video(img), slice(0, 1)
     else:
@@ -154,6 +153,12 @@ def test_bad_requests(pipe, tmp_path):
     bad.write_bytes(b"this is not a video")
     with pytest.raises(VideoReadError):
         pipe("x", image=str(bad), **KW)
+
+
+def test_with_defaults_shares_the_models_and_leaves_the_pipeline_as_it_was(pipe):
+    other = pipe.with_defaults(time_shift=2.5)
+    assert other.dit is pipe.dit and other.vae is pipe.vae and other.text_encoder is pipe.text_encoder
+    assert other.defaults == {**pipe.defaults, "time_shift": 2.5} and pipe.defaults["time_shift"] != 2.5
 
 
 def test_default_model_dir_says_pass_model(monkeypatch, tmp_path):

@@ -24,9 +24,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from chronotope import modes as modes_lib
 from chronotope.atomic import atomic_write_json
 from chronotope.bench.score import ATTRIBUTES, score_video
+from chronotope.pipeline.modes import head_frames, loop_closure
 from chronotope.request import MODES
 from chronotope.sizes import parse_aspect_ratio, size_for
 from chronotope.world import detailed_caption, is_heldout, render, sample_scene
@@ -232,7 +232,7 @@ def run_job(pipe, job: Job, cfg: BenchConfig, fps: float, guidance: float) -> tu
         gt = render(scene, H, W, T, fps).frames  # start and end of one render; the model fills the middle
         n = (T - 1) // 4 + 1
         k = max(1, min(2, (n - 1) // 2))
-        head, tail = modes_lib.head_frames(k), 4 * k + 1
+        head, tail = head_frames(k), 4 * k + 1
         out = pipe(p.caption, num_frames=T, video=gt[:head], video_end=gt[T - tail:], **kw)
     elif mode == "loop":
         out = pipe(p.caption, num_frames=T - 1, **kw)  # a loop of T - 1 frames: frame T would be frame 0
@@ -253,7 +253,7 @@ def run_job(pipe, job: Job, cfg: BenchConfig, fps: float, guidance: float) -> tu
         # the output keeps the given frames verbatim (exact); the window's own decode of them (what the
         # model was conditioned on, through the VAE) is the honest measure, and the seam the continuity
         k = int(out.params["cond_latent_frames"])
-        K = modes_lib.head_frames(k)
+        K = head_frames(k)
         window = pipe.decode(out.latents[:1])[0]  # [T_w, H, W, 3]
         metrics["psnr_given"] = psnr(window[:K], gt[-K:])
         metrics["psnr_kept"] = psnr(frames[:T], gt)
@@ -263,7 +263,7 @@ def run_job(pipe, job: Job, cfg: BenchConfig, fps: float, guidance: float) -> tu
         metrics["seam_ratio"] = seam_ratio(frames, [head, T - tail])
         metrics["psnr_middle_vs_gt"] = psnr(frames[gap], gt[gap]) if gap.stop > gap.start else None
     elif mode == "loop":
-        metrics.update(modes_lib.loop_closure(frames))
+        metrics.update(loop_closure(frames))
     elif mode == "long":
         q = (len(frames) - 1) // 4 + 1  # a quarter, as a 4k+1 clip
         ref = render(scene, H, W, len(frames), fps).frames
@@ -334,13 +334,9 @@ def run_generate_and_score(pipe, cfg: BenchConfig, model: str = "") -> dict:
     grid.gif and plots. Returns the results dict; `generated` / `skipped` count this run's jobs."""
     cfg.check()
     guidance = float(cfg.guidance if cfg.guidance is not None else pipe.defaults.get("guidance_scale", 5.0))
-    own_defaults = pipe.defaults
     if cfg.time_shift is not None:  # every mode's schedule reads the shift rule's scale from the defaults
-        pipe.defaults = {**own_defaults, "time_shift": float(cfg.time_shift)}
-    try:
-        return _run_jobs(pipe, cfg, model, guidance)
-    finally:
-        pipe.defaults = own_defaults  # the caller's pipeline is left as it came
+        pipe = pipe.with_defaults(time_shift=float(cfg.time_shift))  # the caller's pipeline is left as it came
+    return _run_jobs(pipe, cfg, model, guidance)
 
 
 def _run_jobs(pipe, cfg: BenchConfig, model: str, guidance: float) -> dict:

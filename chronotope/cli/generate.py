@@ -66,7 +66,7 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
 def run_generate(args: argparse.Namespace) -> int:
     import os
 
-    from chronotope.generate import generate_to_file, read_prompts
+    from chronotope.pipeline.files import generate_to_file, read_prompts
     from chronotope.pipeline import VideoPipeline, default_model_dir
     from chronotope.request import echo
     from chronotope.video import VideoReadError

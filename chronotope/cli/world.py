@@ -113,7 +113,7 @@ def run_demo(args: argparse.Namespace) -> int:
     except FileNotFoundError as err:
         print(f"{err}\nrendering World clips instead")
         return _render_world_clips(args)
-    from chronotope.generate import generate_to_file
+    from chronotope.pipeline.files import generate_to_file
     from chronotope.pipeline import VideoPipeline
 
     pipe = VideoPipeline.from_pretrained(str(model))  # the folder is made by the first write, after validation

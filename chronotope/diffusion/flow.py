@@ -242,7 +242,7 @@ def drop_captions(prompts: list[str], rate: float, generator: torch.Generator | 
 
 COND_MODES: tuple[str, ...] = ("none", "first", "last", "first_last", "head", "tail", "random")
 # The one conditioning vocabulary: training draws these masks, and every generation mode's plan
-# (chronotope/modes.py) asks `span_mask` for one of them by name: t2v none, i2v first or last, extend
+# (chronotope/pipeline/modes.py) asks `span_mask` for one of them by name: t2v none, i2v first or last, extend
 # forward head, extend backward tail, connect and loop first_last (k frames at each end), long head.
 # Default mode probabilities: half the clips learn plain text-to-video; the rest image-to-video
 # (first), backward extension / reaching an end frame (last), connecting/looping (first_last),
@@ -255,7 +255,7 @@ DEFAULT_COND_PROBS: dict[str, float] = {
 def span_mask(mode: str, num_latent_frames: int, span: int = 1) -> Tensor:
     """The frames a mode gives, deterministically: bool [T], True = given clean. first / head: the first `span`
     latent frames; last / tail: the last `span`; first_last: `span` at each end; none: nothing. Generation's
-    plans (chronotope/modes.py) ask for their masks here, with their k given latent frames as the span."""
+    plans (chronotope/pipeline/modes.py) ask for their masks here, with their k given latent frames as the span."""
     if mode not in COND_MODES or mode == "random":
         raise ValueError(f"{mode!r} has no fixed frames; span_mask takes one of {', '.join(COND_MODES[:-1])}")
     m = torch.zeros(num_latent_frames, dtype=torch.bool)

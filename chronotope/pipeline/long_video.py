@@ -1,7 +1,7 @@
 """Long videos: autoregressive windows, each conditioned on the last frames of the one before, streamed out.
 
 Sora extends videos to any length; with one model that conditions on clean frames this is a loop over
-windows of extension forward (chronotope/modes.py plan_extend): window 1 is t2v (or i2v), window i+1 is
+windows of extension forward (modes.py plan_extend): window 1 is t2v (or i2v), window i+1 is
 given the last K = 4(k-1)+1 decoded frames of window i, re-encoded as a clip (so its first latent is a
 proper image latent). Each window is decoded with the VAE's causal chunked decoder (decode_iter) and its
 frames go straight to the output file: memory holds one window's latents and K frames, whatever the length.
@@ -11,13 +11,11 @@ frames go straight to the output file: memory holds one window's latents and K f
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from chronotope import modes
-from chronotope.pipeline import initial_noise
+from chronotope.pipeline import modes
 from chronotope.request import arg
 from chronotope.video import Mp4Writer, write_video
 
@@ -76,7 +74,7 @@ def generate_long(pipe, image: np.ndarray | None, total: int, n_w: int, k: int, 
                 plans = [modes.plan_extend(pipe.encode_video, kept[b], n, k, "forward") for b in range(B)]
                 plan = modes.Plan(torch.stack([p.latents for p in plans]), plans[0].mask)
                 skip = K  # the window's first K frames replay the previous window's last K
-            noise = initial_noise((B, C, n, h, w), run["generator"], pipe.device)
+            noise = pipe.initial_noise((B, C, n, h, w), run["generator"])
             z = pipe.denoise(noise, ts, cond, uncond, plan, **run)  # [B, C, n, h, w]
             latents.append(z if n_done == 0 else z[:, :, k:])
             masks.append(plan.mask if n_done == 0 else plan.mask[k:])

@@ -1,0 +1,116 @@
+"""What `chronotope generate` reads and writes: prompts files (CSV / JSONL rows with per-row overrides), output
+names, and one video with its sidecar JSON (every parameter, the expanded prompt, the seed, the model).
+"""
+
+from __future__ import annotations
+
+import os
+
+from chronotope.atomic import atomic_write_json
+from chronotope.pipeline.pipeline import VideoPipeline
+from chronotope.request import arg
+from chronotope.video import write_video
+
+OVERRIDES = {"seed": int, "num_frames": int, "height": int, "width": int, "fps": float, "duration": float,
+             "num_inference_steps": int, "guidance_scale": float, "strength": float, "mode": str, "image": str,
+             "video": str, "video_end": str, "negative_prompt": str, "direction": str, "image_position": str,
+             "sampler": str, "resolution": str, "aspect_ratio": str, "cond_latent_frames": int, "window_frames": int,
+             "gap_frames": int}
+
+
+def read_prompts(path: str) -> list[dict]:
+    """A prompts file -> rows {"prompt": ..., overrides}. CSV: a `prompt` or `text` column, other columns named
+    like generate's arguments (num_frames, seed, mode, image, ...) override per row (blank cells are skipped,
+    other columns ignored). JSONL: one object per line with "prompt" and optional overrides (unknown keys fail)."""
+    import csv
+    import json
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"prompts file {path} not found")
+    rows: list[dict] = []
+    if path.lower().endswith((".jsonl", ".json")):
+        with open(path) as f:
+            for i, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}:{i}: not JSON ({err.msg}); write one object per line") from None
+                unknown = sorted(set(row) - set(OVERRIDES) - {"prompt"})
+                if not isinstance(row.get("prompt"), str) or unknown:
+                    raise ValueError(f"{path}:{i}: need a string \"prompt\"" + (f"; unknown keys {unknown}, valid: "
+                                     f"{sorted(OVERRIDES)}" if unknown else ""))
+                rows.append(row)
+    else:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            column = next((c for c in ("prompt", "text") if c in (reader.fieldnames or [])), None)
+            if column is None:
+                raise ValueError(f"{path}: CSV needs a 'prompt' or 'text' column, has {reader.fieldnames}")
+            for i, r in enumerate(reader, 2):
+                row = {"prompt": r[column]}
+                for key, cast in OVERRIDES.items():
+                    if (r.get(key) or "").strip():
+                        try:
+                            row[key] = cast(r[key])
+                        except ValueError:
+                            raise ValueError(f"{path}:{i}: column {key}={r[key]!r} is not a {cast.__name__}") from None
+                rows.append(row)
+    if not rows:
+        raise ValueError(f"{path} holds no prompts")
+    return rows
+
+
+def output_path(out: str, one_frame: bool, gif: bool) -> str:
+    """OUT as given when it ends in .mp4/.gif/.png (--gif turns it into .gif); else OUT + .png for one frame,
+    .gif with gif, .mp4 otherwise. A media extension that is not written (.avi, .mov, .jpg...) is refused,
+    not appended to (x.avi never becomes x.avi.mp4)."""
+    from chronotope.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, WRITE_EXTENSIONS
+
+    stem, ext = os.path.splitext(out)
+    if ext.lower() in set(VIDEO_EXTENSIONS + IMAGE_EXTENSIONS) - set(WRITE_EXTENSIONS):
+        raise ValueError(f"{arg('output_path', out)}: {ext} is not written; give a name ending in "
+                         f"{', '.join(WRITE_EXTENSIONS)} (or none: .mp4, .png for one frame)")
+    if ext.lower() not in WRITE_EXTENSIONS:
+        stem, ext = out, ""
+    if gif:
+        return stem + ".gif"
+    return stem + (ext or (".png" if one_frame else ".mp4"))
+
+
+def generate_to_file(pipe: VideoPipeline, out: str, model: str, gif: bool = False, **kwargs) -> tuple[str, str]:
+    """Generate one video and write it (mp4 / png / gif) with a sidecar OUT.json holding every parameter, the
+    prompt, the expanded prompt, the seed and the model. Both writes are atomic; if the sidecar fails the video
+    is removed, so a failed run leaves no output file. A one-frame result (t2i, or an edit of an image) is a
+    .png unless OUT names .mp4/.gif; a .png OUT for a several-frame result is refused. Returns (video path,
+    sidecar path)."""
+    mode, n = kwargs.get("mode"), kwargs.get("num_frames")
+    one = mode == "t2i" or (n == 1 and mode in (None, "t2v", "t2i") and not kwargs.get("video"))
+    path = output_path(out, one, gif)
+    explicit = os.path.splitext(out)[1].lower() in (".mp4", ".gif", ".png")
+    if os.path.isdir(path):
+        raise ValueError(f"output {path} is a folder; give a file path (or use --prompts for a folder of outputs)")
+    long_mode = mode == "long"
+    if path.endswith(".png") and explicit and not one and mode not in (None, "edit"):
+        raise ValueError(f"{arg('output_path', out)}: a .png holds one frame but mode {mode} makes a video; "
+                         f"give a .mp4 or .gif name")
+    result = pipe(kwargs.pop("prompt"), output_path=path if long_mode else None, **kwargs)
+    if not long_mode:
+        frames = result.frames[0]
+        if len(frames) == 1 and not explicit and not gif:
+            path = output_path(out, True, gif)  # one frame is an image
+        if path.endswith(".png") and len(frames) > 1:
+            raise ValueError(f"{arg('output_path', out)}: a .png holds one frame but this request made "
+                             f"{len(frames)}; give a .mp4 or .gif name")
+        write_video(path, frames, result.fps)
+    side = os.path.splitext(path)[0] + ".json"
+    record = {"output": path, "model": model, **result.params, "expanded_prompt": result.prompts[0],
+              "notes": result.notes}
+    try:
+        atomic_write_json(side, record, indent=2)
+    except BaseException:
+        if os.path.exists(path):
+            os.remove(path)
+        raise
+    return path, side

@@ -1,0 +1,420 @@
+"""VideoPipeline: text (and images, videos) -> video, every Sora mode through one sampler call.
+
+The layout is the pipeline (as in flux): prompt expansion -> text encoder -> noise -> conditioning
+(modes.py: which latent frames are given clean, t = 0) -> rectified-flow sampler with classifier-free
+guidance over the DiT's packed tokens -> causal-VAE decode. Names follow diffusers. What a request means
+(mode, size, frames, inputs) is resolved first (resolve.py); long videos run window by window (long_video.py).
+
+    pipe = VideoPipeline.from_pretrained("runs/world-model")      # or .from_presets("debug", "debug")
+    out = pipe("a red circle moves left", num_frames=17, height=64, width=64, seed=0)
+    out.frames[0]                                                  # uint8 [17, 64, 64, 3]
+    pipe("...", image="start.png")                                 # i2v; also video=, video_end=, mode="loop"
+
+A model folder holds model_index.json (component classes, the text encoder *named*, defaults) and
+vae/ and dit/ (config.json + model.safetensors each, or shards + an index: chronotope/weights.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from chronotope.atomic import atomic_write_json
+from chronotope.config import DIT_PRESETS, VAE_PRESETS
+from chronotope.diffusion.flow import interpolate, shift_for_tokens, timesteps
+from chronotope.diffusion.samplers import cfg_velocity, get_sampler
+from chronotope.dit.model import DiT
+from chronotope.dit.patches import Sample, pack, unpack
+from chronotope.pipeline import modes
+from chronotope.pipeline.long_video import generate_long
+from chronotope.pipeline.resolve import (
+    CONNECT_GAP,
+    NEW_FRAMES,
+    check_choices,
+    fit_frames,
+    frames_from,
+    infer_mode,
+    load_input,
+    note,
+    per_prompt,
+    resolve_size,
+    tokens_per_sample,
+)
+from chronotope.request import arg, check_cost, check_request, estimate_cost
+from chronotope.text.encoder import DEFAULT_TEXT_ENCODER, load_text_encoder
+from chronotope.text.expand import expand_prompt as _expand
+from chronotope.vae.model import CausalVAE
+from chronotope.video import write_video
+
+DEFAULTS = {"height": 64, "width": 64, "num_frames": 17, "fps": 8.0, "time_shift": 1.0}
+
+
+@dataclass
+class PipelineOutput:
+    """frames: one uint8 [T, H, W, 3] per video; latents: [B, C, t, h, w] of the (last) generated window
+    (long: every window's new latents along t); prompts: the captions actually encoded (expanded);
+    cond_mask: [B, t] which latent frames were given; params: every resolved setting (for sidecars)."""
+
+    frames: list[np.ndarray]
+    latents: Tensor
+    prompts: list[str]
+    seed: int
+    fps: float
+    mode: str
+    cond_mask: Tensor
+    params: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def to_uint8(x: Tensor) -> np.ndarray:
+    """Pixels [B, 3, T, H, W] in [-1, 1] -> uint8 [B, T, H, W, 3]."""
+    return ((x.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 4, 1).cpu().numpy()
+
+
+class VideoPipeline:
+    """vae (CausalVAE) + dit (DiT) + text_encoder (anything with encode(prompts) -> (emb, mask)).
+
+    text_encoder may be None: it is loaded on first use from `text_encoder_name`.
+    """
+
+    def __init__(self, vae: CausalVAE, dit: DiT, text_encoder=None, text_encoder_name: str = DEFAULT_TEXT_ENCODER,
+                 defaults: dict | None = None):
+        if dit.config.in_channels != vae.config.latent_channels:
+            raise ValueError(f"the DiT takes {dit.config.in_channels} latent channels but the VAE makes "
+                             f"{vae.config.latent_channels}; build the DiT with in_channels={vae.config.latent_channels}")
+        self.vae, self.dit = vae.eval(), dit.eval()
+        self._text_encoder, self.text_encoder_name = text_encoder, text_encoder_name
+        self.defaults = {**DEFAULTS, **(defaults or {})}
+
+    @property
+    def text_encoder(self):
+        if self._text_encoder is None:
+            self._text_encoder = load_text_encoder(self.text_encoder_name, self.dit.config.text_dim)
+        return self._text_encoder
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.dit.parameters()).device
+
+    def with_defaults(self, **changes) -> "VideoPipeline":
+        """The same models (shared, not copied) with some defaults changed, e.g. with_defaults(time_shift=1.5);
+        this pipeline is left as it is."""
+        return VideoPipeline(self.vae, self.dit, self._text_encoder, self.text_encoder_name, {**self.defaults, **changes})
+
+    def to(self, device: str | torch.device) -> "VideoPipeline":
+        self.vae.to(device)
+        self.dit.to(device)
+        return self
+
+    # --- folders ------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_presets(cls, vae: str = "debug", dit: str = "debug", text_encoder: str = "debug", seed: int = 0,
+                     defaults: dict | None = None) -> "VideoPipeline":
+        """Random-weight pipeline from presets (tests, debugging). The DiT's zero-initialised output layers get
+        small random weights so that it is not the identity (a zero velocity would ignore text and frames)."""
+        for name, presets in ((vae, VAE_PRESETS), (dit, DIT_PRESETS)):
+            if name not in presets:
+                raise ValueError(f"unknown preset {name!r}; choose one of {sorted(presets)}")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            v = CausalVAE(VAE_PRESETS[vae]())
+            cfg = DIT_PRESETS[dit]()
+            cfg.in_channels = v.config.latent_channels
+            d = DiT(cfg)
+            with torch.no_grad():
+                for p in d.parameters():
+                    if not p.any():
+                        p.normal_(0.0, 0.02)
+        return cls(v, d, None, text_encoder, defaults)
+
+    def save_pretrained(self, folder: str | os.PathLike, dtype: torch.dtype | None = None,
+                        max_shard_size: int | str | None = None) -> None:
+        """Write model_index.json + vae/ + dit/ (each file atomically); the text encoder is named, not copied.
+        dtype: store the weights in it (torch.float16 ships a folder half the size; loading casts back);
+        max_shard_size: split weights over model-0000k-of-0000n.safetensors files no larger (e.g. "10MB")."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.vae.save_pretrained(folder / "vae", dtype=dtype, max_shard_size=max_shard_size)
+        self.dit.save_pretrained(str(folder / "dit"), dtype=dtype, max_shard_size=max_shard_size)
+        index = {"_class_name": "VideoPipeline", "vae": ["chronotope.vae.model", "CausalVAE"],
+                 "dit": ["chronotope.dit.model", "DiT"], "text_encoder": self.text_encoder_name,
+                 "defaults": self.defaults}
+        atomic_write_json(folder / "model_index.json", index)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike, text_encoder=None) -> "VideoPipeline":
+        folder = Path(folder)
+        index_path = folder / "model_index.json"
+        if not index_path.is_file():
+            raise FileNotFoundError(f"{folder} has no model_index.json; a model folder is written by "
+                                    "VideoPipeline.save_pretrained (model_index.json, vae/, dit/)")
+        index = json.loads(index_path.read_text())
+        for key, want in (("vae", "CausalVAE"), ("dit", "DiT")):  # never import a class named by a file
+            if list(index.get(key, []))[-1:] != [want]:
+                raise ValueError(f"{index_path}: component {key!r} must be {want}, got {index.get(key)}")
+        name = index.get("text_encoder", DEFAULT_TEXT_ENCODER)
+        if name not in (DEFAULT_TEXT_ENCODER, "debug") and not Path(name).is_absolute():
+            local = folder / name  # a relative path is relative to the model folder
+            name = str(local) if local.exists() else name
+        return cls(CausalVAE.from_pretrained(folder / "vae"), DiT.from_pretrained(str(folder / "dit")),
+                   text_encoder, name, index.get("defaults"))
+
+    # --- pixels <-> latents ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode_video(self, frames: np.ndarray) -> Tensor:
+        """uint8 frames [T, H, W, 3] (T = 4k+1, H and W multiples of 16) -> normalised latents [C, t, h, w]."""
+        x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device).float() / 127.5 - 1.0  # [T, H, W, 3]
+        x = x.permute(3, 0, 1, 2)[None]  # [1, 3, T, H, W]
+        chunk = 16 if x.shape[2] > 17 else None  # long inputs: causal chunks keep memory flat
+        return self.vae.encode_latents(x, chunk_frames=chunk)[0]
+
+    @torch.no_grad()
+    def iter_frames(self, latents: Tensor, chunk_latent_frames: int = 1):
+        """Normalised latents [B, C, t, h, w] -> uint8 chunks [B, n, H, W, 3], bounded memory (causal cache)."""
+        for x in self.vae.decode_iter(self.vae.denormalize(latents), chunk_latent_frames):
+            yield to_uint8(x)
+
+    def decode(self, latents: Tensor) -> np.ndarray:
+        """Normalised latents [B, C, t, h, w] -> uint8 [B, T, H, W, 3]."""
+        return np.concatenate(list(self.iter_frames(latents)), axis=1)
+
+    # --- the one denoising loop ------------------------------------------------------------------------
+
+    def _model_fn(self, x: Tensor, t: Tensor, context: tuple[Tensor, Tensor]) -> Tensor:
+        """Batched latents x [N, C, n, h, w] and per-frame t (broadcastable to [N, 1, n, 1, 1]) -> velocity
+        [N, C, n, h, w], through the DiT's packed sequence (one block-diagonal sequence for all N)."""
+        emb, mask = context
+        N, _, n = x.shape[:3]
+        t_frames = t.expand(N, 1, n, 1, 1).reshape(N, n)  # [N, n]: 0 at given frames
+        samples = [Sample(x[i], timestep=t_frames[i], text_idx=i) for i in range(N)]
+        packed = pack(samples, patch=self.dit.config.patch).to(x.device)
+        v = self.dit(packed, emb, mask)  # [L, C*pt*ph*pw]
+        return torch.stack(unpack(packed, v))  # [N, C, n, h, w]
+
+    @torch.no_grad()
+    def denoise(self, x: Tensor, ts: Tensor, cond: tuple[Tensor, Tensor], uncond: tuple[Tensor, Tensor] | None,
+                plan: modes.Plan, sampler: str = "euler", guidance_scale: float = 1.0,
+                image_guidance_scale: float | None = None, generator: torch.Generator | None = None,
+                progress: bool = True) -> Tensor:
+        """One sampler call: x [B, C, n, h, w] at t = ts[0] -> clean latents. The plan's given latent frames
+        ride along clean with t = 0 (x_cond / cond_mask); CFG when guidance_scale > 1 (uncond = negative prompt)."""
+        B = x.shape[0]
+        x_cond = mask = None
+        if plan.any:
+            lat = plan.latents if plan.latents.dim() == 5 else plan.latents[None]  # per video or shared
+            x_cond = lat.expand(B, -1, -1, -1, -1).to(x)  # [B, C, n, h, w]
+            mask = plan.mask[None, None].expand(B, 1, -1).to(x.device)  # [B, 1, n]: aligned to B, C, n
+        use_cfg = guidance_scale > 1.0 and uncond is not None
+        igs = image_guidance_scale if (plan.any and use_cfg) else None
+        if use_cfg:
+            fn = cfg_velocity(self._model_fn, guidance_scale, cond, uncond, image_guidance_scale=igs,
+                              x_cond=x_cond if igs is not None else None, cond_mask=mask if igs is not None else None,
+                              generator=generator)
+        else:
+            fn = lambda xx, tt: self._model_fn(xx, tt, cond)  # noqa: E731
+        return get_sampler(sampler)(fn, x, ts.to(x.device), x_cond=x_cond, cond_mask=mask, progress=progress)
+
+    def initial_noise(self, shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
+        """Standard normal noise of `shape`, drawn on the CPU (the same numbers on any device), moved to ours."""
+        return torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
+
+    def encode_prompts(self, prompts: list[str], negative: list[str]) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+        """Both prompt lists in one encoder call (same token length L, as batched CFG needs)."""
+        emb, mask = self.text_encoder.encode(list(prompts) + list(negative))
+        emb, mask, B = emb.to(self.device), mask.to(self.device), len(prompts)
+        return (emb[:B], mask[:B]), (emb[B:], mask[B:])
+
+    def __call__(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_frames: int | None = None,
+        fps: float | None = None,
+        resolution: str | None = None,
+        aspect_ratio: str | None = None,
+        duration: float | None = None,
+        num_inference_steps: int = 30,
+        guidance_scale: float = 5.0,
+        image_guidance_scale: float | None = None,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        sampler: str = "euler",
+        image=None,
+        video=None,
+        video_end=None,
+        strength: float | None = None,
+        mode: str | None = None,
+        direction: str = "forward",
+        image_position: str = "first",
+        cond_latent_frames: int | None = None,
+        window_frames: int | None = None,
+        gap_frames: int | None = None,
+        shift: float | None = None,
+        expand_prompt: bool = True,
+        output_path: str | list[str] | None = None,
+        progress: bool = True,
+    ) -> PipelineOutput:
+        """Generate one video per prompt in any mode; every mode is one sampler call with different clean frames.
+
+        num_frames: frames of the output clip (4k+1) for t2v/i2v/edit/long (long: the total); for extend and
+        connect the generated window, given frames included (the output holds the whole given videos plus
+        the new frames); for loop the loop length (a multiple of 4; the frame after the last is the first).
+        By default extend adds NEW_FRAMES (12) frames either way and connect fills a CONNECT_GAP (11) frame gap.
+        gap_frames (connect): frames generated between the two videos (4m-1: 3, 7, 11, ...), instead of num_frames.
+        cond_latent_frames: latent frames taken from a given video (1 = its last frame, 2 = last 5, ...).
+        Every value is used as given or refused (ValueError naming the nearest valid one; request.check_request),
+        and a request that cannot fit in memory, or would run past a day, is refused before it starts
+        (request.check_cost); one that takes minutes gets a note with the estimate.
+        image/video/video_end: a path or uint8 frames; other sizes are resized and center-cropped.
+        strength (edit): 0 keeps the video, 1 ignores it. output_path: also write the video(s) there
+        (atomically; long mode streams frames as they are decoded and then returns no frames).
+        """
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts:
+            raise ValueError("give at least one prompt")
+        B, notes = len(prompts), []
+        negatives = per_prompt(negative_prompt, B, "negative_prompt")
+        given = {"image": image is not None, "video": video is not None, "video_end": video_end is not None,
+                 "strength": strength is not None}
+        mode = infer_mode(mode, num_frames, given)
+        warnings = check_request(prompt=prompts, mode=mode, height=height, width=width, num_frames=num_frames, fps=fps,
+                                 duration=duration, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                                 image_guidance_scale=image_guidance_scale, strength=strength, shift=shift, seed=seed,
+                                 cond_latent_frames=cond_latent_frames, window_frames=window_frames, gap_frames=gap_frames)
+        check_choices(sampler=sampler, direction=direction, image_position=image_position)
+        if gap_frames is not None and (mode != "connect" or num_frames is not None or duration is not None):
+            raise ValueError(f"{arg('gap_frames')} sets the length of a connect (mode connect), instead of "
+                             f"{arg('num_frames')}: give one of them")
+        if seed is None:
+            seed = generator.initial_seed() if generator is not None else secrets.randbelow(2**31)
+        generator = generator or torch.Generator().manual_seed(int(seed))
+
+        inputs = {k: load_input(v, k) for k, v in (("image", image), ("video", video), ("video_end", video_end)) if v is not None}
+        first = next(iter(inputs.values()), None)
+        fallback = None
+        if first is not None:
+            step = self.vae.config.spatial_factor * self.dit.config.patch[1]
+            fallback = (max(step, first[0].shape[1] // step * step), max(step, first[0].shape[2] // step * step))
+        H, W = resolve_size(self, height, width, resolution, aspect_ratio, fallback)
+        in_fps = next((f for _, f in inputs.values() if f > 0), 0.0)
+        fps = float(fps if fps is not None else (in_fps or self.defaults["fps"]))
+        num_frames = frames_from(num_frames, duration, fps)
+        frames_in = {k: fit_frames(self, f, H, W, k, notes) for k, (f, _) in inputs.items()}
+        encode = self.encode_video
+
+        # the window's length in frames
+        if mode == "t2i":
+            if num_frames not in (None, 1):
+                raise ValueError(f"{arg('mode', 't2i')} makes one frame; got {arg('num_frames', num_frames)} "
+                                 f"(use t2v for videos)")
+            T = 1
+        elif mode == "loop":
+            loop_len = 16 if num_frames is None else num_frames
+            k = 1 if cond_latent_frames is None else cond_latent_frames
+            T = modes.window_frames(modes.loop_window(loop_len, k))
+        elif mode == "edit":
+            v = frames_in["video"]
+            T = num_frames if num_frames is not None else (len(v) - 1) // 4 * 4 + 1
+            if T > len(v):
+                raise ValueError(f"edit: the video has {len(v)} frames, fewer than {arg('num_frames', T)}")
+            if T < len(v):
+                note(notes, f"edit: using the first {T} of the video's {len(v)} frames (clips have 4k+1 frames)")
+            frames_in["video"] = v[:T]
+        elif mode == "long":
+            T = window_frames if window_frames is not None else self.defaults["num_frames"]
+            total = num_frames if num_frames is not None else T
+        elif num_frames is not None:
+            T = num_frames
+        elif mode == "extend":  # NEW_FRAMES new frames after (forward) or before (backward) 2 given latent frames
+            k0 = 2 if cond_latent_frames is None else cond_latent_frames
+            T = modes.window_frames(k0 + NEW_FRAMES // modes.TF + (direction == "backward"))
+        elif mode == "connect":  # a CONNECT_GAP-frame gap between 2 given latent frames of each video
+            k0 = 2 if cond_latent_frames is None else cond_latent_frames
+            T = modes.window_frames(2 * k0 + ((CONNECT_GAP if gap_frames is None else gap_frames) + 1) // modes.TF)
+        else:
+            T = self.defaults["num_frames"]
+        C, n, h, w = self.vae.latent_shape(T, H, W)
+        if mode not in ("loop",):
+            k = (cond_latent_frames if cond_latent_frames is not None
+                 else max(1, min(2, (n - 1) // (2 if mode == "connect" else 1))))
+        if shift is None:
+            shift = shift_for_tokens(tokens_per_sample(self, n, h, w), scale=float(self.defaults["time_shift"]))
+        passes = 1 if guidance_scale <= 1.0 else (3 if image_guidance_scale is not None and mode != "t2v" else 2)
+        if mode == "long":
+            windows = 1 + max(0, math.ceil(((total - 1) // 4 + 1 - n) / max(1, n - k)))
+            cost = estimate_cost(self, B, (C, n, h, w), num_inference_steps, passes, total, windows)
+        else:
+            cost = estimate_cost(self, B, (C, n, h, w), num_inference_steps, passes, T, 2 if mode == "loop" else 1)
+        long_note = check_cost(cost)
+        for text in warnings + ([long_note] if long_note else []):
+            note(notes, text)
+
+        texts = [_expand(p, int(seed), None if expand_prompt else False) for p in prompts]
+        cond, uncond = self.encode_prompts(texts, negatives)
+        run = dict(sampler=sampler, guidance_scale=guidance_scale, image_guidance_scale=image_guidance_scale,
+                   generator=generator, progress=progress)
+        ts = timesteps(num_inference_steps, shift)
+        paths = None if output_path is None else ([output_path] if isinstance(output_path, (str, os.PathLike)) else list(output_path))
+        if paths is not None and len(paths) != B:
+            raise ValueError(f"output_path needs one path per prompt ({B}), got {len(paths)}")
+
+        params = dict(prompt=prompts[0] if B == 1 else prompts, mode=mode, height=H, width=W, num_frames=T, fps=fps, num_inference_steps=num_inference_steps,
+                      guidance_scale=guidance_scale, image_guidance_scale=image_guidance_scale, sampler=sampler,
+                      shift=float(shift), seed=int(seed), negative_prompt=negatives[0] if B == 1 else negatives, direction=direction,
+                      image_position=image_position, strength=strength, expand_prompt=expand_prompt,
+                      **{k: os.fspath(v) for k, v in (("image", image), ("video", video), ("video_end", video_end))
+                         if isinstance(v, (str, os.PathLike))})
+        if mode != "t2i" and mode not in ("t2v", "i2v", "edit"):
+            params["cond_latent_frames"] = k
+        if mode == "connect":
+            params["gap_frames"] = modes.TF * (n - 2 * k) - 1
+
+        if mode == "long":
+            params.update(num_frames=total, window_frames=T)
+            frames, latents, mask = generate_long(self, frames_in.get("image"), total, n, k, (C, h, w), cond, uncond, ts, run,
+                                          paths, fps, image_position)
+            return PipelineOutput(frames, latents, texts, int(seed), fps, mode, mask, params, notes)
+
+        noise = self.initial_noise((B, C, n, h, w), generator)  # [B, C, n, h, w]
+        x = noise
+        if mode in ("t2v", "t2i", "edit"):
+            plan = modes.plan_none((C, n, h, w))
+            if mode == "edit":
+                strength = 0.7 if strength is None else strength
+                params["strength"] = strength
+                z0 = encode(frames_in["video"]).to(noise)[None]  # [1, C, n, h, w]
+                steps = max(1, math.ceil(num_inference_steps * strength))
+                ts = timesteps(steps, shift, start=strength)
+                x = interpolate(z0.expand_as(noise), noise, strength)  # x_t at t = strength
+        elif mode == "i2v":
+            plan = modes.plan_i2v(encode, frames_in["image"], n, image_position)
+        elif mode == "extend":
+            plan = modes.plan_extend(encode, frames_in["video"], n, k, direction)
+        elif mode == "connect":
+            plan = modes.plan_connect(encode, frames_in["video"], frames_in["video_end"], n, k)
+        else:  # loop: pass 1 is plain t2v; pass 2 reuses the same noise with the head and tail given
+            z1 = self.denoise(noise, ts, cond, uncond, modes.plan_none((C, n, h, w)), **run)
+            heads = self.decode(z1[:, :, : k + 1])  # [B, 4k+1, H, W, 3]: exact, the VAE is causal
+            plans = [modes.plan_loop(encode, z1[b], heads[b], k) for b in range(B)]
+            plan = modes.Plan(torch.stack([p.latents for p in plans]), plans[0].mask, plans[0].keep)
+        z = self.denoise(x, ts, cond, uncond, plan, **run)
+        decoded = self.decode(z)  # [B, T, H, W, 3]
+        frames = [plan.assemble(decoded[b]) for b in range(B)]
+        if mode == "loop":
+            params["loop_closure"] = [modes.loop_closure(f) for f in frames]
+        for path, f in zip(paths or [], frames):
+            write_video(path, f, fps)
+        return PipelineOutput(frames, z, texts, int(seed), fps, mode, plan.mask[None].expand(B, -1).clone(), params, notes)
+
