@@ -253,8 +253,7 @@ def write_plots(summary: dict, out: str) -> list[str]:
 
 def write_grid(result: dict, out: str, count: int) -> list[str]:
     """OUT/grid.gif from the first `count` t2v videos (or of the first mode run); returns their prompts."""
-    from chronotope.train.sample_grid import grid
-    from chronotope.video import read_video, write_video
+    from chronotope.video import grid, read_video, write_video
 
     steps = result["config"]["steps"]
     rows = [r for r in result["videos"] if r["steps"] == steps]

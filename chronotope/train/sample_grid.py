@@ -12,27 +12,10 @@ import torch
 from torch import nn
 
 from chronotope.atomic import atomic_write_json
+from chronotope.video import grid
 
 _VAE_CACHE: dict[str, nn.Module] = {}
 _TEXT_CACHE: dict[str, object] = {}
-
-
-def grid(videos: list[np.ndarray], columns: int = 4, pad: int = 2) -> np.ndarray:
-    """Videos uint8 [T, H, W, 3] of any sizes -> one uint8 [T_max, rows*cell_h, columns*cell_w, 3] video
-    (shorter clips hold their last frame; each video sits top-left in its cell)."""
-    if not videos:
-        raise ValueError("grid needs at least one video")
-    T = max(v.shape[0] for v in videos)
-    ch = max(v.shape[1] for v in videos) + pad
-    cw = max(v.shape[2] for v in videos) + pad
-    columns = min(columns, len(videos))
-    rows = (len(videos) + columns - 1) // columns
-    out = np.zeros((T, rows * ch, columns * cw, 3), np.uint8)
-    for k, v in enumerate(videos):
-        r, c = divmod(k, columns)
-        idx = np.minimum(np.arange(T), v.shape[0] - 1)
-        out[:, r * ch:r * ch + v.shape[1], c * cw:c * cw + v.shape[2]] = v[idx]
-    return out
 
 
 @torch.no_grad()
