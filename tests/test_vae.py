@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from chronotope.config import VAE_PRESETS, VAEConfig
-from chronotope.vae.losses import psnr, ssim, vae_loss
+from chronotope.vae.losses import psnr, psnr_from_mse, ssim, vae_loss
 from chronotope.vae.model import CausalVAE, measure_latent_stats
 from chronotope.vae.tiling import tile_spans, tiled_call
 
@@ -310,3 +312,11 @@ def test_shortcuts_are_an_architecture_switch() -> None:
     assert sum(p.numel() for p in plain.parameters()) > sum(p.numel() for p in short.parameters())
     x = clip(9, 32, 32)
     assert plain(x, sample=False)[0].shape == short(x, sample=False)[0].shape == x.shape
+
+
+def test_psnr_from_mse_is_psnr_of_an_accumulated_error():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(1, 3, 5, 16, 16, generator=g) * 2 - 1, torch.rand(1, 3, 5, 16, 16, generator=g) * 2 - 1
+    chunks = [float((a[:, :, i] - b[:, :, i]).square().mean()) for i in range(5)]  # per frame, as reconstruct adds
+    assert psnr_from_mse(sum(chunks) / 5) == pytest.approx(float(psnr(a, b)), abs=1e-4)
+    assert psnr_from_mse(0.0) == pytest.approx(10 * math.log10(4e12))  # identical: capped, not infinite

@@ -19,7 +19,6 @@ def add_reconstruct(sub: argparse._SubParsersAction) -> None:
 
 
 def run_reconstruct(args: argparse.Namespace) -> int:
-    import math
     import os
     import sys
 
@@ -28,7 +27,7 @@ def run_reconstruct(args: argparse.Namespace) -> int:
 
     from chronotope.data.dataset import budget_size, resize_crop
     from chronotope.request import arg, check_clip_frames
-    from chronotope.vae.losses import ssim
+    from chronotope.vae.losses import psnr_from_mse, ssim
     from chronotope.vae.model import CausalVAE
     from chronotope.video import WRITE_EXTENSIONS, read_video, write_video
 
@@ -72,8 +71,7 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     recon = np.concatenate(out)  # [T, h, w, 3]
     write_video(args.output, recon, fps=fps if fps > 0 else 8.0)
     T = recon.shape[0]
-    mse = mse_sum / T
-    value = 10 * math.log10(4.0 / max(mse, 1e-12))  # data range 2, as chronotope.vae.losses.psnr
+    value = psnr_from_mse(mse_sum / T)
     print(f"{args.input}: {T} frames {w}x{h} -> latent {tuple(z.shape[1:])} -> {args.output}")
     print(f"PSNR {value:.2f} dB  SSIM {ssim_sum / T:.4f}")
     return 0

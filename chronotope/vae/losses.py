@@ -10,6 +10,8 @@ of pixel values, so kl_weight = 1e-6 means what it means in Stable Diffusion's V
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -31,6 +33,12 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"psnr needs equal shapes, got {tuple(a.shape)} and {tuple(b.shape)}")
     mse = F.mse_loss(a.float(), b.float()).clamp_min(1e-12)
     return 10.0 * torch.log10(4.0 / mse)
+
+
+def psnr_from_mse(mse: float) -> float:
+    """PSNR in dB of a mean squared error between values in [-1, 1] (peak-to-peak 2), as `psnr` computes it;
+    for errors accumulated chunk by chunk (chronotope reconstruct decodes a clip in bounded memory)."""
+    return 10.0 * math.log10(4.0 / max(mse, 1e-12))
 
 
 def _gaussian_window(size: int, sigma: float, channels: int, like: torch.Tensor) -> torch.Tensor:
