@@ -7,11 +7,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
+from typing import ClassVar
 
 
 def config_from_dict(cls, data: dict):
-    """Build a config dataclass from a dict (e.g. a config.json), rejecting unknown keys clearly."""
+    """Build a config dataclass from a dict (e.g. a config.json), rejecting unknown keys clearly.
+
+    A key the class has retired (`cls.RETIRED`: name -> the value it always had by default) is dropped when the
+    dict holds that value, so folders saved before its removal still load; any other value is refused."""
     names = {f.name for f in fields(cls)}
+    retired = getattr(cls, "RETIRED", {})
+    for key in set(data) & set(retired):
+        if data[key] != retired[key]:
+            raise ValueError(f"{cls.__name__} {key}={data[key]!r}: that option was an experiment and has been "
+                             f"removed (only {key}={retired[key]!r} loads); this folder needs the Chronotope "
+                             "version that wrote it")
+    data = {k: v for k, v in data.items() if k not in retired}
     unknown = sorted(set(data) - names)
     if unknown:
         raise ValueError(f"unknown {cls.__name__} keys {unknown}; valid keys: {sorted(names)}")
@@ -134,13 +145,12 @@ class DiTConfig:
     freq_dim: int = 256  # sinusoidal timestep features
     # also add sinusoidal features of each token's (t, h, w) position to its embedding (zero-initialised
     # projection): RoPE gives attention only relative offsets, so without them a token cannot tell the
-    # first frame from the last, which "starts right, moves left" needs when the frames are still noise
+    # first frame from the last, which "starts right, moves left" needs when the frames are still noise.
+    # The shipped World model has them (its recipe, `chronotope train world-model`, adds them by default)
     abs_pos: bool = False
-    # also add the caption's mean-pooled embedding to the timestep embedding that drives adaLN (SD3 / flux's
-    # pooled text vector; zero-initialised projection): a global modulation of every token, which can gate
-    # position features directly, where cross-attention must route the caption through noise-driven queries
-    pooled_text: bool = False
     attention: str = "auto"  # "auto" | "sdpa" | "flex" | "flash"
+    # removed options and the value they always had in the folders that still hold them (config_from_dict)
+    RETIRED: ClassVar[dict[str, object]] = {"pooled_text": False}
 
     def __post_init__(self) -> None:
         self.patch = tuple(self.patch)

@@ -353,30 +353,21 @@ def test_abs_pos_starts_as_a_no_op_and_then_tells_frames_apart():
         with_pos.with_abs_pos()
 
 
-def test_pooled_text_starts_as_a_no_op_and_then_modulates_by_caption():
-    model = _trained_looking_debug_dit()
-    pooled = model.with_pooled_text().eval()
-    assert pooled.config.pooled_text and not model.config.pooled_text
-    C, D = model.config.in_channels, model.config.text_dim
-    x = torch.randn(C, 3, 4, 4)
-    emb = torch.randn(3, 6, D)
-    mask = torch.ones(3, 6, dtype=torch.bool)
-    mask[1, 4:] = False  # a shorter caption
-    mask[2] = False  # the null caption
+def test_a_folder_with_the_retired_pooled_text_key_loads_when_it_is_false(tmp_path):
+    import json
 
-    def run(m: DiT, text_idx: int) -> torch.Tensor:
-        packed = pack([Sample(x, timestep=torch.full((3,), 0.7), text_idx=text_idx),
-                       Sample(x[:, :1], timestep=torch.zeros(1), text_idx=0)], model.config.patch)
-        with torch.no_grad():
-            return unpack(packed, m(packed, emb, mask))[0]  # [C, 3, 4, 4]
+    from chronotope.config import DiTConfig, config_from_dict
 
-    for i in range(3):  # zero-initialised: the same function, null caption included
-        torch.testing.assert_close(run(pooled, i), run(model, i))
-    # padding tokens do not enter the pooled vector
-    torch.testing.assert_close(DiT._pooled(emb, mask)[1], emb[1, :4].mean(0))
-    assert float(DiT._pooled(emb, mask)[2].abs().max()) == 0.0
-    torch.nn.init.normal_(pooled.pooled_embedder[-1].weight, std=0.5)
-    change = lambda m: float((run(m, 0) - run(m, 1)).abs().mean())  # noqa: E731
-    assert change(pooled) > 2 * change(model)  # the caption now also reaches every token through adaLN
-    with pytest.raises(ValueError, match="already conditions adaLN"):
-        pooled.with_pooled_text()
+    model = randomized_model()
+    model.save_pretrained(str(tmp_path / "dit"))
+    path = tmp_path / "dit" / "config.json"
+    saved = json.loads(path.read_text())
+    assert "pooled_text" not in saved  # no longer written
+    path.write_text(json.dumps({**saved, "pooled_text": False}))  # as folders saved before its removal hold it
+    packed, text, mask = make_batch()
+    assert torch.equal(DiT.from_pretrained(str(tmp_path / "dit")).eval()(packed, text, mask), model(packed, text, mask))
+    path.write_text(json.dumps({**saved, "pooled_text": True}))
+    with pytest.raises(ValueError, match="pooled_text=True: that option was an experiment and has been removed"):
+        DiT.from_pretrained(str(tmp_path / "dit"))
+    with pytest.raises(ValueError, match="unknown DiTConfig keys"):
+        config_from_dict(DiTConfig, {**saved, "pooled": False})

@@ -145,12 +145,10 @@ def test_train_dit_init_and_time_shift_reach_the_model_folder(cache, tmp_path, c
     for (name, a), b in zip(fine.state_dict().items(), want.state_dict().values()):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
 
-    # --abs-pos / --pooled-text with --init: absolute position features and the pooled caption added to the
-    # trained DiT, zero-initialised
-    assert main(common + ["--steps", "1", "--init", str(tmp_path / "init"), "--abs-pos", "--pooled-text",
+    # --abs-pos with --init: absolute position features added to the trained DiT, zero-initialised
+    assert main(common + ["--steps", "1", "--init", str(tmp_path / "init"), "--abs-pos",
                           "--out", str(tmp_path / "abs")]) == 0
-    added = DiT.from_pretrained(str(tmp_path / "abs" / "dit")).config
-    assert added.abs_pos and added.pooled_text
+    assert DiT.from_pretrained(str(tmp_path / "abs" / "dit")).config.abs_pos
 
     capsys.readouterr()
     assert main(common + ["--steps", "2", "--init", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r2")]) == 2

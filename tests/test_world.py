@@ -450,10 +450,10 @@ def test_demo_cli_without_a_shipped_model_renders_world_clips(tmp_path, capsys, 
     from chronotope.cli import main
 
     monkeypatch.setattr(pipeline, "ASSETS", tmp_path / "no-model")
-    assert main(["demo", "--out", str(tmp_path / "demo"), "--num", "3"]) == 0
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
     printed = capsys.readouterr().out
-    assert "no model is shipped" in printed and printed.count(".mp4") == 3 and "manifest" in printed
-    assert len(list((tmp_path / "demo" / "world").glob("*.mp4"))) == 3
+    assert "no model is shipped" in printed and printed.count(".mp4") == 4 and "manifest" in printed
+    assert len(list((tmp_path / "demo" / "world").glob("*.mp4"))) == 4
 
 
 def test_demo_cli_generates_with_the_shipped_model(tmp_path, capsys, monkeypatch):

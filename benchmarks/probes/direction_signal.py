@@ -83,13 +83,17 @@ def text_probe(pooled: torch.Tensor, labels: torch.Tensor, steps: int = 300) -> 
 
 
 def pooled_captions(captions: list[str]) -> torch.Tensor:
-    """Mean-pooled MiniLM embeddings [N, 384] of `captions` (the DiT's --pooled-text input)."""
-    from chronotope.dit.model import DiT
+    """Mean-pooled MiniLM embeddings [N, 384] of `captions`: each caption's valid tokens averaged (MiniLM's own
+    sentence embedding)."""
     from chronotope.text.encoder import TextEncoder
+
+    def pooled(text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # [n, Lt, D], [n, Lt] -> [n, D]
+        m = mask.to(text.dtype)[..., None]
+        return (text * m).sum(1) / m.sum(1).clamp_min(1.0)
 
     encoder = TextEncoder()
     with torch.no_grad():
-        return torch.cat([DiT._pooled(*encoder.encode(captions[i:i + 256])) for i in range(0, len(captions), 256)])
+        return torch.cat([pooled(*encoder.encode(captions[i:i + 256])) for i in range(0, len(captions), 256)])
 
 
 def mlp_regression(x: torch.Tensor, pooled: torch.Tensor, steps: int = 3000, batch: int = 8) -> tuple[dict, torch.Tensor]:

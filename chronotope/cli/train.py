@@ -196,11 +196,8 @@ def add_train_dit(models: argparse._SubParsersAction) -> None:
                    help="spacetime patch instead of the preset's, e.g. 1,1,1; with --init a finer patch than the "
                         "saved DiT's (its input and output layers resized, the transformer kept: DiT.with_patch)")
     p.add_argument("--abs-pos", action="store_true",
-                   help="add absolute (t, h, w) position features to the tokens (DiTConfig.abs_pos; zero-initialised, "
-                        "so --init can add them to a trained DiT)")
-    p.add_argument("--pooled-text", action="store_true",
-                   help="add the mean-pooled caption to the timestep embedding that drives adaLN (SD3 / flux's "
-                        "pooled text; DiTConfig.pooled_text; zero-initialised, so --init can add it to a trained DiT)")
+                   help="add absolute (t, h, w) position features to the tokens (DiTConfig.abs_pos, which the "
+                        "shipped model has; zero-initialised, so --init can add them to a trained DiT)")
     add_trainer_args(p, steps=2000, lr=3e-4, batch_size=0, ckpt_every=250)
     p.add_argument("--global-token-budget", type=int, default=None,
                    help="tokens per optimizer step over all ranks: sets --grad-accum to "
@@ -233,16 +230,12 @@ def run_train_dit(args: argparse.Namespace) -> int:
         config.patch = tuple(args.patch)
     if last is None and args.abs_pos:
         config.abs_pos = True
-    if last is None and args.pooled_text:
-        config.pooled_text = True
     if last is None and args.init:  # a new run from a saved DiT: its config and weights
         init = DiT.from_pretrained(str(dit_folder(args.init))).train()
         if args.patch is not None and tuple(args.patch) != init.config.patch:
             init = init.with_patch(tuple(args.patch))
         if args.abs_pos and not init.config.abs_pos:
             init = init.with_abs_pos()
-        if args.pooled_text and not init.config.pooled_text:
-            init = init.with_pooled_text()
         config = init.config
         if config.in_channels != cache.rows[0]["shape"][0]:
             raise ValueError(f"--init {args.init} takes {config.in_channels}-channel latents but the cache holds "

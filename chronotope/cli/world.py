@@ -90,6 +90,7 @@ def run_manifest(args: argparse.Namespace) -> int:
 
 
 DEMO_PROMPT = "a red circle moves right on a white background"
+DEMO_CLIPS = 4  # World clips rendered instead when no model is shipped
 
 
 def add_demo(sub: argparse._SubParsersAction) -> None:
@@ -98,7 +99,6 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", default=DEMO_PROMPT, help=f'prompt (default "{DEMO_PROMPT}")')
     p.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    p.add_argument("--num", type=int, default=4, help="World clips to render when no model is shipped (default 4)")
     p.set_defaults(handler=run_demo)
 
 
@@ -130,7 +130,7 @@ def _render_world_clips(args: argparse.Namespace) -> int:
     from chronotope.world.generate import resolve_sizes, write_world
 
     sizes = resolve_sizes(resolution="64px", aspect_ratios=["1:1", "16:9", "9:16"])
-    manifest = write_world(os.path.join(args.out, "world"), args.num, seed=args.seed, sizes=sizes,
+    manifest = write_world(os.path.join(args.out, "world"), DEMO_CLIPS, seed=args.seed, sizes=sizes,
                            num_frames=[17], fps=8.0, progress=False)
     for row in read_manifest(manifest):
         print(f"{row['path']}  ({row['width']}x{row['height']}, {row['num_frames']} frames)\n    {row['text']}")

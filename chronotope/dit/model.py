@@ -48,12 +48,6 @@ class DiT(nn.Module):
             self.text_embedder = nn.Sequential(nn.Linear(cfg.text_dim, cfg.width), nn.GELU(),
                                                nn.Linear(cfg.width, cfg.width))
             self.null_text = nn.Parameter(torch.randn(cfg.width) * 0.02)
-        self.pooled_embedder = None
-        if cfg.pooled_text:
-            if self.class_conditional:
-                raise ValueError("pooled_text needs a text-conditional DiT (num_classes = 0)")
-            self.pooled_embedder = nn.Sequential(nn.Linear(cfg.text_dim, cfg.width), nn.SiLU(),
-                                                 nn.Linear(cfg.width, cfg.width))
         axes = cfg.rope_axes or default_rope_axes(head_dim)
         if sum(axes) != head_dim:
             raise ValueError(f"rope_axes {axes} must sum to the head dim {head_dim} (width / heads)")
@@ -87,9 +81,6 @@ class DiT(nn.Module):
         if self.pos_embedder is not None:  # starts as a no-op, so it can be added to a trained model
             nn.init.zeros_(self.pos_embedder.weight)
             nn.init.zeros_(self.pos_embedder.bias)
-        if self.pooled_embedder is not None:  # likewise
-            nn.init.zeros_(self.pooled_embedder[-1].weight)
-            nn.init.zeros_(self.pooled_embedder[-1].bias)
 
     def _text(self, text: Tensor, text_mask: Tensor | None, text_idx: Tensor,
               text_rows: int | None = None) -> tuple[Tensor, Tensor | None]:
@@ -110,14 +101,6 @@ class DiT(nn.Module):
         ctx = torch.where(first[..., None], self.null_text.to(ctx.dtype), ctx)
         return ctx[text_idx], (mask | first)[text_idx]  # [N, Lt, D], [N, Lt]
 
-    @staticmethod
-    def _pooled(text: Tensor, text_mask: Tensor | None) -> Tensor:
-        """Captions [Nt, Lt, Dt] + mask [Nt, Lt] -> the mean of each caption's valid tokens [Nt, Dt] (MiniLM's
-        own sentence embedding); zeros for the null caption, whose pooled embedding is then the learned bias."""
-        if text_mask is None:
-            return text.mean(1)
-        m = text_mask.to(text.dtype)[..., None]  # [Nt, Lt, 1]
-        return (text * m).sum(1) / m.sum(1).clamp_min(1.0)
 
     def forward(self, packed: PackedBatch, text: Tensor | None = None, text_mask: Tensor | None = None,
                 class_labels: Tensor | None = None) -> Tensor:
@@ -166,14 +149,8 @@ class DiT(nn.Module):
             if text is None:
                 raise ValueError("this DiT is text-conditional: pass text [N, Lt, text_dim] and text_mask [N, Lt]")
             text_ctx, mask = self._text(text, text_mask, packed.text_idx, info.text_rows if info else None)
-            if self.pooled_embedder is None:
-                uniq, inv = inv_table if inv_table is not None else torch.unique(t, return_inverse=True)
-                c = self.t_embedder(uniq)  # [U, D]
-            else:  # distinct (timestep, caption) pairs
-                key = torch.stack([t.to(torch.float64), packed.text_idx[sample_idx].to(torch.float64)], dim=1)
-                uniq, inv = torch.unique(key, dim=0, return_inverse=True)  # [U, 2], [L]
-                c = self.t_embedder(uniq[:, 0].float()) + self.pooled_embedder(
-                    self._pooled(text, text_mask)[uniq[:, 1].long()])  # [U, D]
+            uniq, inv = inv_table if inv_table is not None else torch.unique(t, return_inverse=True)
+            c = self.t_embedder(uniq)  # [U, D]
 
         rope, pos = None, None
         if self.rope is not None or self.pos_embedder is not None:
@@ -227,14 +204,6 @@ class DiT(nn.Module):
         if self.config.abs_pos:
             raise ValueError("this DiT already has absolute position features (abs_pos=True)")
         return self._rebuilt(fresh=("pos_embedder.",), abs_pos=True)
-
-    @torch.no_grad()
-    def with_pooled_text(self) -> "DiT":
-        """A copy with the pooled caption added to the adaLN conditioning (`DiTConfig.pooled_text`):
-        zero-initialised, so it computes exactly what this model computes until training moves it."""
-        if self.config.pooled_text:
-            raise ValueError("this DiT already conditions adaLN on the pooled caption (pooled_text=True)")
-        return self._rebuilt(fresh=("pooled_embedder.",), pooled_text=True)
 
     def _rebuilt(self, fresh: tuple[str, ...], **changes) -> "DiT":
         """A new DiT with `changes` to this one's config, holding this one's weights except those whose names
