@@ -20,6 +20,7 @@ import numpy as np
 
 from chronotope.sizes import size_for
 from chronotope.world.captions import detailed_caption, short_caption
+from chronotope.world.generate import WorldItem
 from chronotope.world.render import render
 from chronotope.world.scene import Scene, sample_scene
 
@@ -57,17 +58,10 @@ class WorldMix:
 
 
 @dataclass(frozen=True)
-class MixItem:
-    """What item `index` of a mix renders."""
+class MixItem(WorldItem):
+    """What item `index` of a mix renders: a World item (size, length, scene seed) of one `kind`."""
 
-    index: int
-    kind: str
-    scene_seed: int
-    height: int
-    width: int
-    aspect_ratio: str
-    num_frames: int
-    fps: float
+    kind: str = "general"
 
     def scene(self) -> Scene:
         if self.kind == "general":
@@ -89,7 +83,7 @@ def plan_item(mix: WorldMix, seed: int, index: int) -> MixItem:
     num_frames = int(lengths[int(rng.integers(len(lengths)))])
     height, width = size_for(mix.resolution, ratio)
     scene_seed = int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
-    return MixItem(index, kind, scene_seed, height, width, ratio, num_frames, float(mix.fps))
+    return MixItem(index, scene_seed, height, width, ratio, num_frames, float(mix.fps), kind)
 
 
 def render_item(mix: WorldMix, seed: int, index: int) -> tuple[np.ndarray, dict]:
