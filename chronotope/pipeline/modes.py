@@ -25,6 +25,7 @@ every later latent frame codes 4 frames given the frames before it. So:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -32,7 +33,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from chronotope.diffusion.flow import span_mask
+from chronotope.diffusion.flow import interpolate, span_mask, timesteps
+from chronotope.pipeline.resolve import CONNECT_GAP, NEW_FRAMES, note
 from chronotope.request import arg
 
 Encoder = Callable[[np.ndarray], Tensor]  # uint8 frames [T, H, W, 3] (target size) -> latents [C, t, h, w]
@@ -200,3 +202,148 @@ def loop_closure(frames: np.ndarray) -> dict[str, float]:
     wrap = float(np.abs(x[0] - x[-1]).mean())
     inner = float(steps.mean())
     return {"wrap_diff": wrap, "mean_step_diff": inner, "ratio": wrap / max(inner, 1e-6)}
+
+
+# The mode table: what each mode adds to the common request -> window -> plan -> denoise -> decode.
+# Adding a mode = its window and plan functions + one MODES entry (VideoPipeline.__call__ reads only this).
+
+
+@dataclass
+class Request:
+    """A resolved request as the mode functions see it (pipeline.__call__ fills it; `window` may trim
+    frames_in or set defaults). T: window frames; total: output frames (long); shape: latent (C, n, h, w)."""
+
+    mode: str
+    num_frames: int | None
+    frames_in: dict[str, np.ndarray]
+    notes: list[str]
+    cond_latent_frames: int | None
+    gap_frames: int | None
+    window_frames: int | None
+    direction: str
+    image_position: str
+    strength: float | None
+    num_inference_steps: int
+    T: int = 0
+    total: int | None = None
+    shape: tuple[int, int, int, int] = (0, 0, 0, 0)
+    k: int | None = None
+    shift: float = 1.0
+
+
+Denoise = Callable[[Tensor, Tensor, Plan], Tensor]  # (x [B, C, n, h, w], timesteps, plan) -> clean latents
+
+
+@dataclass
+class Mode:
+    """window(pipe, r) -> T; plan(pipe, r, noise, ts, denoise) -> (Plan, x at ts[0], ts). `given_ends`: sides
+    a default k is taken from; `windows(r)`: sampler calls (cost); `extra(r)`: params it records;
+    `report(frames)`: params measured on the output."""
+
+    window: Callable[..., int]
+    plan: Callable[..., tuple[Plan, Tensor, Tensor]] | None
+    given_ends: int = 1
+    windows: Callable[[Request], int] = lambda r: 1
+    extra: Callable[[Request], dict] = lambda r: {}
+    report: Callable[[list[np.ndarray]], dict] | None = None
+
+
+def _given_or(default: Callable[..., int]) -> Callable[..., int]:
+    """t2v, i2v, extend, connect: num_frames as given, else the mode's default."""
+    return lambda pipe, r: r.num_frames if r.num_frames is not None else default(pipe, r)
+
+
+def _window_t2i(pipe, r: Request) -> int:
+    if r.num_frames not in (None, 1):
+        raise ValueError(f"{arg('mode', 't2i')} makes one frame; got {arg('num_frames', r.num_frames)} "
+                         f"(use t2v for videos)")
+    return 1
+
+
+def _window_loop(pipe, r: Request) -> int:
+    r.k = 1 if r.cond_latent_frames is None else r.cond_latent_frames
+    return window_frames(loop_window(16 if r.num_frames is None else r.num_frames, r.k))
+
+
+def _window_edit(pipe, r: Request) -> int:
+    v = r.frames_in["video"]
+    T = r.num_frames if r.num_frames is not None else (len(v) - 1) // 4 * 4 + 1
+    if T > len(v):
+        raise ValueError(f"edit: the video has {len(v)} frames, fewer than {arg('num_frames', T)}")
+    if T < len(v):
+        note(r.notes, f"edit: using the first {T} of the video's {len(v)} frames (clips have 4k+1 frames)")
+    r.frames_in["video"] = v[:T]
+    r.strength = 0.7 if r.strength is None else r.strength
+    return T
+
+
+def _window_long(pipe, r: Request) -> int:
+    T = r.window_frames if r.window_frames is not None else pipe.defaults["num_frames"]
+    r.total = r.num_frames if r.num_frames is not None else T
+    return T
+
+
+def _window_extend(pipe, r: Request) -> int:  # NEW_FRAMES new frames after (forward) or before (backward) 2 given latents
+    k0 = 2 if r.cond_latent_frames is None else r.cond_latent_frames
+    return window_frames(k0 + NEW_FRAMES // TF + (r.direction == "backward"))
+
+
+def _window_connect(pipe, r: Request) -> int:  # a CONNECT_GAP-frame gap between 2 given latent frames of each video
+    k0 = 2 if r.cond_latent_frames is None else r.cond_latent_frames
+    return window_frames(2 * k0 + ((CONNECT_GAP if r.gap_frames is None else r.gap_frames) + 1) // TF)
+
+
+def _plan_none(pipe, r: Request, noise: Tensor, ts: Tensor, denoise: Denoise):
+    return plan_none(r.shape), noise, ts
+
+
+def _plan_edit(pipe, r: Request, noise: Tensor, ts: Tensor, denoise: Denoise):
+    plan = plan_none(r.shape)
+    z0 = pipe.encode_video(r.frames_in["video"]).to(noise)[None]  # [1, C, n, h, w]
+    ts = timesteps(max(1, math.ceil(r.num_inference_steps * r.strength)), r.shift, start=r.strength)
+    return plan, interpolate(z0.expand_as(noise), noise, r.strength), ts  # x_t at t = strength
+
+
+def _plan_i2v(pipe, r: Request, noise: Tensor, ts: Tensor, denoise: Denoise):
+    return plan_i2v(pipe.encode_video, r.frames_in["image"], r.shape[1], r.image_position), noise, ts
+
+
+def _plan_extend(pipe, r: Request, noise: Tensor, ts: Tensor, denoise: Denoise):
+    return plan_extend(pipe.encode_video, r.frames_in["video"], r.shape[1], r.k, r.direction), noise, ts
+
+
+def _plan_connect(pipe, r: Request, noise: Tensor, ts: Tensor, denoise: Denoise):
+    video, end = r.frames_in["video"], r.frames_in["video_end"]
+    return plan_connect(pipe.encode_video, video, end, r.shape[1], r.k), noise, ts
+
+
+def _plan_loop(pipe, r: Request, noise: Tensor, ts: Tensor, denoise: Denoise):
+    """Pass 1 is plain t2v; pass 2 reuses the same noise with the head and tail given."""
+    z1 = denoise(noise, ts, plan_none(r.shape))
+    heads = pipe.decode(z1[:, :, : r.k + 1])  # [B, 4k+1, H, W, 3]: exact, the VAE is causal
+    plans = [plan_loop(pipe.encode_video, z1[b], heads[b], r.k) for b in range(len(z1))]
+    return Plan(torch.stack([p.latents for p in plans]), plans[0].mask, plans[0].keep), noise, ts
+
+
+def _long_windows(r: Request) -> int:
+    n, k = r.shape[1], r.k
+    return 1 + max(0, math.ceil(((r.total - 1) // 4 + 1 - n) / max(1, n - k)))
+
+
+def _k_param(r: Request) -> dict:
+    return {"cond_latent_frames": r.k}
+
+
+MODES: dict[str, Mode] = {
+    "t2v": Mode(_given_or(lambda pipe, r: pipe.defaults["num_frames"]), _plan_none),
+    "t2i": Mode(_window_t2i, _plan_none),
+    "i2v": Mode(_given_or(lambda pipe, r: pipe.defaults["num_frames"]), _plan_i2v),
+    "extend": Mode(_given_or(_window_extend), _plan_extend, extra=_k_param),
+    "connect": Mode(_given_or(_window_connect), _plan_connect, given_ends=2,
+                    extra=lambda r: {**_k_param(r), "gap_frames": TF * (r.shape[1] - 2 * r.k) - 1}),
+    "loop": Mode(_window_loop, _plan_loop, windows=lambda r: 2, extra=_k_param,
+                 report=lambda frames: {"loop_closure": [loop_closure(f) for f in frames]}),
+    "edit": Mode(_window_edit, _plan_edit),
+    "long": Mode(_window_long, None, windows=_long_windows,  # window by window: long_video.generate_long
+                 extra=lambda r: {**_k_param(r), "num_frames": r.total, "window_frames": r.T}),
+}

@@ -17,7 +17,6 @@ vae/ and dit/ (config.json + model.safetensors each, or shards + an index: chron
 from __future__ import annotations
 
 import json
-import math
 import os
 import secrets
 from dataclasses import dataclass, field
@@ -29,15 +28,13 @@ from torch import Tensor
 
 from chronotope.atomic import atomic_write_json
 from chronotope.config import DIT_PRESETS, VAE_PRESETS
-from chronotope.diffusion.flow import interpolate, shift_for_tokens, timesteps
+from chronotope.diffusion.flow import shift_for_tokens, timesteps
 from chronotope.diffusion.samplers import cfg_velocity, get_sampler
 from chronotope.dit.model import DiT
 from chronotope.dit.patches import Sample, pack, unpack
 from chronotope.pipeline import modes
 from chronotope.pipeline.long_video import generate_long
 from chronotope.pipeline.resolve import (
-    CONNECT_GAP,
-    NEW_FRAMES,
     check_choices,
     fit_frames,
     frames_from,
@@ -312,51 +309,19 @@ class VideoPipeline:
         fps = float(fps if fps is not None else (in_fps or self.defaults["fps"]))
         num_frames = frames_from(num_frames, duration, fps)
         frames_in = {k: fit_frames(self, f, H, W, k, notes) for k, (f, _) in inputs.items()}
-        encode = self.encode_video
-
-        # the window's length in frames
-        if mode == "t2i":
-            if num_frames not in (None, 1):
-                raise ValueError(f"{arg('mode', 't2i')} makes one frame; got {arg('num_frames', num_frames)} "
-                                 f"(use t2v for videos)")
-            T = 1
-        elif mode == "loop":
-            loop_len = 16 if num_frames is None else num_frames
-            k = 1 if cond_latent_frames is None else cond_latent_frames
-            T = modes.window_frames(modes.loop_window(loop_len, k))
-        elif mode == "edit":
-            v = frames_in["video"]
-            T = num_frames if num_frames is not None else (len(v) - 1) // 4 * 4 + 1
-            if T > len(v):
-                raise ValueError(f"edit: the video has {len(v)} frames, fewer than {arg('num_frames', T)}")
-            if T < len(v):
-                note(notes, f"edit: using the first {T} of the video's {len(v)} frames (clips have 4k+1 frames)")
-            frames_in["video"] = v[:T]
-        elif mode == "long":
-            T = window_frames if window_frames is not None else self.defaults["num_frames"]
-            total = num_frames if num_frames is not None else T
-        elif num_frames is not None:
-            T = num_frames
-        elif mode == "extend":  # NEW_FRAMES new frames after (forward) or before (backward) 2 given latent frames
-            k0 = 2 if cond_latent_frames is None else cond_latent_frames
-            T = modes.window_frames(k0 + NEW_FRAMES // modes.TF + (direction == "backward"))
-        elif mode == "connect":  # a CONNECT_GAP-frame gap between 2 given latent frames of each video
-            k0 = 2 if cond_latent_frames is None else cond_latent_frames
-            T = modes.window_frames(2 * k0 + ((CONNECT_GAP if gap_frames is None else gap_frames) + 1) // modes.TF)
-        else:
-            T = self.defaults["num_frames"]
-        C, n, h, w = self.vae.latent_shape(T, H, W)
-        if mode not in ("loop",):
-            k = (cond_latent_frames if cond_latent_frames is not None
-                 else max(1, min(2, (n - 1) // (2 if mode == "connect" else 1))))
+        spec = modes.MODES[mode]
+        r = modes.Request(mode, num_frames, frames_in, notes, cond_latent_frames, gap_frames, window_frames, direction,
+                          image_position, strength, num_inference_steps)
+        r.T = T = spec.window(self, r)  # the window's length in frames
+        r.shape = C, n, h, w = self.vae.latent_shape(T, H, W)
+        if r.k is None:
+            r.k = cond_latent_frames if cond_latent_frames is not None else max(1, min(2, (n - 1) // spec.given_ends))
         if shift is None:
             shift = shift_for_tokens(tokens_per_sample(self, n, h, w), scale=float(self.defaults["time_shift"]))
+        r.shift = shift
         passes = 1 if guidance_scale <= 1.0 else (3 if image_guidance_scale is not None and mode != "t2v" else 2)
-        if mode == "long":
-            windows = 1 + max(0, math.ceil(((total - 1) // 4 + 1 - n) / max(1, n - k)))
-            cost = estimate_cost(self, B, (C, n, h, w), num_inference_steps, passes, total, windows)
-        else:
-            cost = estimate_cost(self, B, (C, n, h, w), num_inference_steps, passes, T, 2 if mode == "loop" else 1)
+        cost = estimate_cost(self, B, (C, n, h, w), num_inference_steps, passes, r.total if r.total is not None else T,
+                             spec.windows(r))
         long_note = check_cost(cost)
         for text in warnings + ([long_note] if long_note else []):
             note(notes, text)
@@ -373,47 +338,22 @@ class VideoPipeline:
         params = dict(prompt=prompts[0] if B == 1 else prompts, mode=mode, height=H, width=W, num_frames=T, fps=fps, num_inference_steps=num_inference_steps,
                       guidance_scale=guidance_scale, image_guidance_scale=image_guidance_scale, sampler=sampler,
                       shift=float(shift), seed=int(seed), negative_prompt=negatives[0] if B == 1 else negatives, direction=direction,
-                      image_position=image_position, strength=strength, expand_prompt=expand_prompt,
+                      image_position=image_position, strength=r.strength, expand_prompt=expand_prompt,
                       **{k: os.fspath(v) for k, v in (("image", image), ("video", video), ("video_end", video_end))
                          if isinstance(v, (str, os.PathLike))})
-        if mode != "t2i" and mode not in ("t2v", "i2v", "edit"):
-            params["cond_latent_frames"] = k
-        if mode == "connect":
-            params["gap_frames"] = modes.TF * (n - 2 * k) - 1
-
-        if mode == "long":
-            params.update(num_frames=total, window_frames=T)
-            frames, latents, mask = generate_long(self, frames_in.get("image"), total, n, k, (C, h, w), cond, uncond, ts, run,
-                                          paths, fps, image_position)
+        params.update(spec.extra(r))
+        if spec.plan is None:  # long: window by window
+            frames, latents, mask = generate_long(self, frames_in.get("image"), r.total, n, r.k, (C, h, w), cond, uncond, ts,
+                                                  run, paths, fps, image_position)
             return PipelineOutput(frames, latents, texts, int(seed), fps, mode, mask, params, notes)
 
         noise = self.initial_noise((B, C, n, h, w), generator)  # [B, C, n, h, w]
-        x = noise
-        if mode in ("t2v", "t2i", "edit"):
-            plan = modes.plan_none((C, n, h, w))
-            if mode == "edit":
-                strength = 0.7 if strength is None else strength
-                params["strength"] = strength
-                z0 = encode(frames_in["video"]).to(noise)[None]  # [1, C, n, h, w]
-                steps = max(1, math.ceil(num_inference_steps * strength))
-                ts = timesteps(steps, shift, start=strength)
-                x = interpolate(z0.expand_as(noise), noise, strength)  # x_t at t = strength
-        elif mode == "i2v":
-            plan = modes.plan_i2v(encode, frames_in["image"], n, image_position)
-        elif mode == "extend":
-            plan = modes.plan_extend(encode, frames_in["video"], n, k, direction)
-        elif mode == "connect":
-            plan = modes.plan_connect(encode, frames_in["video"], frames_in["video_end"], n, k)
-        else:  # loop: pass 1 is plain t2v; pass 2 reuses the same noise with the head and tail given
-            z1 = self.denoise(noise, ts, cond, uncond, modes.plan_none((C, n, h, w)), **run)
-            heads = self.decode(z1[:, :, : k + 1])  # [B, 4k+1, H, W, 3]: exact, the VAE is causal
-            plans = [modes.plan_loop(encode, z1[b], heads[b], k) for b in range(B)]
-            plan = modes.Plan(torch.stack([p.latents for p in plans]), plans[0].mask, plans[0].keep)
+        plan, x, ts = spec.plan(self, r, noise, ts, lambda x, ts, plan: self.denoise(x, ts, cond, uncond, plan, **run))
         z = self.denoise(x, ts, cond, uncond, plan, **run)
         decoded = self.decode(z)  # [B, T, H, W, 3]
         frames = [plan.assemble(decoded[b]) for b in range(B)]
-        if mode == "loop":
-            params["loop_closure"] = [modes.loop_closure(f) for f in frames]
+        if spec.report is not None:
+            params.update(spec.report(frames))
         for path, f in zip(paths or [], frames):
             write_video(path, f, fps)
         return PipelineOutput(frames, z, texts, int(seed), fps, mode, plan.mask[None].expand(B, -1).clone(), params, notes)
