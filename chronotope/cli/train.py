@@ -206,43 +206,17 @@ def add_train_dit(models: argparse._SubParsersAction) -> None:
 
 
 def run_train_dit(args: argparse.Namespace) -> int:
-    import json
-
-    from chronotope.config import DIT_PRESETS, DiTConfig, config_from_dict
     from chronotope.data.latent_cache import LatentCache
-    from chronotope.dit.model import DiT
     from chronotope.text.encoder import load_text_encoder
-    from chronotope.train.checkpoint import latest_checkpoint
-    from chronotope.train.dit_task import DiTTask, TextEmbeddings, dit_folder
+    from chronotope.train.dit_task import DiTTask, TextEmbeddings, dit_for_run
     from chronotope.train.trainer import Trainer, seed_everything
 
-    if args.preset not in DIT_PRESETS:
-        raise ValueError(f"unknown DiT preset {args.preset!r}; choose one of {sorted(DIT_PRESETS)}")
     cache = LatentCache(args.data)
-    if not len(cache):
-        raise ValueError(f"the latent cache {args.data} has no items")
-    config, init = DIT_PRESETS[args.preset](), None
-    config.in_channels = cache.rows[0]["shape"][0]  # the VAE decides the latent channels
-    last = latest_checkpoint(args.out) if args.resume else None
-    if args.patch is not None and (len(args.patch) != 3 or min(args.patch) < 1):
-        raise ValueError(f"--patch takes three positive sizes PT,PH,PW such as 1,2,2, got {args.patch}")
-    if last is None and args.patch is not None:
-        config.patch = tuple(args.patch)
-    if last is None and args.abs_pos:
-        config.abs_pos = True
-    if last is None and args.init:  # a new run from a saved DiT: its config and weights
-        init = DiT.from_pretrained(str(dit_folder(args.init))).train()
-        if args.patch is not None and tuple(args.patch) != init.config.patch:
-            init = init.with_patch(tuple(args.patch))
-        if args.abs_pos and not init.config.abs_pos:
-            init = init.with_abs_pos()
-        config = init.config
-        if config.in_channels != cache.rows[0]["shape"][0]:
-            raise ValueError(f"--init {args.init} takes {config.in_channels}-channel latents but the cache holds "
-                             f"{cache.rows[0]['shape'][0]}; encode the data with that DiT's VAE")
-    if last is not None:  # the checkpoint's architecture, time shift and conditioning mix win over the options
-        saved = json.loads((last / "trainer_state.json").read_text())["config"]["task"]
-        config = config_from_dict(DiTConfig, saved["dit"])
+    seed_everything(args.seed)  # a fresh DiT's initial weights follow --seed
+    model, saved = dit_for_run(args.preset, cache, args.out if args.resume else None, args.init, args.patch,
+                               args.abs_pos)
+    config = model.config
+    if saved is not None:  # a resumed run: its time shift and conditioning mix win over the options
         args.time_shift = saved.get("time_shift", 1.0)
         args.cond_probs = saved.get("cond_probs")
     kw = trainer_kwargs(args)
@@ -256,8 +230,6 @@ def run_train_dit(args: argparse.Namespace) -> int:
         if int(os.environ.get("RANK", 0)) == 0:
             print(f"global token budget {args.global_token_budget}: {kw['grad_accum']} micro-batches of "
                   f"{args.token_budget} tokens x {world} ranks per step")
-    seed_everything(args.seed)
-    model = init if init is not None else DiT(config)
     text = TextEmbeddings.build(cache, load_text_encoder(args.text_encoder), progress=not args.no_progress)
     vae_dir = cache.meta.get("vae")
     task = DiTTask(model, cache, text, token_budget=args.token_budget, caption_dropout=args.caption_dropout,

@@ -330,3 +330,47 @@ def _export(folder: Path, save, step: int) -> None:
         (tmp / "training.json").write_text(json.dumps({"step": step}))
 
     swap_in_folder(folder, write)
+
+
+def dit_for_run(preset: str, cache: Any, resume_dir: str | None = None, init: str | None = None,
+                patch: list[int] | tuple[int, int, int] | None = None, abs_pos: bool = False
+                ) -> tuple[nn.Module, dict[str, Any] | None]:
+    """The DiT a `chronotope train dit` run trains, and the saved task config when it resumes.
+
+    Resuming (a complete checkpoint in `resume_dir`): the checkpoint's architecture (its weights are loaded
+    by the Trainer). Else `init` (a DiT or model folder: its config and weights, resized to a finer `patch`
+    and given absolute positions by `DiT.with_patch` / `with_abs_pos`), else a fresh `preset` with the
+    cache's latent channels, `patch` and `abs_pos`.
+    """
+    from chronotope.config import DIT_PRESETS, DiTConfig, config_from_dict
+    from chronotope.dit.model import DiT
+    from chronotope.train.checkpoint import latest_checkpoint
+
+    if preset not in DIT_PRESETS:
+        raise ValueError(f"unknown DiT preset {preset!r}; choose one of {sorted(DIT_PRESETS)}")
+    if not len(cache):
+        raise ValueError(f"the latent cache {cache.dir} has no items")
+    if patch is not None and (len(patch) != 3 or min(patch) < 1):
+        raise ValueError(f"--patch takes three positive sizes PT,PH,PW such as 1,2,2, got {list(patch)}")
+    channels = cache.rows[0]["shape"][0]  # the VAE decides the latent channels
+    last = latest_checkpoint(resume_dir) if resume_dir else None
+    if last is not None:
+        saved = json.loads((last / "trainer_state.json").read_text())["config"]["task"]
+        return DiT(config_from_dict(DiTConfig, saved["dit"])), saved
+    if init:
+        model = DiT.from_pretrained(str(dit_folder(init))).train()
+        if patch is not None and tuple(patch) != model.config.patch:
+            model = model.with_patch(tuple(patch))
+        if abs_pos and not model.config.abs_pos:
+            model = model.with_abs_pos()
+        if model.config.in_channels != channels:
+            raise ValueError(f"--init {init} takes {model.config.in_channels}-channel latents but the cache holds "
+                             f"{channels}; encode the data with that DiT's VAE")
+        return model, None
+    config = DIT_PRESETS[preset]()
+    config.in_channels = channels
+    if patch is not None:
+        config.patch = tuple(patch)
+    config.abs_pos = config.abs_pos or abs_pos
+    return DiT(config), None
+
