@@ -31,7 +31,7 @@ from safetensors.torch import save_file
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from chronotope.atomic import atomic_write_text
+from chronotope.atomic import atomic_write, atomic_write_text
 from chronotope.video import VideoReadError
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -104,11 +104,7 @@ class CacheWriter:
                     raise ValueError(f"extra tensor name {tname!r} must be an identifier other than 'latent'")
                 tensors[f"{key}.{tname}"] = t.detach().cpu().contiguous()
             lines.append({"key": key, "shard": name, "shape": list(z.shape), **fields})
-        tmp = self.out / f".{name}.tmp{os.getpid()}"
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, self.out / name)  # 1. the shard, whole
+        atomic_write(self.out / name, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))  # 1. the shard
         with open(self.index_path, "a", encoding="utf-8") as f:  # 2. its index lines
             f.write("".join(json.dumps(r) + "\n" for r in lines))
             f.flush()
