@@ -136,11 +136,21 @@ def speed(shape: tuple[int, int, int], repeats: int, threads: int) -> dict:
 # held-out World shapes: (aspect ratio, frames); fresh seeds, never training data (that starts at seed 1000)
 WORLD_EVAL = [("1:1", 17), ("16:9", 17), ("9:16", 17), ("4:3", 33), ("1:1", 1)]
 TEST_SOURCES = ["testsrc2", "mandelbrot", "smptebars"]  # ffmpeg lavfi sources: generalisation, no target
+CEILING_KEYS = ("overall", "shape", "color", "motion")  # the issue's targets; every attribute is recorded
 
 
-def psnr_world(vae_dir: str, per_shape: int = 8) -> dict:
+def _roundtrip_uint8(vae, frames):
+    """uint8 [T, H, W, 3] through the VAE (posterior mode) -> (input [1, 3, T, H, W], output clamped), in [-1, 1]."""
+    import torch
+
+    x = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1  # [1, 3, T, H, W]
+    return x, vae.decode(vae.encode(x).mode()).clamp(-1, 1)
+
+
+def psnr_world(vae_dir: str, per_shape: int = 8, resolution: str = "64px", vae=None) -> dict:
     """Reconstruction PSNR (dB, posterior mode, clamped) of a trained VAE on held-out World clips of several
-    aspect ratios and lengths, and on ffmpeg test sources at 64x64 if ffmpeg is installed."""
+    aspect ratios and lengths at `resolution`, and on ffmpeg test sources at 64x64 if ffmpeg is installed.
+    `vae`: an already loaded CausalVAE (e.g. a checkpoint's weights) instead of the folder."""
     import shutil
 
     import numpy as np
@@ -151,20 +161,19 @@ def psnr_world(vae_dir: str, per_shape: int = 8) -> dict:
     from chronotope.vae.model import CausalVAE
     from chronotope.world.generate import iter_world
 
-    vae = CausalVAE.from_pretrained(vae_dir).eval()
+    vae = (vae or CausalVAE.from_pretrained(vae_dir)).eval()
 
     def score(frames: np.ndarray) -> float:  # [T, H, W, 3] uint8
-        x = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1  # [1, 3, T, H, W]
-        return psnr(vae.decode(vae.encode(x).mode()).clamp(-1, 1), x).item()
+        return psnr(*_roundtrip_uint8(vae, frames)[::-1]).item()
 
     world: dict[str, float] = {}
     with torch.inference_mode():
         for k, (ratio, frames) in enumerate(WORLD_EVAL):
-            h, w = size_for("64px", ratio)
+            h, w = size_for(resolution, ratio)
             clips = iter_world(per_shape, seed=987_654 + 1000 * k, height=h, width=w, num_frames=frames)
             world[f"{ratio} {frames}f {h}x{w}"] = statistics.mean(score(f) for _, f in clips)
         other: dict[str, float] = {}
-        if shutil.which("ffmpeg"):
+        if shutil.which("ffmpeg") and resolution == "64px":
             for src in TEST_SOURCES:
                 raw = subprocess.run(
                     ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", f"{src}=size=64x64:rate=8", "-frames:v", "17",
@@ -172,7 +181,59 @@ def psnr_world(vae_dir: str, per_shape: int = 8) -> dict:
                 other[src] = score(np.frombuffer(raw, np.uint8).reshape(17, 64, 64, 3).copy())
     cfg = vae.config
     return {"psnr_world": statistics.mean(world.values()), "world": world, "ffmpeg_sources": other,
-            "compression": cfg.compression, "vae": str(vae_dir)}
+            "compression": cfg.compression, "vae": str(vae_dir), "resolution": resolution}
+
+
+def vae_ceiling(vae_dir: str, num: int = 200, resolution: str = "64px", vae=None) -> dict:
+    """World-bench's t2v prompts (the same fresh seeds and sizes as `bench generate-and-score --num num`):
+    each scene's ground-truth render scored as it is and after the VAE (encode, decode). The VAE's scores
+    are the most any DiT on its latents can reach. Means per attribute over the prompts that score it."""
+    import numpy as np
+    import torch
+
+    from chronotope.bench.generate import BenchConfig, plan_prompts
+    from chronotope.bench.score import ATTRIBUTES, score_video
+    from chronotope.vae.model import CausalVAE
+    from chronotope.world import render, sample_scene
+
+    vae = (vae or CausalVAE.from_pretrained(vae_dir)).eval()
+    fps = 8.0
+    sums = {side: {k: [] for k in ("overall",) + ATTRIBUTES} for side in ("ground_truth", "vae")}
+    with torch.inference_mode():
+        for p in plan_prompts(BenchConfig(out="", num=num, resolution=resolution)):
+            gt = render(sample_scene(p.scene_seed, include_heldout=p.heldout), p.height, p.width, p.num_frames,
+                        fps).frames  # [T, H, W, 3] uint8
+            y = _roundtrip_uint8(vae, gt)[1]
+            recon = ((y[0].permute(1, 2, 3, 0) + 1) * 127.5).round().to(torch.uint8).numpy()
+            for side, frames in (("ground_truth", gt), ("vae", np.ascontiguousarray(recon))):
+                scores = score_video(frames, p.spec, fps=fps)
+                for k, values in sums[side].items():
+                    if scores.get(k) is not None:
+                        values.append(float(scores[k]))
+    mean = {side: {k: statistics.mean(v) if v else None for k, v in d.items()} for side, d in sums.items()}
+    return {"prompts": num, "resolution": resolution, "ground_truth": mean["ground_truth"], "vae": mean["vae"],
+            "vae_dir": str(vae_dir)}
+
+
+def vae_quality(vae_dir: str, resolution: str = "64px", ceiling_prompts: int = 200) -> dict:
+    """psnr_world and the World-bench ceiling of one VAE folder, each printed as it is measured."""
+    quality = psnr_world(vae_dir, resolution=resolution)
+    for name, value in {**quality["world"], **quality["ffmpeg_sources"]}.items():
+        print(f"PSNR {name:<28} {value:6.2f} dB", flush=True)
+    quality["ceiling"] = vae_ceiling(vae_dir, ceiling_prompts, resolution)
+    for side in ("ground_truth", "vae"):
+        row = "  ".join(f"{k} {quality['ceiling'][side][k]:.3f}" for k in CEILING_KEYS)
+        print(f"World-bench {side:<13} {row}  ({ceiling_prompts} t2v prompts)", flush=True)
+    return quality
+
+
+def quality_keys(quality: dict | None) -> dict:
+    """The top-level keys of vae.json that vae_quality decides ("not measured" without a VAE)."""
+    if quality is None:
+        return {"psnr_world": "not measured", "vae_ceiling_shape": "not measured", "quality": None}
+    return {"psnr_world": f"{quality['psnr_world']:.2f}",
+            "vae_ceiling_shape": f"{quality['ceiling']['vae']['shape']:.3f}",
+            "vae_ceiling": {k: quality["ceiling"]["vae"][k] for k in CEILING_KEYS}, "quality": quality}
 
 
 RESULT = ROOT / "benchmarks" / "results" / "vae.json"
@@ -188,23 +249,28 @@ def write_result(result: dict) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="17x64x64 only, fewer repeats, 64x64 memory test")
-    p.add_argument("--vae", help="trained VAE folder for psnr_world")
-    p.add_argument("--psnr-only", action="store_true", help="with --vae: only the PSNR table (no speed/memory)")
+    p.add_argument("--vae", help="trained VAE folder: psnr_world and the World-bench ceiling")
+    p.add_argument("--psnr-only", action="store_true",
+                   help="with --vae: only its quality (PSNR table and ceiling; no speed/memory)")
+    p.add_argument("--resolution", default="64px", help="World resolution of the quality measures (default 64px)")
+    p.add_argument("--ceiling-prompts", type=int, default=200,
+                   help="World-bench t2v prompts for the ceiling (default 200, as the published bench)")
     p.add_argument("--threads", type=int, default=torch_threads())
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return 0
+    if args.psnr_only and not args.vae:
+        raise SystemExit("--psnr-only needs --vae DIR (a trained VAE folder)")
+    if args.ceiling_prompts < 1:
+        raise SystemExit(f"--ceiling-prompts must be >= 1, got {args.ceiling_prompts}")
+    quality = vae_quality(args.vae, args.resolution, args.ceiling_prompts) if args.vae else None
     if args.psnr_only:
-        if not args.vae:
-            raise SystemExit("--psnr-only needs --vae DIR (a trained VAE folder)")
-        quality = psnr_world(args.vae)
-        for name, value in {**quality["world"], **quality["ffmpeg_sources"]}.items():
-            print(f"PSNR {name:<28} {value:6.2f} dB")
-        print(f"vae: psnr_world={quality['psnr_world']:.2f} at {quality['compression']:.0f}x compression")
         old = json.loads(RESULT.read_text()) if RESULT.is_file() else {}  # keep the speed/memory keys
-        write_result({**old, "psnr_world": f"{quality['psnr_world']:.2f}", "quality": quality})
+        write_result({**old, **quality_keys(quality)})
+        print(f"vae: psnr_world={quality['psnr_world']:.2f} vae_ceiling_shape={quality['ceiling']['vae']['shape']:.3f} "
+              f"at {quality['compression']:.0f}x compression")
         return 0
 
     shapes = [(17, 64, 64)] if args.quick else [(17, 64, 64), (65, 128, 128)]
@@ -238,13 +304,7 @@ def main() -> int:
                  f"{mem_ratio['ours']:.2f}x", f"{mem_ratio['wan']:.2f}x", ""))
 
     speed_vs_wan = min(ratios)
-    quality = psnr_world(args.vae) if args.vae else None
-    psnr = f"{quality['psnr_world']:.2f}" if quality else "not measured"
-    if quality:
-        rows += [(f"PSNR {name}", f"{value:.2f} dB", "", "") for name, value in
-                 {**quality["world"], **quality["ffmpeg_sources"]}.items()]
-    result.update({"speed_vs_wan": speed_vs_wan, "mem_long_vs_short": mem_ratio["ours"], "psnr_world": psnr,
-                   "quality": quality,
+    result.update({"speed_vs_wan": speed_vs_wan, "mem_long_vs_short": mem_ratio["ours"], **quality_keys(quality),
                    "quick": args.quick,
                    "chunking": {"encode_chunk_frames": CHUNK_FRAMES, "decode_chunk_latent_frames": CHUNK_LATENT}})
 
@@ -252,7 +312,8 @@ def main() -> int:
     for r in rows:
         print(f"{r[0]:<40} {r[1]:>14} {r[2]:>14} {r[3]:>8}")
     write_result(result)
-    print(f"vae: speed_vs_wan={speed_vs_wan:.2f} mem_long_vs_short={mem_ratio['ours']:.2f} psnr_world={psnr}")
+    print(f"vae: speed_vs_wan={speed_vs_wan:.2f} mem_long_vs_short={mem_ratio['ours']:.2f} "
+          f"psnr_world={result['psnr_world']} vae_ceiling_shape={result['vae_ceiling_shape']}")
     return 0
 
 

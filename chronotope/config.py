@@ -108,6 +108,19 @@ def _vae_world() -> VAEConfig:
     return VAEConfig(latent_channels=16, widths=[16, 32, 64, 128], num_res_blocks=1, time_kernel=1)
 
 
+def _vae_world_4x() -> VAEConfig:
+    """`world` with 4x space instead of 8x (12x compression): a 64px frame is a 16x16 latent, so a 10-pixel
+    object spans 2.5 latent cells, not 1.2. With the DiT at patch (1, 4, 4) the DiT sees as many tokens as
+    `world` at (1, 2, 2). Both resampling stages halve time."""
+    return VAEConfig(latent_channels=16, spatial_factor=4, widths=[16, 64, 128], num_res_blocks=1, time_kernel=1)
+
+
+def _vae_world_c64() -> VAEConfig:
+    """`world` with 64 latent channels instead of 16 (12x compression, as `world-4x`): same 8x8 cells at
+    64px, four times the numbers per cell. At patch (1, 2, 2) the DiT sees `world`'s token count."""
+    return VAEConfig(latent_channels=64, widths=[16, 32, 64, 128], num_res_blocks=1, time_kernel=1)
+
+
 def _vae_wan_match() -> VAEConfig:
     """Same compression and widths as diffusers' AutoencoderKLWan(base_dim=32, z_dim=16), for benchmarks."""
     return VAEConfig(latent_channels=16, widths=[32, 64, 128, 128], num_res_blocks=2, mid_attention=True)
@@ -116,6 +129,8 @@ def _vae_wan_match() -> VAEConfig:
 VAE_PRESETS: dict[str, Callable[[], VAEConfig]] = {
     "debug": _vae_debug,
     "world": _vae_world,
+    "world-4x": _vae_world_4x,
+    "world-c64": _vae_world_c64,
     "wan-match": _vae_wan_match,
 }
 

@@ -320,3 +320,33 @@ def test_psnr_from_mse_is_psnr_of_an_accumulated_error():
     chunks = [float((a[:, :, i] - b[:, :, i]).square().mean()) for i in range(5)]  # per frame, as reconstruct adds
     assert psnr_from_mse(sum(chunks) / 5) == pytest.approx(float(psnr(a, b)), abs=1e-4)
     assert psnr_from_mse(0.0) == pytest.approx(10 * math.log10(4e12))  # identical: capped, not infinite
+
+
+@pytest.mark.parametrize("preset,latent", [("world", (16, 5, 8, 8)), ("world-4x", (16, 5, 16, 16)),
+                                           ("world-c64", (64, 5, 8, 8))])
+def test_world_latent_options_shapes(preset: str, latent: tuple[int, ...]) -> None:
+    """The latent spaces compared in docs/training-world.md: a 17-frame 64x64 clip's latent in each."""
+    vae = CausalVAE(VAE_PRESETS[preset]()).eval()
+    assert vae.latent_shape(17, 64, 64) == latent
+    with torch.no_grad():
+        assert vae.encode(clip(5, 64, 64)).mean.shape == (1, latent[0], 2, latent[2], latent[3])
+
+
+def test_4x_space_keeps_causality_chunking_and_tiling() -> None:
+    """world-4x's layout (two resampling stages, both halving time), at debug widths: every property the
+    8x VAE has holds (causal, chunked = whole in both directions, one covering tile = whole frame)."""
+    torch.manual_seed(0)
+    vae = CausalVAE(VAEConfig(latent_channels=4, spatial_factor=4, widths=[8, 8, 16], num_res_blocks=1,
+                              time_kernel=1)).eval()
+    x = clip(17, 32, 32)
+    x2 = x.clone()
+    x2[:, :, 5:] = clip(12, 32, 32, seed=1)
+    with torch.no_grad():
+        z, z2 = vae.encode(x).mean, vae.encode(x2).mean
+        assert z.shape == (1, 4, 5, 8, 8)
+        assert (z[:, :, :2] - z2[:, :, :2]).abs().max() <= 1e-6 < (z[:, :, 2:] - z2[:, :, 2:]).abs().max()
+        assert rel_err(vae.encode(x, chunk_frames=4).mean, z) < 1e-5
+        whole = vae.decode(z, chunk_latent_frames=None, clamp=False)
+        assert rel_err(torch.cat(list(vae.decode_iter(z, chunk_latent_frames=1, clamp=False)), dim=2), whole) < 1e-5
+        assert torch.equal(vae.decode(z, tile_size=32, tile_overlap=8), vae.decode(z))
+        assert (vae.decode(z)[:, :, :5] - vae.decode(z2)[:, :, :5]).abs().max() <= 1e-5

@@ -1,0 +1,188 @@
+"""Which latent space serves the DiT? Compare VAE runs (one per option) on the same held-out World sets.
+
+Each option is a `chronotope train vae` run folder whose checkpoints are kept (`--keep-last` large). For every
+checkpoint the EMA weights' PSNR on held-out World clips gives the learning curve; the newest one gets the
+full measures of `benchmarks/vae.py` (psnr_world, World-bench of ground truth through the VAE). Beside them,
+measured side by side in this run on random weights (speed depends on the architecture only): encode+decode
+seconds of a 17-frame clip and seconds per training step (batch 4 x 17 frames, 2 threads), each against the
+`world` preset at 64px; and the DiT tokens of a 33-frame 1:1 clip at the option's patch.
+
+    .venv/bin/python benchmarks/vae_options.py \\
+        world-4x=runs/vae26/world-4x:64px:4 world-c64=runs/vae26/world-c64:64px:2 world-128=runs/vae26/world-128:128px:2 \\
+        --baseline chronotope/assets/world-model/vae
+
+An option is NAME=RUN_DIR:RESOLUTION:PATCH (PATCH: the DiT's spatial patch on that latent). Writes
+benchmarks/results/vae_options.json and prints the markdown table of docs/training-world.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+RESULT = ROOT / "benchmarks" / "results" / "vae_options.json"
+CLIP = (33, 64)  # frames and 1:1 side at 64px whose DiT tokens the table counts (doubled side at 128px)
+
+
+def load_checkpoint_vae(ckpt: Path):
+    """A CausalVAE with a training checkpoint's EMA weights (its model weights when the run kept no EMA)."""
+    from safetensors.torch import load_file
+
+    from chronotope.config import VAEConfig, config_from_dict
+    from chronotope.vae.model import CausalVAE
+
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    vae = CausalVAE(config_from_dict(VAEConfig, state["config"]["task"]["vae"]))
+    weights = ckpt / "ema.safetensors" if (ckpt / "ema.safetensors").is_file() else ckpt / "model.safetensors"
+    vae.load_state_dict(load_file(str(weights)))
+    return vae.eval(), state
+
+
+def curve(run: Path, resolution: str, per_shape: int) -> list[dict]:
+    """(step, psnr_world on per_shape clips per shape) for every complete checkpoint of a run."""
+    from vae import psnr_world
+
+    from chronotope.train.checkpoint import list_checkpoints
+
+    points = []
+    for ckpt in list_checkpoints(run):
+        vae, state = load_checkpoint_vae(ckpt)
+        q = psnr_world(str(ckpt), per_shape=per_shape, resolution=resolution, vae=vae)
+        points.append({"step": state["step"], "psnr_world": q["psnr_world"]})
+        print(f"  {run.name} step {state['step']}: {q['psnr_world']:.2f} dB", flush=True)
+    return points
+
+
+def timings(config, side: int, threads: int, repeats: int = 3) -> dict:
+    """Median encode+decode seconds of one 17-frame clip and training-step seconds (batch 4 x 17 frames)."""
+    import torch
+
+    from chronotope.vae.losses import vae_loss
+    from chronotope.vae.model import CausalVAE
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    vae = CausalVAE(config)
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-4)
+    x = torch.rand(4, 3, 17, side, side) * 2 - 1
+
+    def step() -> None:
+        recon, posterior = vae(x, sample=True)
+        vae_loss(x, recon, posterior)[0].backward()
+        opt.step()
+        opt.zero_grad()
+
+    def coding() -> None:
+        with torch.inference_mode():
+            vae.decode(vae.encode(x[:1]).mode())
+
+    out = {}
+    for name, fn in (("train_step_s", step), ("encode_decode_s", coding)):
+        fn()  # warm-up
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        out[name] = statistics.median(times)
+    return out
+
+
+def dit_tokens(config, resolution: str, patch: int) -> int:
+    """DiT tokens of a 33-frame 1:1 clip at `resolution` with spatial patch `patch` (time patch 1)."""
+    from chronotope.sizes import size_for
+
+    h, w = size_for(resolution, "1:1")
+    t = 1 + (CLIP[0] - 1) // config.temporal_factor
+    return t * (h // config.spatial_factor // patch) * (w // config.spatial_factor // patch)
+
+
+def first_step_reaching(points: list[dict], db: float) -> int | None:
+    return next((p["step"] for p in points if p["psnr_world"] >= db), None)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("options", nargs="+", metavar="NAME=RUN_DIR:RESOLUTION:PATCH")
+    p.add_argument("--baseline", default=str(ROOT / "chronotope/assets/world-model/vae"),
+                   help="the VAE folder of today's latent space (default: the shipped one)")
+    p.add_argument("--ceiling-prompts", type=int, default=200, help="World-bench t2v prompts (default 200)")
+    p.add_argument("--curve-clips", type=int, default=4, help="clips per shape for each checkpoint (default 4)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads of the timings (default 2)")
+    p.add_argument("--reach", type=float, nargs="+", default=[27.87, 30.93],
+                   help="PSNR levels whose first checkpoint the table reports (default: today's VAE after its "
+                        "first run and as shipped)")
+    args = p.parse_args()
+    options = []
+    for text in args.options:
+        try:
+            name, rest = text.split("=", 1)
+            run, resolution, patch = rest.rsplit(":", 2)
+            options.append((name, Path(run), resolution, int(patch)))
+        except ValueError:
+            p.error(f"option {text!r}: expected NAME=RUN_DIR:RESOLUTION:PATCH, e.g. world-4x=runs/vae/w4:64px:4")
+
+    import torch
+
+    from vae import vae_quality
+
+    from chronotope.config import VAE_PRESETS
+
+    torch.set_num_threads(args.threads)
+    base_cfg = VAE_PRESETS["world"]()
+    base_time = timings(base_cfg, CLIP[1], args.threads)
+    rows = {"world (today)": {
+        "resolution": "64px", "patch": 2, "compression": base_cfg.compression, "latent": "16 x 8 x 8",
+        "dit_tokens_33f": dit_tokens(base_cfg, "64px", 2), **base_time, "speed_vs_today": 1.0,
+        "quality": vae_quality(args.baseline, "64px", args.ceiling_prompts), "curve": None}}
+    for name, run, resolution, patch in options:
+        print(f"{name}: {run}", flush=True)
+        points = curve(run, resolution, args.curve_clips)
+        if not points:
+            raise SystemExit(f"{run}: no complete checkpoint (train it with --keep-last large enough)")
+        newest = sorted(run.glob("ckpt-*"))[-1]
+        vae, _ = load_checkpoint_vae(newest)
+        cfg = vae.config
+        side = 2 * CLIP[1] if resolution == "128px" else CLIP[1]
+        t = timings(cfg, side, args.threads)
+        quality = vae_quality(str(newest), resolution, args.ceiling_prompts, vae=vae)
+        rows[name] = {"resolution": resolution, "patch": patch, "compression": cfg.compression,
+                      "latent": f"{cfg.latent_channels} x {side // cfg.spatial_factor} x {side // cfg.spatial_factor}",
+                      "dit_tokens_33f": dit_tokens(cfg, resolution, patch), **t,
+                      "speed_vs_today": base_time["encode_decode_s"] / t["encode_decode_s"],
+                      "quality": quality, "curve": points, "steps": points[-1]["step"],
+                      "reach": {f"{db:.2f}": first_step_reaching(points, db) for db in args.reach}}
+
+    from chronotope.atomic import atomic_write_json
+
+    atomic_write_json(RESULT, {"threads": args.threads, "ceiling_prompts": args.ceiling_prompts, "options": rows},
+                      indent=2)
+    print(table(rows, args.reach))
+    return 0
+
+
+def table(rows: dict, reach: list[float]) -> str:
+    """The markdown table of docs/training-world.md."""
+    head = ["option", "latent of a 1:1 frame", "psnr_world", "GT→VAE overall", "shape", "color", "motion",
+            "DiT tokens / 33f", "enc+dec vs today", "s / train step"] + [f"steps to {db:.1f} dB" for db in reach]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in rows.items():
+        c = r["quality"]["ceiling"]["vae"]
+        steps = [str(r["reach"].get(f"{db:.2f}") or "—") if r.get("reach") else "—" for db in reach]
+        cells = [name, r["latent"], f"{r['quality']['psnr_world']:.2f}", f"{c['overall']:.3f}", f"{c['shape']:.3f}",
+                 f"{c['color']:.3f}", f"{c['motion']:.3f}", str(r["dit_tokens_33f"]), f"{r['speed_vs_today']:.2f}x",
+                 f"{r['train_step_s']:.2f}"] + steps
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
