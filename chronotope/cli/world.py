@@ -39,6 +39,11 @@ def add_world(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--starts", choices=["behind", "anywhere"], default="behind",
                    help="where left/right/up/down movers start: on the side they come from, crossing the view "
                    "(default), or anywhere in view, so that the first frame does not tell the direction")
+    p.add_argument("--shots", type=int_list, default=None, metavar="LIST",
+                   help="render storyboards instead: item i has the i-th count of LIST shots (e.g. 2,3), the same "
+                   "characters in every shot, a new background, positions and motions per shot and hard cuts; "
+                   "each shot's length is drawn from --num-frames; captions, specs and cut frames per shot go to "
+                   "the manifest's shots column and NAME.json")
     p.add_argument("--workers", type=int, default=1, help="render processes (default 1)")
     p.add_argument("--no-tracks", action="store_true", help="skip the per-clip NAME.json track sidecars")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -52,8 +57,8 @@ def run_world(args: argparse.Namespace) -> int:
     manifest = write_world(args.out, args.num, seed=args.seed, sizes=sizes, num_frames=args.num_frames,
                            fps=args.fps, include_heldout=args.include_heldout, workers=args.workers,
                            tracks=not args.no_tracks, progress=not args.no_progress, objects=args.objects,
-                           motions=args.motions, starts=args.starts)
-    print(f"wrote {args.num} World clips and {manifest}")
+                           motions=args.motions, starts=args.starts, shots=args.shots)
+    print(f"wrote {args.num} World {'storyboards' if args.shots else 'clips'} and {manifest}")
     return 0
 
 

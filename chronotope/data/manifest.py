@@ -21,7 +21,7 @@ from chronotope.atomic import atomic_write
 from chronotope.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, VideoReadError, probe_video
 
 MANIFEST_COLUMNS = ("path", "text", "num_frames", "height", "width", "aspect_ratio", "fps")
-OPTIONAL_COLUMNS = ("short_text", "spec")
+OPTIONAL_COLUMNS = ("short_text", "spec", "shots")  # shots: a World storyboard's per-shot JSON list
 _INT_COLUMNS = ("num_frames", "height", "width")
 
 # name -> width / height; a size within _RATIO_TOLERANCE (relative) of one of these takes its name
@@ -87,11 +87,12 @@ def read_manifest(path: str | os.PathLike) -> list[dict]:
             row["aspect_ratio"] = raw["aspect_ratio"] or aspect_ratio_name(row["height"], row["width"])
             for col in optional:
                 row[col] = raw[col] or ""
-            if row.get("spec"):
-                try:
-                    json.loads(row["spec"])
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{where}: column spec is not valid JSON ({err})") from None
+            for col in ("spec", "shots"):
+                if row.get(col):
+                    try:
+                        json.loads(row[col])
+                    except json.JSONDecodeError as err:
+                        raise ValueError(f"{where}: column {col} is not valid JSON ({err})") from None
             rows.append(row)
     return rows
 

@@ -122,20 +122,31 @@ def resolve_sizes(height: int | None = None, width: int | None = None, resolutio
 def write_world(out_dir: str | os.PathLike, num: int, seed: int = 0, sizes: list[tuple[int, int, str]] | None = None,
                 num_frames: list[int] | None = None, fps: float = 8.0, include_heldout: bool = False,
                 workers: int = 1, tracks: bool = True, progress: bool = True, objects: int | None = None,
-                motions: list[str] | None = None, starts: str = "behind") -> str:
+                motions: list[str] | None = None, starts: str = "behind", shots: list[int] | None = None) -> str:
     """Render `num` World items into `out_dir` and write `out_dir/manifest.csv`; returns the manifest path.
     objects / motions: constrained scenes (exactly that many objects, motions drawn from the list, no pillar);
-    starts="anywhere": movers start anywhere in view, not on the side they come from (`sample_scene`)."""
+    starts="anywhere": movers start anywhere in view, not on the side they come from (`sample_scene`).
+    shots: render storyboards instead, item i with shots[i % len] shots of the same characters and hard cuts
+    (world/storyboard.py; each shot's length drawn from num_frames); not with objects / motions."""
     out_dir = os.fspath(out_dir)
     if not fps > 0:
         raise ValueError(f"--fps must be positive, got {fps}")
-    items = plan_items(num, seed, sizes or [(64, 64, "1:1")], num_frames or [17], fps)
-    if objects is not None or motions is not None:
-        check_constraints(objects, motions)  # before any work
+    if shots is not None:
+        from .storyboard import make_storyboard_item, plan_storyboards
+
+        if objects is not None or motions is not None:
+            raise ValueError("--shots renders storyboards of sampled characters; drop --objects / --motions")
+        items = plan_storyboards(num, seed, sizes or [(64, 64, "1:1")], shots, num_frames or [17], fps)
+        job = functools.partial(make_storyboard_item, out_dir=out_dir, include_heldout=include_heldout,
+                                tracks=tracks)
+    else:
+        items = plan_items(num, seed, sizes or [(64, 64, "1:1")], num_frames or [17], fps)
+        if objects is not None or motions is not None:
+            check_constraints(objects, motions)  # before any work
+        job = functools.partial(make_item, out_dir=out_dir, include_heldout=include_heldout, tracks=tracks,
+                                objects=objects, motions=None if motions is None else tuple(motions), starts=starts)
     check_starts(starts)
     os.makedirs(out_dir, exist_ok=True)
-    job = functools.partial(make_item, out_dir=out_dir, include_heldout=include_heldout, tracks=tracks,
-                            objects=objects, motions=None if motions is None else tuple(motions), starts=starts)
     bar = tqdm(total=len(items), desc="world", unit="clip", disable=not progress)
     rows: list[dict] = []
     if workers <= 1:

@@ -1,0 +1,200 @@
+"""World storyboards: several shots of one cast of characters, joined by hard cuts (issue 28).
+
+A storyboard keeps its *characters* (objects by color, with a fixed shape and size) from shot to shot and
+changes the rest at every cut: a new background (always different from the shot before, so a cut is a
+visible event), new start positions, new motions, and which characters are in view. Every shot has its own
+detailed caption and spec, so a model learns "same red circle, new shot" from the captions, and World-bench
+(chronotope/bench/storyboard.py) scores each shot against its own spec, identity across shots, the cut
+frames and bleed (no unnamed character in a shot).
+
+    board = sample_storyboard(seed=3, num_shots=3)           # [Scene] sharing the characters
+    out = render_storyboard(board, 64, 64, [17, 9, 17], 8.0)  # frames [43, 64, 64, 3], cuts [17, 26]
+    out.shots[1]   # {"start": 17, "num_frames": 9, "spec": ..., "text": ..., "short_text": ...}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .captions import detailed_caption, short_caption
+from .render import render
+from .scene import Scene, scene_from_spec
+from .vocab import BACKGROUNDS, COLORS, HELDOUT, MAX_OBJECTS, MOTIONS, SHAPES, SIZES, SPEEDS
+
+MIN_SHOT_FRAMES = 5  # a shot shorter than this has no motion to score and no room around its cut
+MAX_SHOTS = 16
+EXTRA_PROBABILITY = 0.6  # each non-lead character appears in a shot with this probability
+
+
+@dataclass
+class StoryboardRender:
+    """frames uint8 [T, H, W, 3] of all shots back to back; cuts: the first frame of shots 2..n;
+    shots: one dict per shot (start, num_frames, spec, text, short_text); tracks: per shot, render's tracks."""
+
+    frames: np.ndarray
+    cuts: list[int]
+    shots: list[dict]
+    tracks: list[list[dict]]
+    fps: float
+
+
+def check_shots(num_shots: int) -> int:
+    """ValueError naming the valid range for a bad shot count."""
+    if isinstance(num_shots, bool) or not isinstance(num_shots, (int, np.integer)) or not 2 <= num_shots <= MAX_SHOTS:
+        raise ValueError(f"a storyboard has 2 to {MAX_SHOTS} shots, got {num_shots!r} (one shot is a plain clip)")
+    return int(num_shots)
+
+
+def sample_cast(rng: np.random.Generator, include_heldout: bool = False) -> list[dict]:
+    """1 to MAX_OBJECTS characters of different colors, each with a shape and a size: [{color, shape, size}]."""
+    n = int(rng.integers(1, MAX_OBJECTS + 1))
+    cast = []
+    for color in [str(c) for c in rng.permutation(list(COLORS))[:n]]:
+        shapes = [s for s in SHAPES if include_heldout or (color, s) not in HELDOUT]
+        cast.append({"color": color, "shape": str(rng.choice(shapes)), "size": str(rng.choice(list(SIZES)))})
+    return cast
+
+
+def sample_storyboard(seed: int, num_shots: int, include_heldout: bool = False) -> list[Scene]:
+    """`num_shots` scenes sharing one cast: character 0 (the lead) is in every shot, each other character in a
+    shot with probability EXTRA_PROBABILITY; every shot draws a background unlike the shot before, new
+    motions and new start positions. The same (seed, num_shots) always gives the same storyboard."""
+    num_shots = check_shots(num_shots)
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    rng = np.random.default_rng([int(seed), 28])
+    cast = sample_cast(rng, include_heldout)
+    scenes, background = [], None
+    for i in range(num_shots):
+        names = [cast[0]] + [c for c in cast[1:] if rng.random() < EXTRA_PROBABILITY]
+        objects = []
+        for c in names:
+            motion = str(rng.choice(MOTIONS))
+            objects.append({**c, "motion": motion, "speed": None if motion == "still" else str(rng.choice(SPEEDS))})
+        background = str(rng.choice([b for b in BACKGROUNDS if b != background]))
+        spec = {"background": background, "pillar": False, "objects": objects}
+        shot_seed = int(np.random.SeedSequence([int(seed), 28, i]).generate_state(1)[0])
+        scenes.append(scene_from_spec(spec, shot_seed))
+    return scenes
+
+
+def shot_lengths(seed: int, num_shots: int, choices: list[int]) -> list[int]:
+    """Frames of each shot, drawn from `choices` (each >= MIN_SHOT_FRAMES) by (seed, num_shots)."""
+    bad = [t for t in choices if t < MIN_SHOT_FRAMES]
+    if not choices or bad:
+        raise ValueError(f"storyboard shots need at least {MIN_SHOT_FRAMES} frames each, got {choices}; "
+                         "give --num-frames such as 17,33")
+    rng = np.random.default_rng([int(seed), 29, int(num_shots)])
+    return [int(rng.choice(choices)) for _ in range(num_shots)]
+
+
+def cut_frames(lengths: list[int]) -> list[int]:
+    """Frame index where each shot after the first starts: lengths [17, 9, 17] -> [17, 26]."""
+    return [int(c) for c in np.cumsum(lengths)[:-1]]
+
+
+def render_storyboard(scenes: list[Scene], height: int, width: int, lengths: list[int], fps: float,
+                      caption_seed: int = 0) -> StoryboardRender:
+    """Render each scene for its number of frames and join them with hard cuts."""
+    if len(scenes) != len(lengths):
+        raise ValueError(f"{len(scenes)} scenes but {len(lengths)} shot lengths; give one length per shot")
+    frames, shots, tracks, start = [], [], [], 0
+    for i, (scene, t) in enumerate(zip(scenes, lengths)):
+        out = render(scene, height, width, t, fps)
+        frames.append(out.frames)
+        tracks.append(out.tracks)
+        text = detailed_caption(scene, np.random.default_rng([int(caption_seed), 2, i]))
+        shots.append({"start": start, "num_frames": int(t), "spec": scene.spec, "text": text,
+                      "short_text": short_caption(scene)})
+        start += int(t)
+    return StoryboardRender(np.concatenate(frames), cut_frames(lengths), shots, tracks, float(fps))
+
+
+def storyboard_text(shots: list[dict], key: str = "text") -> str:
+    """One caption for the whole storyboard: "Shot 1: ... Shot 2: ..." (the manifest's text column)."""
+    return " ".join(f"Shot {i + 1}: {s[key]}" for i, s in enumerate(shots))
+
+
+def characters(specs: list[dict]) -> dict[str, list[int]]:
+    """Colors named in two or more shots -> the shots that name them (the storyboard's characters)."""
+    seen: dict[str, list[int]] = {}
+    for i, spec in enumerate(specs):
+        for o in spec.get("objects") or []:
+            if o.get("color"):
+                seen.setdefault(o["color"], []).append(i)
+    return {c: shots for c, shots in seen.items() if len(shots) >= 2}
+
+
+# --- writing a data set of storyboards (`chronotope world --shots 2,3`) -----------------------------
+
+
+@dataclass(frozen=True)
+class StoryboardItem:
+    """What storyboard `index` of a run renders: its seed, frame size, and each shot's length."""
+
+    index: int
+    seed: int
+    height: int
+    width: int
+    aspect_ratio: str
+    lengths: tuple[int, ...]
+    fps: float
+
+    @property
+    def name(self) -> str:
+        return f"{self.index:06d}.mp4"
+
+
+def plan_storyboards(num: int, seed: int, sizes: list[tuple[int, int, str]], shots: list[int],
+                     num_frames: list[int], fps: float) -> list[StoryboardItem]:
+    """Items 0..num-1 cycling through every (size, shot count) pair; shot lengths drawn from `num_frames`."""
+    from .generate import item_seed
+    from .render import check_frame_size
+
+    if num < 1:
+        raise ValueError(f"--num must be at least 1, got {num}")
+    if not sizes or not shots:
+        raise ValueError("give at least one size (or aspect ratio) and one shot count, e.g. --shots 2,3")
+    for h, w, _ in sizes:
+        check_frame_size(h, w)
+    for n in shots:
+        check_shots(n)
+    combos = [(s, n) for s in sizes for n in shots]
+    items = []
+    for i in range(num):
+        (h, w, ratio), n = combos[i % len(combos)]
+        s = item_seed(seed, i)
+        items.append(StoryboardItem(i, s, h, w, ratio, tuple(shot_lengths(s, n, list(num_frames))), float(fps)))
+    return items
+
+
+def make_storyboard_item(item: StoryboardItem, out_dir: str, include_heldout: bool = False,
+                         tracks: bool = True) -> dict:
+    """Render and write one storyboard (unless its files exist); return its manifest row. The row's `shots`
+    column and the sidecar NAME.json hold each shot's start, length, caption and spec, and the cut frames."""
+    import json
+    import os
+
+    from ..video import write_video
+    from .generate import _track_json, _write_json
+
+    scenes = sample_storyboard(item.seed, len(item.lengths), include_heldout)
+    path = os.path.join(out_dir, item.name)
+    sidecar = os.path.splitext(path)[0] + ".json"
+    if not (os.path.exists(path) and os.path.exists(sidecar)):
+        out = render_storyboard(scenes, item.height, item.width, list(item.lengths), item.fps, item.seed)
+        write_video(path, out.frames, item.fps)
+        side = {"storyboard": True, "fps": item.fps, "cuts": out.cuts, "shots": out.shots}
+        if tracks:
+            side["tracks"] = [_track_json(t) for t in out.tracks]
+        _write_json(sidecar, side)  # always written: it is where the cuts and per-shot specs live
+        shots = out.shots
+    else:
+        with open(sidecar, encoding="utf-8") as f:
+            shots = json.load(f)["shots"]
+    return {"path": path, "text": storyboard_text(shots), "num_frames": int(sum(item.lengths)),
+            "height": item.height, "width": item.width, "aspect_ratio": item.aspect_ratio, "fps": item.fps,
+            "short_text": storyboard_text(shots, "short_text"), "spec": "",
+            "shots": json.dumps(shots, separators=(",", ":"))}
