@@ -126,3 +126,57 @@ def corruption_scores(name: str, num_scenes: int = 60, durations: tuple[int, ...
         "judged": len(broken),
         "attributes": {a: (float(np.mean(v)) if v else None) for a, v in video.items()},
     }
+
+
+# --- storyboards: each corruption breaks one storyboard metric (bench/storyboard.py) -----------------------
+
+# corruption -> the storyboard metric it breaks
+STORYBOARD_CORRUPTIONS: dict[str, str] = {
+    "identity_swap": "identity",  # a character changes shape or size class in one later shot
+    "cut_shift": "cuts",  # the first cut comes CUT_SHIFT frames late
+    "shot_swap": "adherence",  # two shots' contents trade places (each keeps its length)
+    "bleed": "no_bleed",  # a shot also shows an object of a color it does not name
+}
+CUT_SHIFT = 3
+
+
+def corrupt_storyboard(name: str, scenes: list[Scene], height: int, width: int, lengths: list[int], fps: float,
+                       seed: int = 0) -> np.ndarray | None:
+    """Render a World storyboard (world.storyboard) broken by `name`; the shots to score against stay those of
+    `scenes` and `lengths`. Returns frames uint8 [T, H, W, 3], or None when the storyboard cannot show this
+    corruption (no character for identity_swap, a second shot of CUT_SHIFT + 5 frames or fewer for cut_shift)."""
+    from chronotope.world.storyboard import characters
+
+    if name not in STORYBOARD_CORRUPTIONS:
+        raise ValueError(f"unknown storyboard corruption {name!r}; choose from {', '.join(STORYBOARD_CORRUPTIONS)}")
+    rng = np.random.default_rng(seed)
+    scenes, lengths = list(scenes), list(lengths)
+    if name == "identity_swap":
+        cast = characters([s.spec for s in scenes])
+        if not cast:
+            return None
+        color = sorted(cast)[int(rng.integers(len(cast)))]
+        shot = cast[color][-1]  # a later shot of the character
+        objects = []
+        for o in scenes[shot].objects:
+            if o.color == color and seed % 2 == 0:
+                o = dataclasses.replace(o, shape=[s for s in SHAPES if s != o.shape][int(rng.integers(2))])
+            elif o.color == color:
+                o = dataclasses.replace(o, size="large" if o.size == "small" else "small")
+            objects.append(o)
+        scenes[shot] = dataclasses.replace(scenes[shot], objects=objects)
+    elif name == "cut_shift":
+        if lengths[1] <= CUT_SHIFT + 5:
+            return None
+        lengths[0], lengths[1] = lengths[0] + CUT_SHIFT, lengths[1] - CUT_SHIFT
+    elif name == "shot_swap":
+        i = int(rng.integers(len(scenes) - 1))
+        scenes[i], scenes[i + 1] = scenes[i + 1], scenes[i]
+    else:  # bleed: a shot gains an object of a color it does not name
+        shot = int(rng.integers(len(scenes)))
+        used = {o.color for s in scenes for o in s.objects}
+        free = [c for c in COLORS if c not in used]
+        extra = dataclasses.replace(scenes[shot].objects[0], color=free[int(rng.integers(len(free)))],
+                                    u0=-scenes[shot].objects[0].u0, v0=-scenes[shot].objects[0].v0)
+        scenes[shot] = dataclasses.replace(scenes[shot], objects=scenes[shot].objects + [extra])
+    return np.concatenate([render(s, height, width, t, fps).frames for s, t in zip(scenes, lengths)])

@@ -1,4 +1,4 @@
-"""`chronotope bench score | run | generate-and-score | compare`: World-bench from the command line."""
+"""`chronotope bench score | run | storyboard | generate-and-score | compare`: World-bench from the command line."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from chronotope.cli.options import int_list, str_list
 def add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="World-bench: score videos against their prompts")
     bench_sub = p.add_subparsers(dest="bench_verb", required=True, metavar="SUBVERB")
-    for add in (add_bench_score, add_bench_run, add_bench_generate, add_bench_compare):  # more sub-verbs plug in here
+    for add in (add_bench_score, add_bench_run, add_bench_storyboard, add_bench_generate, add_bench_compare):  # more sub-verbs plug in here
         add(bench_sub)
     p.set_defaults(handler=run_bench)
 
@@ -35,6 +35,29 @@ def add_bench_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("source", help="folder of videos with sidecar JSONs, or manifest CSV")
     p.add_argument("--out", required=True, help="output folder for results.json and report.md")
     p.set_defaults(bench_handler=run_bench_run)
+
+
+def add_bench_storyboard(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("storyboard", help="score multi-shot videos: per-shot adherence, identity, cuts, no bleed",
+                       description="chronotope bench storyboard data/boards --out bench_boards: every video of the "
+                       "folder with a sidecar NAME.json listing its shots (World storyboards from `chronotope world "
+                       "--shots`, films from `chronotope generate --storyboard`); writes OUT/storyboard.json")
+    p.add_argument("source", help="folder of storyboard videos with sidecar JSONs")
+    p.add_argument("--out", required=True, help="output folder for storyboard.json")
+    p.set_defaults(bench_handler=run_bench_storyboard)
+
+
+def run_bench_storyboard(args: argparse.Namespace) -> int:
+    from chronotope.bench.storyboard import METRICS, run_storyboard_bench
+
+    result = run_storyboard_bench(args.source, args.out)
+    s = result["summary"]
+    print(f"{s['storyboards']} storyboards: " + ", ".join(
+        f"{m} {s[m]:.3f}" if s[m] is not None else f"{m} -" for m in (*METRICS, "overall")))
+    if result["errors"]:
+        print(f"{len(result['errors'])} file(s) could not be scored: see errors in {args.out}/storyboard.json")
+    print(f"wrote {args.out}/storyboard.json")
+    return 0
 
 
 def run_bench(args: argparse.Namespace) -> int:
