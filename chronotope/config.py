@@ -163,6 +163,10 @@ class DiTConfig:
     # first frame from the last, which "starts right, moves left" needs when the frames are still noise.
     # The shipped World model has them (its recipe, `chronotope train world-model`, adds them by default)
     abs_pos: bool = False
+    # storyboards (issue 28): > 0 adds a zero-initialised learned embedding of each token's shot index (0 = the
+    # shot being made, j = the j-th shot before it, capped at shot_embed - 1), so earlier shots given as clean
+    # context read as "another shot", not as frames to continue. 0 = off (the shipped model: it loads unchanged)
+    shot_embed: int = 0
     attention: str = "auto"  # "auto" | "sdpa" | "flex" | "flash"
     # removed options and the value they always had in the folders that still hold them (config_from_dict)
     RETIRED: ClassVar[dict[str, object]] = {"pooled_text": False}

@@ -251,3 +251,54 @@ def _duration(s: float) -> str:
     if s >= 120:
         return f"{s / 60:.0f} minutes"
     return f"{max(s, 1):.0f} s"
+
+
+# --- storyboards: several shots in one video (issue 28) ------------------------------------------
+
+SHOT_KEYS = ("prompt", "num_frames", "duration", "negative_prompt", "seed")
+STORYBOARD_KEYS = ("shots", "carry", "context")
+CARRY = ("characters", "none")  # characters: objects named again keep the attributes an earlier shot gave them
+CONTEXT = ("auto", "none")  # auto: earlier shots as clean context when the model can use them; none: independent
+MAX_STORYBOARD_SHOTS = 256
+
+
+def check_storyboard(board: Any) -> dict:
+    """A storyboard, a list of shots or {"shots": [...], "carry": ..., "context": ...}, checked shot by shot ->
+    {"shots": [{prompt, num_frames | duration, ...}], "carry", "context"}. Each shot has a prompt and a length:
+    num_frames (4k+1) or duration (seconds, with the request's fps). ValueError names the shot and the key."""
+    if isinstance(board, list):
+        board = {"shots": board}
+    if not isinstance(board, dict):
+        raise ValueError(f"a storyboard is a list of shots or an object {{\"shots\": [...]}}, got {type(board).__name__}")
+    unknown = sorted(set(board) - set(STORYBOARD_KEYS))
+    if unknown:
+        raise ValueError(f"storyboard: unknown key(s) {', '.join(unknown)}; valid: {', '.join(STORYBOARD_KEYS)}")
+    shots = board.get("shots")
+    if not isinstance(shots, list) or not shots:
+        raise ValueError("storyboard: needs a non-empty list of shots, e.g. [{\"prompt\": \"a red circle moves "
+                         "left\", \"num_frames\": 17}, ...]")
+    if len(shots) > MAX_STORYBOARD_SHOTS:
+        raise ValueError(f"storyboard: {len(shots)} shots; at most {MAX_STORYBOARD_SHOTS}")
+    for key, valid in (("carry", CARRY), ("context", CONTEXT)):
+        if board.get(key, valid[0]) not in valid:
+            raise ValueError(f"storyboard: {key} must be one of {', '.join(valid)}, got {board[key]!r}")
+    out = []
+    for i, shot in enumerate(shots, 1):
+        if not isinstance(shot, dict):
+            raise ValueError(f"storyboard shot {i}: must be an object with a prompt and num_frames, got {shot!r:.80}")
+        bad = sorted(set(shot) - set(SHOT_KEYS))
+        if bad:
+            raise ValueError(f"storyboard shot {i}: unknown key(s) {', '.join(bad)}; valid: {', '.join(SHOT_KEYS)}")
+        if not isinstance(shot.get("prompt"), str) or not shot["prompt"].strip():
+            raise ValueError(f"storyboard shot {i}: needs a non-empty \"prompt\" string")
+        if (shot.get("num_frames") is None) == (shot.get("duration") is None):
+            raise ValueError(f"storyboard shot {i}: give its length as num_frames (4k+1) or duration (seconds), one of them")
+        try:
+            with spelled({}):  # keys of the file, as the file spells them, not command-line flags
+                check_request(num_frames=shot.get("num_frames"), duration=shot.get("duration"), seed=shot.get("seed"))
+        except ValueError as err:
+            raise ValueError(f"storyboard shot {i}: {err}") from None
+        if shot.get("negative_prompt") is not None and not isinstance(shot["negative_prompt"], str):
+            raise ValueError(f"storyboard shot {i}: negative_prompt must be a string")
+        out.append(dict(shot))
+    return {"shots": out, "carry": board.get("carry", CARRY[0]), "context": board.get("context", CONTEXT[0])}

@@ -36,9 +36,14 @@ def files(tmp_path_factory, pipe) -> dict[str, str]:
     write_video(str(root / "clip.mp4"), rng.integers(0, 256, (6, 36, 40, 3), dtype=np.uint8), fps=8)
     write_video(str(root / "one.png"), rng.integers(0, 256, (1, 32, 32, 3), dtype=np.uint8), fps=1)
     (root / "bad.mp4").write_bytes(b"this is not a video")
+    stories = {"story_ok": '[{"prompt": "a red circle", "num_frames": 5}]', "story_empty": "[]", "story_zero": '[{"prompt": "a red circle", "num_frames": 0}]',
+               "story_keys": '[{"prompt": "a red circle", "frames": 5}]', "story_text": "shot 1: a red circle",
+               "story_board_keys": '{"shots": [{"prompt": "a red circle", "num_frames": 5}], "style": "noir"}'}
+    for name, text in stories.items():
+        (root / f"{name}.json").write_text(text)
     return {"root": str(root), "model": str(root / "model"), "vae": str(root / "model" / "vae"),
             "clip": str(root / "clip.mp4"), "one": str(root / "one.png"), "bad": str(root / "bad.mp4"),
-            "missing": str(root / "missing.mp4")}
+            "missing": str(root / "missing.mp4"), **{name: str(root / f"{name}.json") for name in stories}}
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -114,6 +119,20 @@ NONSENSE = {
     "generate missing model": G + ["--model", "{root}/nomodel", "--out", "{out}"],
     "generate --mode connect alone": G + ["--model", "{model}", "--out", "{out}", "--mode", "connect"],
     "generate --num-frames abc": G + ["--model", "{model}", "--out", "{out}", "--num-frames", "abc"],
+    "generate --storyboard []": ["generate", "--storyboard", "{story_empty}", "--model", "{model}", "--out", "{out}"],
+    "generate --storyboard 0 frames": ["generate", "--storyboard", "{story_zero}", "--model", "{model}", "--out",
+                                       "{out}"],
+    "generate --storyboard unknown shot key": ["generate", "--storyboard", "{story_keys}", "--model", "{model}",
+                                               "--out", "{out}"],
+    "generate --storyboard unknown key": ["generate", "--storyboard", "{story_board_keys}", "--model", "{model}",
+                                          "--out", "{out}"],
+    "generate --storyboard not JSON": ["generate", "--storyboard", "{story_text}", "--model", "{model}", "--out",
+                                       "{out}"],
+    "generate --storyboard missing": ["generate", "--storyboard", "{root}/nostory.json", "--model", "{model}",
+                                      "--out", "{out}"],
+    "generate --storyboard and a prompt": G + ["--storyboard", "{story_keys}", "--model", "{model}", "--out", "{out}"],
+    "generate --storyboard --num-frames": ["generate", "--storyboard", "{story_ok}", "--model", "{model}",
+                                           "--out", "{out}", "--num-frames", "5"],
     "expand unreachable chat": ["expand", "a red circle", "--chat-url", "http://127.0.0.1:9/v1"],
     "plot missing run": ["plot", "{root}/norun", "--out", "{out}.png"],
     "train world-model --minutes 0": ["train", "world-model", "--out", "{out}", "--minutes", "0", "--device", "cpu"],

@@ -103,3 +103,93 @@ def test_cut_detection_reads_the_frames():
     assert score_storyboard(still, shots)["cuts"] == 0.0
     with pytest.raises(ValueError, match="cover"):
         score_storyboard(frames[:-1], shots)
+
+
+# --- the storyboard format and the pipeline's multi-shot path ------------------------------------------
+
+import torch  # noqa: E402
+
+from chronotope.config import DIT_PRESETS  # noqa: E402
+from chronotope.dit.model import DiT  # noqa: E402
+from chronotope.pipeline import VideoPipeline  # noqa: E402
+from chronotope.request import check_storyboard  # noqa: E402
+
+KW = dict(height=32, width=32, num_inference_steps=2, guidance_scale=1.0, progress=False, seed=3)
+BOARD = [{"prompt": "a large red circle moves left", "num_frames": 5},
+         {"prompt": "a red circle on a white background", "num_frames": 9},
+         {"prompt": "a blue square", "duration": 0.625}]
+
+
+@pytest.fixture(scope="module")
+def pipe() -> VideoPipeline:
+    torch.set_num_threads(1)
+    return VideoPipeline.from_presets("debug", "debug", defaults=dict(height=32, width=32, num_frames=5))
+
+
+def _shot_aware(pipe: VideoPipeline, shot_weights: float = 0.0) -> VideoPipeline:
+    cfg = DIT_PRESETS["debug"]()
+    cfg.in_channels, cfg.shot_embed = pipe.dit.config.in_channels, 4
+    dit = DiT(cfg)
+    missing, unexpected = dit.load_state_dict(pipe.dit.state_dict(), strict=False)
+    assert missing == ["shot_embedder.weight"] and not unexpected
+    with torch.no_grad():
+        dit.shot_embedder.weight.normal_(0.0, shot_weights) if shot_weights else None
+    return VideoPipeline(pipe.vae, dit.eval(), pipe._text_encoder, pipe.text_encoder_name, pipe.defaults)
+
+
+@pytest.mark.parametrize("board, match", [
+    ([], "non-empty list of shots"),
+    ({"shots": [{"prompt": "a", "num_frames": 0}]}, "shot 1: num_frames=0"),
+    ([{"prompt": "a", "num_frames": 5}, {"prompt": "b", "frames": 5}], "shot 2: unknown key"),
+    ({"shots": [{"prompt": "a", "num_frames": 5}], "style": "noir"}, "unknown key"),
+    ([{"prompt": "a", "num_frames": 6}], "4k\\+1"),
+    ([{"prompt": "a", "num_frames": 5, "duration": 1.0}], "one of them"),
+    ([{"prompt": " ", "num_frames": 5}], "prompt"),
+    ({"shots": [{"prompt": "a", "num_frames": 5}], "context": "all"}, "context must be one of auto, none"),
+    ("a red circle", "list of shots"),
+])
+def test_bad_storyboards_get_one_clear_error(board, match):
+    with pytest.raises(ValueError, match=match):
+        check_storyboard(board)
+
+
+def test_storyboard_cuts_where_the_shots_meet_and_carries_characters(pipe):
+    out = pipe(storyboard=BOARD, **KW)
+    p = out.params
+    assert out.frames[0].shape == (19, 32, 32, 3) and p["cuts"] == [5, 14] and p["num_frames"] == 19
+    assert [s["start"] for s in p["shots"]] == [0, 5, 14] and [s["seed"] for s in p["shots"]] == [3, 4, 5]
+    assert p["shots"][1]["spec"]["objects"][0]["size"] == "large"  # the red circle stays large
+    assert p["conditioning"].startswith("independent") and all(s["context_shots"] == 0 for s in p["shots"])
+    again = pipe(storyboard={"shots": BOARD, "carry": "none"}, **KW)
+    assert np.array_equal(again.frames[0][:5], out.frames[0][:5])  # shot 1 does not depend on carry
+    with pytest.raises(ValueError, match="drop num_frames"):
+        pipe(storyboard=BOARD, num_frames=5, **KW)
+    with pytest.raises(ValueError, match="drop prompt"):
+        pipe("a red circle", storyboard=BOARD, **KW)
+
+
+def test_a_shot_aware_model_sees_earlier_shots_through_a_bounded_window(pipe):
+    aware = _shot_aware(pipe)
+    board = BOARD + [{"prompt": "a red circle", "num_frames": 5}]
+    out = aware(storyboard=board, **KW)
+    assert out.params["conditioning"].startswith("context")
+    assert [s["context_shots"] for s in out.params["shots"]] == [0, 1, 2, 2]  # at most CONTEXT_SHOTS earlier shots
+    alone = aware(storyboard={"shots": board, "context": "none"}, **KW)
+    assert np.array_equal(alone.frames[0][:5], out.frames[0][:5])  # the first shot has no context either way
+    assert not np.array_equal(alone.frames[0][5:], out.frames[0][5:])  # later shots read the earlier ones
+    tagged = _shot_aware(pipe, shot_weights=0.5)(storyboard=board, **KW)
+    assert not np.array_equal(tagged.frames[0][5:], out.frames[0][5:])  # the shot index reaches the tokens
+
+
+def test_generate_storyboard_cli_writes_one_video_and_its_sidecar(pipe, tmp_path):
+    from chronotope.cli import main
+    from chronotope.video import read_video
+
+    pipe.save_pretrained(tmp_path / "model")
+    (tmp_path / "story.json").write_text(json.dumps(BOARD))
+    out = tmp_path / "film"
+    assert main(["generate", "--storyboard", str(tmp_path / "story.json"), "--model", str(tmp_path / "model"),
+                 "--out", str(out), "--steps", "1", "--seed", "0", "--no-progress"]) == 0
+    frames, _ = read_video(str(out) + ".mp4")
+    side = json.loads((tmp_path / "film.json").read_text())
+    assert len(frames) == 19 and side["cuts"] == [5, 14] and len(side["shots"]) == 3 and side["storyboard"]

@@ -22,6 +22,10 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompts", metavar="FILE", default=None,
                    help="CSV (prompt or text column; columns such as seed, num_frames, mode, image override per row) "
                    "or JSONL ({\"prompt\": ..., overrides}); outputs go to the --out folder")
+    p.add_argument("--storyboard", metavar="FILE", default=None,
+                   help="several shots in one video: a JSON list of shots such as [{\"prompt\": \"a red circle moves "
+                   "left\", \"num_frames\": 17}, ...] (or {\"shots\": [...], \"carry\": \"characters\", \"context\": "
+                   "\"auto\"}); writes OUT.mp4 with cuts where the shots meet and OUT.json with each shot's settings")
     p.add_argument("--mode", choices=MODES, default=None,
                    help="default: from the inputs (image: i2v, video: extend, + --video-end: connect, "
                    "+ --strength: edit; else t2v, or t2i for one frame)")
@@ -71,8 +75,10 @@ def run_generate(args: argparse.Namespace) -> int:
     from chronotope.request import echo
     from chronotope.video import VideoReadError
 
-    if (args.prompt is None) == (args.prompts is None):
-        raise ValueError('give a prompt, or --prompts FILE for a batch (not both)')
+    if (args.prompt is not None) + (args.prompts is not None) + (args.storyboard is not None) != 1:
+        raise ValueError('give a prompt, or --prompts FILE for a batch, or --storyboard FILE for several shots (one of them)')
+    if args.storyboard is not None:
+        return _run_storyboard(args)
     model = args.model or str(default_model_dir())
     pipe = VideoPipeline.from_pretrained(model)
     base = dict(mode=args.mode, image=args.image, video=args.video, video_end=args.video_end, direction=args.direction,
@@ -106,6 +112,30 @@ def run_generate(args: argparse.Namespace) -> int:
     print(f"{len(rows) - failed} of {len(rows)} prompts in {folder}")
     return 1 if failed else 0
 
+
+
+def _run_storyboard(args: argparse.Namespace) -> int:
+    """generate --storyboard FILE: the file is checked before the model loads; one video and its sidecar."""
+    from chronotope.pipeline import VideoPipeline, default_model_dir
+    from chronotope.pipeline.files import read_storyboard, storyboard_to_file
+
+    board = read_storyboard(args.storyboard)
+    per_video = {"--mode": args.mode, "--image": args.image, "--video": args.video, "--video-end": args.video_end,
+                 "--strength": args.strength, "--num-frames": args.num_frames, "--duration": args.duration,
+                 "--window-frames": args.window_frames, "--gap-frames": args.gap_frames,
+                 "--cond-latent-frames": args.cond_latent_frames, "--image-guidance": args.image_guidance}
+    given = [flag for flag, v in per_video.items() if v is not None]
+    if given:
+        raise ValueError(f"--storyboard sets each shot's prompt and length itself; drop {', '.join(given)}")
+    model = args.model or str(default_model_dir())
+    pipe = VideoPipeline.from_pretrained(model)
+    path, side = storyboard_to_file(
+        pipe, args.out or "film", model, board, args.gif, negative_prompt=args.negative_prompt, height=args.height,
+        width=args.width, resolution=args.resolution, aspect_ratio=args.aspect_ratio, fps=args.fps,
+        num_inference_steps=args.steps, guidance_scale=args.guidance, sampler=args.sampler, seed=args.seed,
+        expand_prompt=not args.no_expand, progress=not args.no_progress)
+    print(f"{len(board['shots'])} shots; wrote {path} and {side}")
+    return 0
 
 
 # --- expand ------------------------------------------------------------------------------------

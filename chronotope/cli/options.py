@@ -15,6 +15,7 @@ FLAGS = {
     "window_frames": "--window-frames", "cond_latent_frames": "--cond-latent-frames", "gap_frames": "--gap-frames",
     "num_inference_steps": "--steps", "guidance_scale": "--guidance", "image_guidance_scale": "--image-guidance",
     "sampler": "--sampler", "seed": "--seed", "output_path": "--out", "max_pixels": "--max-pixels",
+    "storyboard": "--storyboard",
 }
 
 

@@ -53,6 +53,7 @@ class DiT(nn.Module):
             raise ValueError(f"rope_axes {axes} must sum to the head dim {head_dim} (width / heads)")
         self.rope = RoPE3D(axes, cfg.rope_theta) if cfg.rope else None
         self.pos_embedder = nn.Linear(3 * POS_FEATURES, cfg.width) if cfg.abs_pos else None
+        self.shot_embedder = nn.Embedding(cfg.shot_embed, cfg.width) if cfg.shot_embed > 0 else None
         self.blocks = nn.ModuleList(
             DiTBlock(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.qk_norm, cross_attention=not self.class_conditional)
             for _ in range(cfg.depth))
@@ -81,6 +82,8 @@ class DiT(nn.Module):
         if self.pos_embedder is not None:  # starts as a no-op, so it can be added to a trained model
             nn.init.zeros_(self.pos_embedder.weight)
             nn.init.zeros_(self.pos_embedder.bias)
+        if self.shot_embedder is not None:  # the same: a model gains shot awareness by fine-tuning on storyboards
+            nn.init.zeros_(self.shot_embedder.weight)
 
     def _text(self, text: Tensor, text_mask: Tensor | None, text_idx: Tensor,
               text_rows: int | None = None) -> tuple[Tensor, Tensor | None]:
@@ -106,7 +109,8 @@ class DiT(nn.Module):
                 class_labels: Tensor | None = None) -> Tensor:
         """Velocity for every packed token.
 
-        packed: PackedBatch with tokens [L, C*pt*ph*pw], per-token timestep [L] (0 = clean conditioning)
+        packed: PackedBatch with tokens [L, C*pt*ph*pw], per-token timestep [L] (0 = clean conditioning), and
+        optionally per-token shot indices [L] (storyboards; read only when config.shot_embed > 0; None = shot 0)
         text: [Nt, Lt, text_dim] caption token embeddings; text_mask: [Nt, Lt] bool (True = valid token,
         an all-False row = the null caption); sample i uses caption packed.text_idx[i].
         class_labels: [N] long, only for a class-conditional config (num_classes = null label).
@@ -163,6 +167,12 @@ class DiT(nn.Module):
         h = self.x_embedder(x)  # [L, D]
         if self.pos_embedder is not None:
             h = h + self.pos_embedder(position_features(pos, POS_FEATURES))
+        if self.shot_embedder is not None:
+            if packed.shot is None:  # every token is of the shot being made
+                h = h + self.shot_embedder.weight[0]
+            else:
+                shot = packed.shot if keep is None else packed.shot[keep]  # [L]
+                h = h + self.shot_embedder(shot.clamp(0, cfg.shot_embed - 1))  # [L, D]
         for block in self.blocks:
             h = block(h, c, ctx)  # [L, D]
         out = self.final_layer(h, c, ctx)  # [L, out_dim]

@@ -79,12 +79,15 @@ class Sample:
     is_cond:  None (nothing is conditioning) or [T] bool: frames given as clean conditioning (never dropped,
               excluded from the loss)
     text_idx: which row of the text batch conditions this sample
+    shot:     None, an int, or [T] long per latent frame: the shot each frame comes from, counted back from the
+              shot being made (0; storyboards, DiTConfig.shot_embed)
     """
 
     latent: Tensor
     timestep: float | Tensor = 0.0
     is_cond: Tensor | None = None
     text_idx: int = 0
+    shot: int | Tensor | None = None
 
 
 @dataclass
@@ -142,6 +145,7 @@ class PackedBatch:
     timestep [L] float       is_cond [L] bool            is_dropped [L] bool   text_idx [N] long
     grids: token grid (t, h, w) per sample; patch, channels: what `unpack` needs; info: host-side facts
     (PackInfo) so the model never reads the device (None: it computes them, with host reads).
+    shot [L] long: each token's shot index (0 = the shot being made), or None when no sample gave one.
 
     Dropped tokens stay in the batch (so `unpack`, targets and losses keep the full layout) but the model
     removes them from its input sequence: they cost no compute and the model returns zeros for them.
@@ -161,6 +165,7 @@ class PackedBatch:
     patch: Patch
     channels: int
     info: PackInfo | None = None
+    shot: Tensor | None = None
 
     @property
     def num_samples(self) -> int:
@@ -182,7 +187,8 @@ class PackedBatch:
         move = {k: getattr(self, k).to(device) for k in
                 ("tokens", "ids", "sample_idx", "timestep", "is_cond", "is_dropped", "text_idx")}
         info = None if self.info is None else self.info.to(device)
-        return replace(self, cu_seqlens=self.cu_seqlens.to(device), info=info, **move)
+        shot = None if self.shot is None else self.shot.to(device)
+        return replace(self, cu_seqlens=self.cu_seqlens.to(device), info=info, shot=shot, **move)
 
 
 def _per_token(value: float | Tensor | None, grid: Grid, patch: Patch, name: str, dtype: torch.dtype) -> Tensor:
@@ -261,6 +267,8 @@ def pack(
         patch=tuple(patch),
         channels=channels,
         info=pack_info(lens, kept, text_idx, timestep if on_host else None, is_dropped),
+        shot=(torch.cat([_per_token(s.shot, g, patch, "shot", torch.long) for s, g in zip(samples, grids)])
+              if any(s.shot is not None for s in samples) else None),
     )
 
 

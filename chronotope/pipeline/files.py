@@ -114,3 +114,47 @@ def generate_to_file(pipe: VideoPipeline, out: str, model: str, gif: bool = Fals
             os.remove(path)
         raise
     return path, side
+
+
+def read_storyboard(path: str) -> dict:
+    """A storyboard file (JSON: a list of shots, or {"shots": [...], "carry": ..., "context": ...}) -> the
+    checked storyboard (request.check_storyboard); ValueError in one line for a file that is not one."""
+    import json
+
+    from chronotope.request import check_storyboard
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"storyboard file {path} not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            board = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        where = f" (line {err.lineno}: {err.msg})" if isinstance(err, json.JSONDecodeError) else ""
+        raise ValueError(f"{path} is not JSON{where}; a storyboard is a JSON list of shots such as "
+                         "[{\"prompt\": \"a red circle moves left\", \"num_frames\": 17}, ...]") from None
+    try:
+        return check_storyboard(board)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+
+
+def storyboard_to_file(pipe: VideoPipeline, out: str, model: str, storyboard: dict, gif: bool = False,
+                       **kwargs) -> tuple[str, str]:
+    """Generate a storyboard into one video (OUT.mp4, or .gif; frames streamed as each shot is decoded) and a
+    sidecar OUT.json with every setting, each shot's resolved settings and the cut frames. A failure leaves
+    neither file. Returns (video path, sidecar path)."""
+    path = output_path(out, False, gif)
+    if path.endswith(".png"):
+        raise ValueError(f"{arg('output_path', out)}: a storyboard is a video; give a .mp4 or .gif name")
+    if os.path.isdir(path):
+        raise ValueError(f"output {path} is a folder; give a file path such as film.mp4")
+    result = pipe(storyboard=storyboard, output_path=path, **kwargs)
+    side = os.path.splitext(path)[0] + ".json"
+    record = {"output": path, "model": model, "storyboard": True, **result.params, "notes": result.notes}
+    try:
+        atomic_write_json(side, record, indent=2)
+    except BaseException:
+        if os.path.exists(path):
+            os.remove(path)
+        raise
+    return path, side

@@ -48,6 +48,7 @@ class Plan:
 
     latents: [C, n, h, w] clean values at the given positions (zeros elsewhere); mask: [n] bool, True = given.
     Output = head frames + decoded[keep] + tail frames (uint8 [T, H, W, 3] each, None = nothing).
+    shot: [n] long, the shot of each latent frame counted back from the one being made (storyboards), or None.
     """
 
     latents: Tensor
@@ -55,6 +56,7 @@ class Plan:
     keep: slice = field(default_factory=lambda: slice(None))
     head: np.ndarray | None = None
     tail: np.ndarray | None = None
+    shot: Tensor | None = None
 
     @property
     def any(self) -> bool:

@@ -16,6 +16,7 @@ vae/ and dit/ (config.json + model.safetensors each, or shards + an index: chron
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -187,13 +188,14 @@ class VideoPipeline:
 
     # --- the one denoising loop ------------------------------------------------------------------------
 
-    def _model_fn(self, x: Tensor, t: Tensor, context: tuple[Tensor, Tensor]) -> Tensor:
+    def _model_fn(self, x: Tensor, t: Tensor, context: tuple[Tensor, Tensor], shot: Tensor | None = None) -> Tensor:
         """Batched latents x [N, C, n, h, w] and per-frame t (broadcastable to [N, 1, n, 1, 1]) -> velocity
-        [N, C, n, h, w], through the DiT's packed sequence (one block-diagonal sequence for all N)."""
+        [N, C, n, h, w], through the DiT's packed sequence (one block-diagonal sequence for all N).
+        shot: [n] long, each latent frame's shot counted back from the one being made (storyboards)."""
         emb, mask = context
         N, _, n = x.shape[:3]
         t_frames = t.expand(N, 1, n, 1, 1).reshape(N, n)  # [N, n]: 0 at given frames
-        samples = [Sample(x[i], timestep=t_frames[i], text_idx=i) for i in range(N)]
+        samples = [Sample(x[i], timestep=t_frames[i], text_idx=i, shot=shot) for i in range(N)]
         packed = pack(samples, patch=self.dit.config.patch).to(x.device)
         v = self.dit(packed, emb, mask)  # [L, C*pt*ph*pw]
         return torch.stack(unpack(packed, v))  # [N, C, n, h, w]
@@ -213,13 +215,35 @@ class VideoPipeline:
             mask = plan.mask[None, None].expand(B, 1, -1).to(x.device)  # [B, 1, n]: aligned to B, C, n
         use_cfg = guidance_scale > 1.0 and uncond is not None
         igs = image_guidance_scale if (plan.any and use_cfg) else None
+        model_fn = self._model_fn if plan.shot is None else functools.partial(self._model_fn, shot=plan.shot)
         if use_cfg:
-            fn = cfg_velocity(self._model_fn, guidance_scale, cond, uncond, image_guidance_scale=igs,
+            fn = cfg_velocity(model_fn, guidance_scale, cond, uncond, image_guidance_scale=igs,
                               x_cond=x_cond if igs is not None else None, cond_mask=mask if igs is not None else None,
                               generator=generator)
         else:
-            fn = lambda xx, tt: self._model_fn(xx, tt, cond)  # noqa: E731
+            fn = lambda xx, tt: model_fn(xx, tt, cond)  # noqa: E731
         return get_sampler(sampler)(fn, x, ts.to(x.device), x_cond=x_cond, cond_mask=mask, progress=progress)
+
+    def _storyboard(self, storyboard, prompt, given: dict) -> PipelineOutput:
+        """__call__(storyboard=...): the settings a storyboard takes go to generate_storyboard; a prompt or a
+        per-video input (image, video, mode, num_frames, ...) is refused, since each shot names its own."""
+        from chronotope.pipeline.storyboard import generate_storyboard
+
+        takes = ("negative_prompt", "height", "width", "resolution", "aspect_ratio", "fps", "num_inference_steps",
+                 "guidance_scale", "seed", "sampler", "shift", "expand_prompt", "output_path", "progress")
+        defaults = {"direction": "forward", "image_position": "first", "num_inference_steps": 30,
+                    "guidance_scale": 5.0, "sampler": "euler", "expand_prompt": True, "progress": True}
+        extra = [k for k, v in given.items() if k not in takes + ("self", "storyboard", "prompt", "generator")
+                 and v is not None and v != defaults.get(k)]
+        if prompt is not None or extra:
+            what = ", ".join(arg(k) for k in (["prompt"] if prompt is not None else []) + extra)
+            raise ValueError(f"a storyboard sets each shot's prompt and length itself; drop {what} (or the storyboard)")
+        if given.get("generator") is not None and given.get("seed") is None:
+            given["seed"] = given["generator"].initial_seed()
+        frames, z, params, notes = generate_storyboard(self, storyboard, **{k: given[k] for k in takes})
+        mask = torch.zeros(1, z.shape[2], dtype=torch.bool)  # no frame of the last shot was given
+        return PipelineOutput([] if frames is None else [frames], z, [s["expanded_prompt"] for s in params["shots"]],
+                              params["seed"], params["fps"], "storyboard", mask, params, notes)
 
     def initial_noise(self, shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
         """Standard normal noise of `shape`, drawn on the CPU (the same numbers on any device), moved to ours."""
@@ -233,7 +257,7 @@ class VideoPipeline:
 
     def __call__(
         self,
-        prompt: str | list[str],
+        prompt: str | list[str] | None = None,
         negative_prompt: str | list[str] | None = None,
         height: int | None = None,
         width: int | None = None,
@@ -262,6 +286,7 @@ class VideoPipeline:
         expand_prompt: bool = True,
         output_path: str | list[str] | None = None,
         progress: bool = True,
+        storyboard: list[dict] | dict | None = None,
     ) -> PipelineOutput:
         """Generate one video per prompt in any mode; every mode is one sampler call with different clean frames.
 
@@ -278,6 +303,10 @@ class VideoPipeline:
         strength (edit): 0 keeps the video, 1 ignores it. output_path: also write the video(s) there
         (atomically; long mode streams frames as they are decoded and then returns no frames).
         """
+        if storyboard is not None:  # several shots, one video (pipeline/storyboard.py)
+            return self._storyboard(storyboard, prompt, locals())
+        if prompt is None:
+            raise ValueError("give a prompt (or storyboard=[{\"prompt\": ..., \"num_frames\": ...}, ...])")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise ValueError("give at least one prompt")

@@ -29,6 +29,7 @@ from ..video import IMAGE_FPS, write_video
 from .captions import detailed_caption, short_caption
 from .render import check_frame_size, render
 from .scene import check_constraints, check_starts, sample_scene
+from .storyboard import check_shots, render_storyboard, sample_storyboard, shot_lengths, storyboard_text
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,70 @@ def make_item(item: WorldItem, out_dir: str, include_heldout: bool = False, trac
             "short_text": short_caption(scene), "spec": json.dumps(scene.spec, separators=(",", ":"))}
 
 
+# --- storyboards (`chronotope world --shots 2,3`; world/storyboard.py) ---------------------------------
+
+
+@dataclass(frozen=True)
+class StoryboardItem:
+    """What storyboard `index` of a run renders: its seed, frame size, and each shot's length."""
+
+    index: int
+    seed: int
+    height: int
+    width: int
+    aspect_ratio: str
+    lengths: tuple[int, ...]
+    fps: float
+
+    @property
+    def name(self) -> str:
+        return f"{self.index:06d}.mp4"
+
+
+def plan_storyboards(num: int, seed: int, sizes: list[tuple[int, int, str]], shots: list[int],
+                     num_frames: list[int], fps: float) -> list[StoryboardItem]:
+    """Items 0..num-1 cycling through every (size, shot count) pair; shot lengths drawn from `num_frames`."""
+    if num < 1:
+        raise ValueError(f"--num must be at least 1, got {num}")
+    if not sizes or not shots:
+        raise ValueError("give at least one size (or aspect ratio) and one shot count, e.g. --shots 2,3")
+    for h, w, _ in sizes:
+        check_frame_size(h, w)
+    for n in shots:
+        check_shots(n)
+    combos = [(s, n) for s in sizes for n in shots]
+    items = []
+    for i in range(num):
+        (h, w, ratio), n = combos[i % len(combos)]
+        s = item_seed(seed, i)
+        items.append(StoryboardItem(i, s, h, w, ratio, tuple(shot_lengths(s, n, list(num_frames))), float(fps)))
+    return items
+
+
+def make_storyboard_item(item: StoryboardItem, out_dir: str, include_heldout: bool = False,
+                         tracks: bool = True) -> dict:
+    """Render and write one storyboard (unless its files exist); return its manifest row. The row's `shots`
+    column and the sidecar NAME.json hold each shot's start, length, caption and spec, and the cut frames."""
+    scenes = sample_storyboard(item.seed, len(item.lengths), include_heldout)
+    path = os.path.join(out_dir, item.name)
+    sidecar = os.path.splitext(path)[0] + ".json"
+    if not (os.path.exists(path) and os.path.exists(sidecar)):
+        out = render_storyboard(scenes, item.height, item.width, list(item.lengths), item.fps, item.seed)
+        write_video(path, out.frames, item.fps)
+        side = {"storyboard": True, "fps": item.fps, "cuts": out.cuts, "shots": out.shots}
+        if tracks:
+            side["tracks"] = [_track_json(t) for t in out.tracks]
+        _write_json(sidecar, side)  # always written: it is where the cuts and per-shot specs live
+        shots = out.shots
+    else:
+        with open(sidecar, encoding="utf-8") as f:
+            shots = json.load(f)["shots"]
+    return {"path": path, "text": storyboard_text(shots), "num_frames": int(sum(item.lengths)),
+            "height": item.height, "width": item.width, "aspect_ratio": item.aspect_ratio, "fps": item.fps,
+            "short_text": storyboard_text(shots, "short_text"), "spec": "",
+            "shots": json.dumps(shots, separators=(",", ":"))}
+
+
 def resolve_sizes(height: int | None = None, width: int | None = None, resolution: str | None = None,
                   aspect_ratios: list[str] | None = None) -> list[tuple[int, int, str]]:
     """(height, width, ratio name) list from either an explicit size or a resolution and aspect ratios."""
@@ -132,8 +197,6 @@ def write_world(out_dir: str | os.PathLike, num: int, seed: int = 0, sizes: list
     if not fps > 0:
         raise ValueError(f"--fps must be positive, got {fps}")
     if shots is not None:
-        from .storyboard import make_storyboard_item, plan_storyboards
-
         if objects is not None or motions is not None:
             raise ValueError("--shots renders storyboards of sampled characters; drop --objects / --motions")
         items = plan_storyboards(num, seed, sizes or [(64, 64, "1:1")], shots, num_frames or [17], fps)
