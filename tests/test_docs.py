@@ -69,7 +69,8 @@ def test_every_table_renders(path: Path) -> None:
 #   docs/...         -> the repo's docs folder; /tmp/X -> X in the scratch folder
 #   runs/bench       -> the published results.json (compared with itself: no bench run of a model here)
 #   my_videos/       -> data/w (a rendered folder with captions); clip.mp4, a.mp4, b.mp4, start.png are
-#                       World clips (and a frame) written before the commands that read them.
+#                       World clips (and a frame) written before the commands that read them; story.json a
+#                       two-shot storyboard of 5-frame shots.
 # Skipped: training (train vae/dit/world-model: minutes on a CPU, one of them on a GPU; the training tests run
 # the same code on debug presets) and the torchrun / python / make lines, which are not `chronotope` commands
 # (`make demo` runs `chronotope demo`, which runs here).
@@ -78,7 +79,7 @@ SKIP = {
     ("train", "dit"): "trains a DiT (minutes, and torchrun); test_dit_training.py / test_parallel.py cover it",
     ("train", "world-model"): "trains the whole model (8-10 minutes, one on a GPU); test_world_model.py covers it",
 }
-FIXTURES = ("clip.mp4", "a.mp4", "b.mp4", "start.png")
+FIXTURES = ("clip.mp4", "a.mp4", "b.mp4", "start.png", "story.json")
 
 
 def bash_commands(text: str) -> list[list[str]]:
@@ -144,6 +145,8 @@ def write_fixtures(folder: Path) -> None:
         frames = render(sample_scene(seed), 64, 64, 17, 8.0).frames
         write_video(folder / name, frames, 8.0)
     write_video(folder / "start.png", frames[:1], 8.0)
+    (folder / "story.json").write_text('[{"prompt": "a large red circle moves left", "num_frames": 5}, '
+                                       '{"prompt": "the red circle on a black background", "num_frames": 5}]')
 
 
 def test_bash_commands_joins_continuations_and_drops_comments() -> None:
