@@ -8,11 +8,11 @@ seconds of a 17-frame clip and seconds per training step (batch 4 x 17 frames, 2
 `world` preset at 64px; and the DiT tokens of a 33-frame 1:1 clip at the option's patch.
 
     .venv/bin/python benchmarks/vae_options.py \\
-        world-4x=runs/vae26/world-4x:64px:4 world-c64=runs/vae26/world-c64:64px:2 world-128=runs/vae26/world-128:128px:2 \\
+        world-4x=runs/vae26/world-4x:64px:2 world-c64=runs/vae26/world-c64:64px:1 world-128=runs/vae26/world-128:128px:2 \\
         --baseline chronotope/assets/world-model/vae
 
-An option is NAME=RUN_DIR:RESOLUTION:PATCH (PATCH: the DiT's spatial patch on that latent). Writes
-benchmarks/results/vae_options.json and prints the markdown table of docs/training-world.md.
+An option is NAME=RUN_DIR:RESOLUTION:PATCH, PATCH the DiT's spatial patch on that latent (the shipped DiT has
+patch 1 on `world`). Writes benchmarks/results/vae_options.json and prints the table of docs/training-world.md.
 """
 
 from __future__ import annotations
@@ -140,8 +140,8 @@ def main() -> int:
     base_cfg = VAE_PRESETS["world"]()
     base_time = timings(base_cfg, CLIP[1], args.threads)
     rows = {"world (today)": {
-        "resolution": "64px", "patch": 2, "compression": base_cfg.compression, "latent": "16 x 8 x 8",
-        "dit_tokens_33f": dit_tokens(base_cfg, "64px", 2), **base_time, "speed_vs_today": 1.0,
+        "resolution": "64px", "patch": 1, "compression": base_cfg.compression, "latent": "16 x 8 x 8",
+        "dit_tokens_33f": dit_tokens(base_cfg, "64px", 1), **base_time, "speed_vs_today": 1.0,
         "quality": vae_quality(args.baseline, "64px", args.ceiling_prompts), "curve": None}}
     for name, run, resolution, patch in options:
         print(f"{name}: {run}", flush=True)

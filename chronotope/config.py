@@ -110,14 +110,14 @@ def _vae_world() -> VAEConfig:
 
 def _vae_world_4x() -> VAEConfig:
     """`world` with 4x space instead of 8x (12x compression): a 64px frame is a 16x16 latent, so a 10-pixel
-    object spans 2.5 latent cells, not 1.2. With the DiT at patch (1, 4, 4) the DiT sees as many tokens as
-    `world` at (1, 2, 2). Both resampling stages halve time."""
+    object spans 2.5 latent cells, not 1.2. A DiT at patch (1, 2, 2) sees as many tokens (8x8 per 64px frame)
+    as the shipped DiT on `world` at (1, 1, 1). Both resampling stages halve time."""
     return VAEConfig(latent_channels=16, spatial_factor=4, widths=[16, 64, 128], num_res_blocks=1, time_kernel=1)
 
 
 def _vae_world_c64() -> VAEConfig:
     """`world` with 64 latent channels instead of 16 (12x compression, as `world-4x`): same 8x8 cells at
-    64px, four times the numbers per cell. At patch (1, 2, 2) the DiT sees `world`'s token count."""
+    64px, four times the numbers per cell: the shipped DiT's patch (1, 1, 1) keeps its token count."""
     return VAEConfig(latent_channels=64, widths=[16, 32, 64, 128], num_res_blocks=1, time_kernel=1)
 
 
