@@ -61,39 +61,41 @@ def curve(run: Path, resolution: str, per_shape: int) -> list[dict]:
     return points
 
 
-def timings(config, side: int, threads: int, repeats: int = 3) -> dict:
-    """Median encode+decode seconds of one 17-frame clip and training-step seconds (batch 4 x 17 frames)."""
+def timings(configs: dict, threads: int, repeats: int = 5) -> dict:
+    """Per option (name -> (VAEConfig, frame side)): median encode+decode seconds of one 17-frame clip and
+    training-step seconds (batch 4 x 17 frames), the options interleaved round by round so that whatever
+    else runs on the machine slows them alike."""
     import torch
 
     from chronotope.vae.losses import vae_loss
     from chronotope.vae.model import CausalVAE
 
     torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    vae = CausalVAE(config)
-    opt = torch.optim.AdamW(vae.parameters(), lr=1e-4)
-    x = torch.rand(4, 3, 17, side, side) * 2 - 1
+    jobs = {}
+    for name, (config, side) in configs.items():
+        torch.manual_seed(0)
+        vae = CausalVAE(config)
+        jobs[name] = (vae, torch.optim.AdamW(vae.parameters(), lr=1e-4), torch.rand(4, 3, 17, side, side) * 2 - 1)
 
-    def step() -> None:
+    def step(vae, opt, x) -> None:
         recon, posterior = vae(x, sample=True)
         vae_loss(x, recon, posterior)[0].backward()
         opt.step()
         opt.zero_grad()
 
-    def coding() -> None:
+    def coding(vae, opt, x) -> None:
         with torch.inference_mode():
             vae.decode(vae.encode(x[:1]).mode())
 
-    out = {}
-    for name, fn in (("train_step_s", step), ("encode_decode_s", coding)):
-        fn()  # warm-up
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        out[name] = statistics.median(times)
-    return out
+    times = {name: {"train_step_s": [], "encode_decode_s": []} for name in jobs}
+    for round_ in range(repeats + 1):  # round 0 warms up
+        for name, job in jobs.items():
+            for key, fn in (("train_step_s", step), ("encode_decode_s", coding)):
+                t0 = time.perf_counter()
+                fn(*job)
+                if round_:
+                    times[name][key].append(time.perf_counter() - t0)
+    return {name: {k: statistics.median(v) for k, v in t.items()} for name, t in times.items()}
 
 
 def dit_tokens(config, resolution: str, patch: int) -> int:
@@ -120,6 +122,9 @@ def main() -> int:
     p.add_argument("--reach", type=float, nargs="+", default=[27.87, 30.93],
                    help="PSNR levels whose first checkpoint the table reports (default: today's VAE after its "
                         "first run and as shipped)")
+    p.add_argument("--reuse", action="store_true",
+                   help="keep the rows of the last vae_options.json whose run has no newer checkpoint (speeds are "
+                        "always measured again)")
     args = p.parse_args()
     options = []
     for text in args.options:
@@ -135,34 +140,47 @@ def main() -> int:
     from vae import vae_quality
 
     from chronotope.config import VAE_PRESETS
+    from chronotope.train.checkpoint import list_checkpoints
 
     torch.set_num_threads(args.threads)
     base_cfg = VAE_PRESETS["world"]()
-    base_time = timings(base_cfg, CLIP[1], args.threads)
-    rows = {"world (today)": {
+    last = json.loads(RESULT.read_text())["options"] if args.reuse and RESULT.is_file() else {}
+    rows = {"world (today)": last.get("world (today)") or {
         "resolution": "64px", "patch": 1, "compression": base_cfg.compression, "latent": "16 x 8 x 8",
-        "dit_tokens_33f": dit_tokens(base_cfg, "64px", 1), **base_time, "speed_vs_today": 1.0,
+        "dit_tokens_33f": dit_tokens(base_cfg, "64px", 1),
         "quality": vae_quality(args.baseline, "64px", args.ceiling_prompts), "curve": None}}
+    configs = {"world (today)": (base_cfg, CLIP[1])}
     for name, run, resolution, patch in options:
-        print(f"{name}: {run}", flush=True)
-        points = curve(run, resolution, args.curve_clips)
-        if not points:
+        ckpts = list_checkpoints(run)
+        if not ckpts:
             raise SystemExit(f"{run}: no complete checkpoint (train it with --keep-last large enough)")
-        newest = sorted(run.glob("ckpt-*"))[-1]
-        vae, _ = load_checkpoint_vae(newest)
+        vae, state = load_checkpoint_vae(ckpts[-1])
         cfg = vae.config
         side = 2 * CLIP[1] if resolution == "128px" else CLIP[1]
-        t = timings(cfg, side, args.threads)
-        quality = vae_quality(str(newest), resolution, args.ceiling_prompts, vae=vae)
+        configs[name] = (cfg, side)
+        if name in last and last[name]["steps"] == state["step"]:
+            rows[name] = last[name]
+            continue
+        print(f"{name}: {run}", flush=True)
+        points = curve(run, resolution, args.curve_clips)
         rows[name] = {"resolution": resolution, "patch": patch, "compression": cfg.compression,
                       "latent": f"{cfg.latent_channels} x {side // cfg.spatial_factor} x {side // cfg.spatial_factor}",
-                      "dit_tokens_33f": dit_tokens(cfg, resolution, patch), **t,
-                      "speed_vs_today": base_time["encode_decode_s"] / t["encode_decode_s"],
-                      "quality": quality, "curve": points, "steps": points[-1]["step"],
+                      "dit_tokens_33f": dit_tokens(cfg, resolution, patch),
+                      "quality": vae_quality(str(run), resolution, args.ceiling_prompts, vae=vae),
+                      "curve": points, "steps": points[-1]["step"],
                       "reach": {f"{db:.2f}": first_step_reaching(points, db) for db in args.reach}}
+    return finish(rows, configs, args)
 
+
+def finish(rows: dict, configs: dict, args: argparse.Namespace) -> int:
+    """Time every option side by side, write vae_options.json and print the table."""
     from chronotope.atomic import atomic_write_json
 
+    speed = timings(configs, args.threads)
+    today = speed["world (today)"]
+    for name, row in rows.items():
+        row.update(speed[name], speed_vs_today=today["encode_decode_s"] / speed[name]["encode_decode_s"],
+                   train_step_vs_today=speed[name]["train_step_s"] / today["train_step_s"])
     atomic_write_json(RESULT, {"threads": args.threads, "ceiling_prompts": args.ceiling_prompts, "options": rows},
                       indent=2)
     print(table(rows, args.reach))
@@ -172,14 +190,14 @@ def main() -> int:
 def table(rows: dict, reach: list[float]) -> str:
     """The markdown table of docs/training-world.md."""
     head = ["option", "latent of a 1:1 frame", "psnr_world", "GT→VAE overall", "shape", "color", "motion",
-            "DiT tokens / 33f", "enc+dec vs today", "s / train step"] + [f"steps to {db:.1f} dB" for db in reach]
+            "DiT tokens / 33f", "enc+dec speed vs today", "train step time vs today"] + [f"steps to {db:.1f} dB" for db in reach]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in rows.items():
         c = r["quality"]["ceiling"]["vae"]
         steps = [str(r["reach"].get(f"{db:.2f}") or "—") if r.get("reach") else "—" for db in reach]
         cells = [name, r["latent"], f"{r['quality']['psnr_world']:.2f}", f"{c['overall']:.3f}", f"{c['shape']:.3f}",
                  f"{c['color']:.3f}", f"{c['motion']:.3f}", str(r["dit_tokens_33f"]), f"{r['speed_vs_today']:.2f}x",
-                 f"{r['train_step_s']:.2f}"] + steps
+                 f"{r['train_step_vs_today']:.2f}x"] + steps
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
