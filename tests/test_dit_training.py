@@ -193,14 +193,36 @@ def test_device_pack_matches_the_flow_and_its_host_facts(cache):
     assert torch.allclose(fast, slow, atol=1e-5)
 
 
-def test_a_training_step_reads_nothing_back_from_the_device(cache, tmp_path):
+@pytest.fixture(scope="module")
+def board_cache(tmp_path_factory) -> LatentCache:
+    """Two 3-shot World storyboards, each shot cached as its own clip linked to its storyboard."""
+    from chronotope.world.storyboard import render_storyboard, sample_storyboard
+
+    items = []
+    for seed in range(2):
+        out = render_storyboard(sample_storyboard(seed, 3), 32, 32, [5, 9, 5], 8.0)
+        items.append({"video": torch.from_numpy(out.frames).permute(3, 0, 1, 2).float() / 127.5 - 1,
+                      "text": "", "shots": out.shots})
+    torch.manual_seed(0)
+    out_dir = tmp_path_factory.mktemp("boards")
+    encode_to_cache(CausalVAE(VAE_PRESETS["debug"]()), items, out_dir, progress=False)
+    return LatentCache(out_dir)
+
+
+@pytest.mark.parametrize("shots", [False, True], ids=["clips", "storyboard-shots-with-context"])
+def test_a_training_step_reads_nothing_back_from_the_device(cache, board_cache, tmp_path, shots):
     """No .item() / bool() / int() / float() of a tensor inside a non-logging step (the profiler's
-    aten::_local_scalar_dense), except inside CPU-only kernels (fused AdamW's CPU kernel reads its step count)."""
+    aten::_local_scalar_dense), except inside CPU-only kernels (fused AdamW's CPU kernel reads its step count);
+    also not for a shot-aware DiT on storyboard shots with their context."""
     from torch.profiler import profile
 
-    model = DiT(DIT_PRESETS["debug"]())
-    text = TextEmbeddings.build(cache, DebugTextEncoder(), progress=False)
-    task = DiTTask(model, cache, text, token_budget=256)
+    config = DIT_PRESETS["debug"]()
+    config.shot_embed = 3 if shots else 0
+    model = DiT(config)
+    data = board_cache if shots else cache
+    text = TextEmbeddings.build(data, DebugTextEncoder(), progress=False)
+    task = DiTTask(model, data, text, token_budget=256)
+    assert task.shot_aware == shots
     trainer = Trainer(task, tmp_path / "run", steps=6, log_every=100, ckpt_every=100, progress=False, plot=False)
     with profile() as prof:
         trainer.fit()

@@ -199,6 +199,10 @@ def add_train_dit(models: argparse._SubParsersAction) -> None:
     p.add_argument("--abs-pos", action="store_true",
                    help="add absolute (t, h, w) position features to the tokens (DiTConfig.abs_pos, which the "
                         "shipped model has; zero-initialised, so --init can add them to a trained DiT)")
+    p.add_argument("--shot-embed", type=int, default=0, metavar="N",
+                   help="a shot-aware DiT (DiTConfig.shot_embed, N >= 2 rows, zero-initialised; added to an --init "
+                        "DiT that lacks it): each storyboard shot of the cache is learned with the last latent frame "
+                        "of up to 2 earlier shots as clean context, as generate --storyboard uses it (default 0)")
     add_trainer_args(p, steps=2000, lr=3e-4, batch_size=0, ckpt_every=250)
     p.add_argument("--global-token-budget", type=int, default=None,
                    help="tokens per optimizer step over all ranks: sets --grad-accum to "
@@ -215,7 +219,7 @@ def run_train_dit(args: argparse.Namespace) -> int:
     cache = LatentCache(args.data)
     seed_everything(args.seed)  # a fresh DiT's initial weights follow --seed
     model, saved = dit_for_run(args.preset, cache, args.out if args.resume else None, args.init, args.patch,
-                               args.abs_pos)
+                               args.abs_pos, args.shot_embed)
     config = model.config
     if saved is not None:  # a resumed run: its time shift and conditioning mix win over the options
         args.time_shift = saved.get("time_shift", 1.0)
@@ -277,6 +281,9 @@ def add_train_world_model(models: argparse._SubParsersAction) -> None:
                       help="share of one-mover clips starting on the side they come from (default 0.15)")
     data.add_argument("--movers-anywhere", type=float, default=0.15,
                       help="share of one-mover clips starting anywhere in view (default 0.15)")
+    data.add_argument("--storyboards", type=float, default=0.0,
+                      help="share of items that are storyboards of 2-3 shots, each shot cached as its own clip "
+                           "linked to its storyboard (default 0; a --shot-embed DiT learns from them)")
     data.add_argument("--shard-size", type=int, default=None, help="items per cache shard (256 / 2048)")
     data.add_argument("--encode-batch", type=int, default=None, help="clips per VAE call (16 / 256)")
     data.add_argument("--workers", type=int, default=None, help="render processes (1 / CPU count - 1, at most 16)")
@@ -298,6 +305,10 @@ def add_train_world_model(models: argparse._SubParsersAction) -> None:
     dit.add_argument("--patch", type=int_list, default=[1, 1, 1], metavar="PT,PH,PW", help="default 1,1,1")
     dit.add_argument("--no-abs-pos", action="store_true", help="no absolute (t, h, w) position features")
     dit.add_argument("--init", default=None, metavar="DIR", help="start the DiT from a saved DiT or model folder")
+    dit.add_argument("--shot-embed", type=int, default=0, metavar="N",
+                     help="a shot-aware DiT: N rows of shot-index embedding (3 = the new shot and two earlier ones; "
+                          "zero-initialised, added to an --init DiT that lacks it); it learns each storyboard shot "
+                          "with the last latent frame of up to 2 earlier shots as clean context (default 0: off)")
     dit.add_argument("--time-shift", type=float, default=3.0, help="scale of the timestep shift rule (default 3)")
     dit.add_argument("--token-budget", type=int, default=None, help="tokens per pack (2048 / 32768)")
     dit.add_argument("--lr", type=float, default=None, help="peak learning rate (3e-4 / 5e-4)")
@@ -319,14 +330,14 @@ def run_train_world_model(args: argparse.Namespace) -> int:
     from chronotope.world.mix import WorldMix
 
     mix = WorldMix(args.resolution, tuple(args.aspect_ratios), tuple(args.num_frames), movers=args.movers,
-                   movers_anywhere=args.movers_anywhere)
+                   movers_anywhere=args.movers_anywhere, storyboards=args.storyboards)
     recipe = WorldModelRecipe(
         out=args.out, minutes=args.minutes, device=args.device, seed=args.seed, items=args.items,
         data_share=args.data_share, mix=mix, shard_size=args.shard_size, encode_batch=args.encode_batch,
         workers=args.workers, vae=args.vae, train_vae=args.train_vae, vae_preset=args.vae_preset,
         vae_share=args.vae_share, text_encoder=args.text_encoder, text_encoder_name=args.text_encoder_name,
         text_batch=args.text_batch, dit_preset=args.dit_preset, patch=tuple(args.patch), abs_pos=not args.no_abs_pos,
-        init=args.init, time_shift=args.time_shift, token_budget=args.token_budget, lr=args.lr, warmup=args.warmup,
+        init=args.init, shot_embed=args.shot_embed, time_shift=args.time_shift, token_budget=args.token_budget, lr=args.lr, warmup=args.warmup,
         decay_frac=args.decay_frac, ckpt_minutes=args.ckpt_minutes, max_steps=args.max_steps,
         bf16=False if args.no_bf16 else None, max_shard_size=args.max_shard_size, bench_prompts=args.bench_prompts,
         threads=args.threads, progress=not args.no_progress)

@@ -67,6 +67,8 @@ def resize_crop(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 class VideoDataset(torch.utils.data.Dataset):
     """Items: dict(video=[C, T, H, W] float in [-1, 1], text, path, fps, + short_text/spec if present).
+    A storyboard row (a `shots` column) gives its whole video at its own frame rate, with `shots`, so
+    `chronotope encode` can cut it into its shots (latent_cache.storyboard_shots).
 
     manifest: a CSV path (see chronotope.data.manifest) or its rows.
     num_frames: 4k+1 frames per clip; a shorter video gives its longest 4k+1 prefix; None takes
@@ -132,28 +134,32 @@ class VideoDataset(torch.utils.data.Dataset):
         total = max(1, int(row["num_frames"]))
         start, max_frames = 0, self.num_frames
         image = total == 1 or is_image_path(path)
+        board = bool(row.get("shots")) and not image
         if image:
             max_frames = 1
+        elif board:  # a storyboard is read whole, frame for frame: its shots are cut where its `shots` say
+            max_frames = None
         elif self.num_frames is not None and self.random_start:
             slack = total - self._span(row, self.num_frames)
             if slack > 0:
                 rng = np.random.default_rng([self.seed, self.epoch, index])
                 start = int(rng.integers(0, slack + 1))
-        fps = self.target_fps if (self.target_fps is not None and not image) else None
-        kwargs = dict(stride=1 if fps else self.stride, fps=fps, max_frames=max_frames)
+        fps = self.target_fps if (self.target_fps is not None and not image and not board) else None
+        kwargs = dict(stride=1 if fps or board else self.stride, fps=fps, max_frames=max_frames)
         try:
             frames, out_fps = read_video(path, start=start, **kwargs)  # [T, H, W, 3] uint8
         except ValueError:
             if start == 0:
                 raise
             frames, out_fps = read_video(path, **kwargs)  # the manifest overstated the length
-        frames = frames[: (len(frames) - 1) // 4 * 4 + 1]  # longest 4k+1 prefix
+        if not board:
+            frames = frames[: (len(frames) - 1) // 4 * 4 + 1]  # longest 4k+1 prefix
         h, w = budget_size(frames.shape[1], frames.shape[2], self.max_pixels)
         video = torch.from_numpy(frames).permute(0, 3, 1, 2).float()  # [T, C, H, W]
         video = resize_crop(video, h, w).clamp(0, 255) / 127.5 - 1.0
         item = {"video": video.permute(1, 0, 2, 3).contiguous(), "text": row.get("text", ""), "path": path,
                 "fps": float(out_fps)}  # video: [C, T, h, w]
-        for key in ("short_text", "spec"):
+        for key in ("short_text", "spec", "shots"):
             if key in row:
                 item[key] = row[key] if isinstance(row[key], str) else str(row[key])
         return item

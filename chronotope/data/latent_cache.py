@@ -6,7 +6,9 @@ As in Open-Sora / LTX-Video pre-extraction: `encode_to_cache` runs `vae.encode_l
     CACHE/shard-00000.safetensors   "<key>.latent" -> [C, t, h, w] float16/bfloat16 (room for
                                     more tensors per item, e.g. "<key>.text_emb")
     CACHE/index.jsonl               one line per item: key, shard, shape, text, short_text, spec,
-                                    path, num_frames, height, width, fps
+                                    path, num_frames, height, width, fps; a storyboard's shots are
+                                    items of their own (key "<index>-<shot>") with storyboard (the
+                                    storyboard's key), shot (0, 1, ...) and num_shots
     CACHE/cache.json                vae folder + config, settings, created, completed shards, counts
 
 Resumable: shard k holds data-set items [k*S, (k+1)*S); it is written atomically, then its
@@ -14,6 +16,10 @@ index lines appended, then cache.json records it complete. A re-run skips comple
 drops index lines of a shard that never got recorded (a crash between the two writes). `CacheWriter`
 does this writing for any producer of latents (also the World-model recipe, which encodes in batches).
 `LatentCache(dir)` reads it back as a torch Dataset; `shard_for_rank` splits it for DDP.
+
+Storyboards (a manifest row or World item with a `shots` list, issue 28) are cut at their cuts by
+`storyboard_shots`: each shot is its own causal-VAE clip (4k+1 frames, its first frame coded alone, as
+pipeline/storyboard.py decodes it) with its own caption and spec, linked to its storyboard.
 """
 
 from __future__ import annotations
@@ -51,6 +57,30 @@ def _read_index(path: Path) -> list[dict[str, Any]]:
 
 def shard_name(k: int) -> str:
     return f"shard-{k:05d}.safetensors"
+
+
+def item_key(index: int, shot: int | None = None) -> str:
+    """An item's key: its data-set index, and for a storyboard's shot the shot index ("00000012-1")."""
+    return f"{index:08d}" if shot is None else f"{index:08d}-{shot}"
+
+
+def storyboard_shots(shots: list[dict] | str, index: int) -> list[tuple[slice, dict[str, Any]]]:
+    """The shots of storyboard `index` (its `shots` column: start, num_frames, text, short_text, spec per shot)
+    as (frame slice of the storyboard's video, index fields) pairs; the fields link each shot to its storyboard
+    (storyboard = the storyboard's key, shot, num_shots). ValueError for a shot that is not a 4k+1-frame clip."""
+    shots = json.loads(shots) if isinstance(shots, str) else shots
+    out = []
+    for j, shot in enumerate(shots):
+        start, n = int(shot["start"]), int(shot["num_frames"])
+        if n < 1 or (n - 1) % 4:
+            raise ValueError(f"storyboard shot {j + 1} has {n} frames; each shot is its own causal-VAE clip of "
+                             f"4k+1 frames (render storyboards with --num-frames such as 17,33)")
+        spec = shot.get("spec")
+        fields = {"text": shot.get("text", ""), "short_text": shot.get("short_text"),
+                  "spec": spec if isinstance(spec, str) or spec is None else json.dumps(spec, separators=(",", ":")),
+                  "num_frames": n, "storyboard": item_key(index), "shot": j, "num_shots": len(shots)}
+        out.append((slice(start, start + n), fields))
+    return out
 
 
 class CacheWriter:
@@ -93,11 +123,12 @@ class CacheWriter:
 
     def write_shard(self, k: int, entries: list[tuple[int, torch.Tensor, dict[str, Any], dict[str, torch.Tensor]]],
                     failed: list[dict[str, Any]] | None = None) -> None:
-        """Shard k from entries (data-set index, latent [C, t, h, w], index line fields, extra tensors)."""
+        """Shard k from entries (data-set index, latent [C, t, h, w], index line fields, extra tensors); a
+        storyboard's shots share their data-set index and differ by their `shot` field."""
         name, failed = shard_name(k), failed or []
         tensors, lines = {}, []
         for i, z, fields, extra in entries:
-            key = f"{i:08d}"
+            key = item_key(i, fields.get("shot"))
             tensors[f"{key}.latent"] = z.detach().cpu().to(_DTYPES[self.dtype]).contiguous()
             for tname, t in extra.items():
                 if tname == "latent" or not tname.isidentifier():
@@ -166,16 +197,15 @@ def encode_to_cache(
                     item = load(i)
                     if item is None:
                         raise ValueError("unreadable item")
-                    video = item["video"]  # [3, T, H, W]
-                    with torch.no_grad():
-                        z = vae.encode_latents(video[None].float(), **(encode_kwargs or {}))[0]  # [C, t, h, w]
+                    clips = _clips(item, i)
+                    with torch.no_grad():  # each clip [3, T, H, W] -> [C, t, h, w]
+                        latents = [vae.encode_latents(v[None].float(), **(encode_kwargs or {}))[0] for v, _ in clips]
                 except (VideoReadError, ValueError, OSError, RuntimeError) as err:
                     failed.append({"index": i, "path": _item_path(dataset, i), "error": str(err)[:300]})
                     bar.update(1)
                     continue
-                fields = {"num_frames": int(video.shape[1]), "height": int(video.shape[2]),
-                          "width": int(video.shape[3]), **{m: item.get(m) for m in _META_KEYS}}
-                entries.append((i, z, fields, extra_tensors(item) if extra_tensors else {}))
+                extra = extra_tensors(item) if extra_tensors else {}
+                entries += [(i, z, fields, extra) for z, (_, fields) in zip(latents, clips)]
                 bar.update(1)
                 bar.set_postfix_str(f"bad {writer.meta['failures'] + len(failed)}", refresh=False)
             writer.write_shard(k, entries, failed)
@@ -185,6 +215,19 @@ def encode_to_cache(
     if not writer.meta_path.exists():
         writer.flush()
     return writer.counts(todo)
+
+
+def _clips(item: dict[str, Any], i: int) -> list[tuple[torch.Tensor, dict[str, Any]]]:
+    """(video [3, T, H, W], index fields) of each clip of data-set item i: the item, or each shot of a storyboard."""
+    video = item["video"]  # [3, T, H, W]
+    fields = {"num_frames": int(video.shape[1]), "height": int(video.shape[2]), "width": int(video.shape[3]),
+              **{m: item.get(m) for m in _META_KEYS}}
+    if not item.get("shots"):
+        return [(video, fields)]
+    shots = storyboard_shots(item["shots"], i)
+    if shots[-1][0].stop > video.shape[1]:
+        raise ValueError(f"the storyboard's shots cover {shots[-1][0].stop} frames but its video has {video.shape[1]}")
+    return [(video[:, sl], {**fields, **shot}) for sl, shot in shots]
 
 
 def _item_path(dataset: Any, i: int) -> str | None:

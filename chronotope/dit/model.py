@@ -215,6 +215,15 @@ class DiT(nn.Module):
             raise ValueError("this DiT already has absolute position features (abs_pos=True)")
         return self._rebuilt(fresh=("pos_embedder.",), abs_pos=True)
 
+    def with_shot_embed(self, shots: int) -> "DiT":
+        """A copy with a shot-index embedding of `shots` rows (`DiTConfig.shot_embed`, storyboards) added:
+        zero-initialised, so it computes exactly what this model computes until training on storyboards moves it."""
+        if self.config.shot_embed:
+            raise ValueError(f"this DiT already has a shot embedding (shot_embed={self.config.shot_embed})")
+        if isinstance(shots, bool) or not isinstance(shots, int) or shots < 2:
+            raise ValueError(f"a shot embedding needs at least 2 rows (the new shot and one before it), got {shots!r}")
+        return self._rebuilt(fresh=("shot_embedder.",), shot_embed=shots)
+
     def _rebuilt(self, fresh: tuple[str, ...], **changes) -> "DiT":
         """A new DiT with `changes` to this one's config, holding this one's weights except those whose names
         start with one of `fresh` (left as initialised, for the caller to fill), in this one's train/eval mode."""

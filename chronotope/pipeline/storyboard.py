@@ -29,13 +29,11 @@ import torch
 from tqdm.auto import tqdm
 
 from chronotope.diffusion.flow import shift_for_tokens, timesteps
+from chronotope.dit.shots import CONTEXT_LATENT_FRAMES, CONTEXT_SHOTS, context_frames, frame_shots
 from chronotope.pipeline import modes
 from chronotope.pipeline.long_video import FrameSink
 from chronotope.pipeline.resolve import check_choices, frames_from, note, resolve_size, tokens_per_sample
 from chronotope.request import check_cost, check_request, check_storyboard, estimate_cost
-
-CONTEXT_SHOTS = 2  # earlier shots a shot-aware model sees (a window, as long video keeps one)
-CONTEXT_LATENT_FRAMES = 1  # latent frames of each earlier shot given as context: its last
 
 
 def carry_characters(prompts: list[str], seeds: list[int], expand: bool, carry: str) -> list[tuple[str, dict | None]]:
@@ -90,14 +88,15 @@ def describe_conditioning(pipe, context: str) -> str:
 
 def shot_plan(context: list[torch.Tensor], shape: tuple[int, int, int, int]) -> modes.Plan:
     """A window of the earlier shots' context latents ([C, k, h, w] each, oldest first) then the n latent frames
-    of the new shot: latents [C, m + n, h, w], mask [m + n] (True = given), shot [m + n] (j = j shots back)."""
+    of the new shot: latents [C, m + n, h, w], mask [m + n] (True = given), shot [m + n] (j = j shots back).
+    The layout is dit/shots.py's, which training packs use too."""
     C, n, h, w = shape
-    shots = [torch.full((z.shape[1],), len(context) - j, dtype=torch.long) for j, z in enumerate(context)]
+    shot = torch.from_numpy(frame_shots([z.shape[1] for z in context], n))  # [m + n]
     given = torch.cat(context, dim=1) if context else torch.zeros(C, 0, h, w)
     m = given.shape[1]
     latents = torch.cat([given, given.new_zeros(C, n, h, w)], dim=1)
     mask = torch.cat([torch.ones(m, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)])
-    return modes.Plan(latents, mask, shot=torch.cat(shots + [torch.zeros(n, dtype=torch.long)]))
+    return modes.Plan(latents, mask, shot=shot)
 
 
 def resolve_shots(pipe, board: dict, fps: float, seed: int, expand: bool) -> list[dict]:
@@ -163,7 +162,7 @@ def generate_storyboard(pipe, storyboard, negative_prompt: str | None = None, he
             z = z[:, :, plan.mask.numel() - shape[1]:]  # [1, C, n, h, w]: the new shot, decoded as its own clip
             for chunk in pipe.iter_frames(z):  # [1, c, H, W, 3]
                 sink.write(chunk[0])
-            recent.append(z[0, :, -CONTEXT_LATENT_FRAMES:])
+            recent.append(z[0, :, context_frames(z.shape[2])])
             bar.update()
         frames = sink.close(ok=True)
     except BaseException:

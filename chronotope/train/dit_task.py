@@ -14,6 +14,11 @@ checkpointed CPU generator, so resume stays exact), its samples are sorted by le
 call per distinct length), and everything the model would otherwise read back from the device is
 handed to it as host values (`PackInfo`). benchmarks/train_step.py measures all three.
 
+Storyboards (issue 28): a DiT with `shot_embed > 0` trains each shot of a cached storyboard as it samples it
+(train/shot_context.py, dit/shots.py): the last latent frame of up to two earlier shots as clean context
+(t = 0, out of the loss), then the shot, every token tagged with its shot index. Other DiTs train every shot
+as a clip of its own, as they make it.
+
     task = DiTTask(DiT(cfg), LatentCache(dir), TextEmbeddings.build(cache, TextEncoder()))
     Trainer(task, out_dir, steps).fit()
 """
@@ -35,6 +40,7 @@ from torch import Tensor, nn
 from chronotope.atomic import atomic_write, swap_in_folder
 from chronotope.diffusion import flow
 from chronotope.dit.patches import PackedBatch, pack_info, patchify, position_ids, token_grid
+from chronotope.train.shot_context import storyboard_context, window_layout, window_lengths
 
 
 class TextEmbeddings:
@@ -170,7 +176,16 @@ class DiTTask:
         self.sample_prompts, self.vae_dir = sample_prompts or [], vae_dir
         self.text_encoder_name = text_encoder_name
         pt, ph, pw = self.patch
-        self.lengths = [(s[1] // pt) * (s[2] // ph) * (s[3] // pw) for s in (r["shape"] for r in cache.rows)]
+        shapes = [tuple(r["shape"]) for r in cache.rows]
+        self.own_lengths = [(s[1] // pt) * (s[2] // ph) * (s[3] // pw) for s in shapes]  # the noised tokens
+        # each shot's earlier shots, for a model that can tell them apart (dit/shots.py); none for other models
+        shot_aware = getattr(model.config, "shot_embed", 0) > 0
+        self.context = storyboard_context(cache.rows) if shot_aware else [[] for _ in shapes]
+        self.shot_aware = shot_aware and any(self.context)
+        if self.shot_aware and pt != 1:
+            raise ValueError(f"storyboard context is one latent frame per earlier shot, which a temporal patch of {pt} "
+                             "cannot hold; train a shot-aware DiT at pt = 1 (e.g. --patch 1,1,1)")
+        self.lengths = window_lengths(shapes, self.context, self.patch)  # with context tokens: what a pack holds
         too_long = sum(n > token_budget for n in self.lengths)
         if too_long == len(self.lengths):
             raise ValueError(f"every item has more tokens than the budget {token_budget} (max {max(self.lengths)}); "
@@ -217,18 +232,20 @@ class DiTTask:
         store = self._device_data(device)
         items = sorted(items, key=lambda i: -self.lengths[i])  # equal lengths adjacent: one attention call each
         n = len(items)
-        grids = [store.grids[i] for i in items]
+        layout = window_layout(store.offsets, store.grids, items, self.context)  # shots after their context
+        grids = layout.grids
         lengths = [self.lengths[i] for i in items]
         pt = self.patch[0]
-        frames = [g[0] * pt for g in grids]  # latent frames per sample
+        frames = [store.grids[i][0] * pt for i in items]  # the samples' own latent frames
         # host draws (the trainer's CPU generator, checkpointed: resume is exact)
         keep_caption = torch.rand(n, generator=generator) >= self.caption_dropout  # [N]
-        shift = flow.shift_for_tokens(torch.tensor(lengths), scale=self.time_shift)  # [N]
+        own = torch.tensor([self.own_lengths[i] for i in items])
+        shift = flow.shift_for_tokens(own, scale=self.time_shift)  # [N]: by the noised tokens, as sampling does
         t = flow.sample_t(n, generator, self.t_mean, self.t_std, shift)  # [N]
         cond_frames = flow.sample_cond_masks(frames, generator, self.cond_probs)  # [sum T]
         noise_seed = torch.randint(2**62, (1,), generator=generator).tolist()[0]
         # host values stay numpy from here: a host read of a torch tensor looks like a device sync to a profiler
-        cond_patch = cond_frames.numpy().reshape(-1, pt)  # [sum t, pt]: a temporal patch is given whole or not
+        cond_patch = _with_context(cond_frames.numpy(), frames, layout.context).reshape(-1, pt)  # [sum t, pt]
         if pt > 1 and not (cond_patch == cond_patch[:, :1]).all():
             raise ValueError(f"a conditioning mask differs inside a temporal patch of {pt} frames; use pt=1")
         per_frame = np.repeat([h * w for _, h, w in grids], [g[0] for g in grids])  # tokens per temporal patch
@@ -247,9 +264,11 @@ class DiTTask:
                        one_cond=len(set(lengths)) == 1 and not cond_patch.any() and info.keep is None,
                        keep=None if info.keep is None else _to_device(info.keep, device),
                        keep_cu=None if info.keep_cu is None else _to_device(info.keep_cu, device))
-        rows = _to_device(store.rows(items), device)
+        rows = _to_device(layout.rows, device)
         x0 = store.tokens.index_select(0, rows).float()  # [L, C*pt*ph*pw]
         ids = store.ids.index_select(0, rows).long()  # [L, 3]
+        if any(layout.context):  # context frames first, then the shot: t positions over the whole window
+            ids[:, 0] += _to_device(layout.t_shift, device)
         cond = _to_device(cond_tok_host, device)  # [L] bool
         t_tok = t_table[t_inv]  # [L]
         self._noise.manual_seed(noise_seed)
@@ -259,7 +278,7 @@ class DiTTask:
             tokens=x_t, ids=ids, sample_idx=_to_device(sample_idx, device), cu_seqlens=_to_device(cu, device),
             max_seqlen=max(lengths), timestep=t_tok, is_cond=cond, is_dropped=_to_device(drop, device),
             text_idx=torch.arange(n, device=device), grids=grids, patch=self.patch, channels=self.cache_channels,
-            info=info)
+            info=info, shot=_to_device(layout.shot, device) if self.shot_aware else None)
         item_rows = _to_device(torch.tensor(items), device)
         keep = _to_device(keep_caption, device)
         emb = torch.where(keep[:, None, None], self.text.emb[item_rows], self.text.null[0]).float()  # [N, Lt, Dt]
@@ -324,6 +343,15 @@ class DiTTask:
 
 
 
+def _with_context(cond: np.ndarray, frames: list[int], context: list[int]) -> np.ndarray:
+    """Per-frame conditioning [sum T] of the samples' own frames -> of their windows [sum (m + T)]: each sample's
+    m context frames given (True) before its own."""
+    if not any(context):
+        return cond
+    own = np.split(cond, np.cumsum(frames)[:-1])
+    return np.concatenate([np.concatenate([np.ones(m, dtype=bool), c]) for m, c in zip(context, own)])
+
+
 def _export(folder: Path, save, step: int) -> None:
     def write(tmp: Path) -> None:
         save(tmp)
@@ -333,14 +361,14 @@ def _export(folder: Path, save, step: int) -> None:
 
 
 def dit_for_run(preset: str, cache: Any, resume_dir: str | None = None, init: str | None = None,
-                patch: list[int] | tuple[int, int, int] | None = None, abs_pos: bool = False
+                patch: list[int] | tuple[int, int, int] | None = None, abs_pos: bool = False, shot_embed: int = 0
                 ) -> tuple[nn.Module, dict[str, Any] | None]:
     """The DiT a `chronotope train dit` run trains, and the saved task config when it resumes.
 
     Resuming (a complete checkpoint in `resume_dir`): the checkpoint's architecture (its weights are loaded
     by the Trainer). Else `init` (a DiT or model folder: its config and weights, resized to a finer `patch`
-    and given absolute positions by `DiT.with_patch` / `with_abs_pos`), else a fresh `preset` with the
-    cache's latent channels, `patch` and `abs_pos`.
+    and given absolute positions and a shot embedding by `DiT.with_patch` / `with_abs_pos` / `with_shot_embed`),
+    else a fresh `preset` with the cache's latent channels, `patch`, `abs_pos` and `shot_embed`.
     """
     from chronotope.config import DIT_PRESETS, DiTConfig, config_from_dict
     from chronotope.dit.model import DiT
@@ -352,6 +380,8 @@ def dit_for_run(preset: str, cache: Any, resume_dir: str | None = None, init: st
         raise ValueError(f"the latent cache {cache.dir} has no items")
     if patch is not None and (len(patch) != 3 or min(patch) < 1):
         raise ValueError(f"--patch takes three positive sizes PT,PH,PW such as 1,2,2, got {list(patch)}")
+    if shot_embed < 0 or shot_embed == 1:
+        raise ValueError(f"--shot-embed is 0 (off) or at least 2 rows (3: the new shot and two earlier), got {shot_embed}")
     channels = cache.rows[0]["shape"][0]  # the VAE decides the latent channels
     last = latest_checkpoint(resume_dir) if resume_dir else None
     if last is not None:
@@ -363,6 +393,8 @@ def dit_for_run(preset: str, cache: Any, resume_dir: str | None = None, init: st
             model = model.with_patch(tuple(patch))
         if abs_pos and not model.config.abs_pos:
             model = model.with_abs_pos()
+        if shot_embed and not model.config.shot_embed:
+            model = model.with_shot_embed(shot_embed)
         if model.config.in_channels != channels:
             raise ValueError(f"--init {init} takes {model.config.in_channels}-channel latents but the cache holds "
                              f"{channels}; encode the data with that DiT's VAE")
@@ -372,5 +404,6 @@ def dit_for_run(preset: str, cache: Any, resume_dir: str | None = None, init: st
     if patch is not None:
         config.patch = tuple(patch)
     config.abs_pos = config.abs_pos or abs_pos
+    config.shot_embed = shot_embed or config.shot_embed
     return DiT(config), None
 

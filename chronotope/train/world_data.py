@@ -3,8 +3,10 @@
 `build_world_cache` writes the latent cache DiT training reads (chronotope/data/latent_cache.py, through its
 `CacheWriter`) without a file per clip: shard k holds items [k*S, (k+1)*S) of a World mix
 (chronotope/world/mix.py), rendered by a spawn pool one shard ahead of the encoder, grouped by shape and
-encoded `batch_size` clips at a time (`vae.encode_latents`, posterior mean, normalised). Shards are written
-whole, so a killed run redoes at most the shard it was in. `WorldClips` serves the same items as pixels, for
+encoded `batch_size` clips at a time (`vae.encode_latents`, posterior mean, normalised); a storyboard of the
+mix is encoded shot by shot (latent_cache.storyboard_shots: one clip, caption and link per shot, as
+`chronotope encode` stores a storyboard of a manifest). Shards are written whole, so a killed run redoes at
+most the shard it was in. `WorldClips` serves the same items as pixels, for
 training a VAE first.
 
     build_world_cache("runs/wm/cache", vae, vae_dir=..., mix=WorldMix(), seed=0, items=2000, device="cuda")
@@ -23,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from chronotope.data.latent_cache import CacheWriter
+from chronotope.data.latent_cache import CacheWriter, storyboard_shots
 from chronotope.world.mix import WorldMix, render_item
 
 MAX_ITEMS = 200_000  # a time-bounded data stage stops here at the latest
@@ -47,6 +49,14 @@ def encode_batched(vae: torch.nn.Module, clips: list[np.ndarray], device: torch.
             for j, i in enumerate(part):
                 out[i] = z[j]
     return out  # type: ignore[return-value]
+
+
+def clip_fields(index: int, row: dict) -> list[tuple[slice, dict]]:
+    """(frame slice, index fields) of each clip of mix item `index`: the item whole, or each shot of a storyboard."""
+    if not row.get("shots"):
+        return [(slice(None), row)]
+    base = {k: v for k, v in row.items() if k not in ("shots", "text", "short_text", "spec", "num_frames")}
+    return [(sl, {**base, **fields}) for sl, fields in storyboard_shots(row["shots"], index)]
 
 
 def _render_many(job: Callable[[int], tuple[np.ndarray, dict]], indices: range) -> list[tuple[np.ndarray, dict]]:
@@ -94,8 +104,8 @@ def build_world_cache(
     device = torch.device(device)
     was_training = vae.training
     vae.eval().to(device)
-    bar = tqdm(total=items, initial=writer.meta["items"], desc="world data", unit="item", disable=not progress,
-               dynamic_ncols=True)
+    done = sum(len(shard_items(k)) for k in range(n_shards) if writer.is_done(k))  # mix items (a storyboard is one)
+    bar = tqdm(total=items, initial=done, desc="world data", unit="item", disable=not progress, dynamic_ncols=True)
     pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 and todo else None
     t_last = time.perf_counter()
     spent = spent_s
@@ -114,14 +124,15 @@ def build_world_cache(
                 break  # the data share of the budget is spent (at a shard boundary)
             rendered = pending()
             pending = submit(j + 1)  # the pool renders the next shard while this one is encoded
-            latents = encode_batched(vae, [frames for frames, _ in rendered], device, batch_size)
-            entries = [(i, z, row, {}) for i, z, (_, row) in zip(shard_items(k), latents, rendered)]
-            writer.write_shard(k, entries)
+            clips = [(i, frames[sl], fields) for i, (frames, row) in zip(shard_items(k), rendered)
+                     for sl, fields in clip_fields(i, row)]
+            latents = encode_batched(vae, [frames for _, frames, _ in clips], device, batch_size)
+            writer.write_shard(k, [(i, z, fields, {}) for z, (i, _, fields) in zip(latents, clips)])
             now = time.perf_counter()
             spent, seconds, t_last = spent + now - t_last, now - t_last, now
             if on_shard is not None:
                 on_shard(k, seconds)
-            bar.update(len(entries))
+            bar.update(len(rendered))
             bar.set_postfix_str(f"shard {k} {spent:.0f}s", refresh=False)
     finally:
         bar.close()
@@ -147,8 +158,10 @@ class WorldClips(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         frames, row = render_item(self.mix, self.seed, i)
+        if row.get("shots"):  # a storyboard: its first shot, never frames across a cut
+            frames = frames[: row["shots"][0]["num_frames"]]
         video = torch.from_numpy(frames[: self.max_frames]).permute(3, 0, 1, 2).float() / 127.5 - 1.0
         return {"video": video, "text": row["text"]}
 
 
-__all__ = ["MAX_ITEMS", "WorldClips", "build_world_cache", "encode_batched"]
+__all__ = ["MAX_ITEMS", "WorldClips", "build_world_cache", "clip_fields", "encode_batched"]

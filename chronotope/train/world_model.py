@@ -39,6 +39,7 @@ from chronotope.world.mix import WorldMix
 PROBE_STEPS = 20  # the first segment of a training stage, whose speed sets the checkpoint interval
 _FREE = ("threads", "progress", "workers", "encode_batch", "text_batch", "ckpt_minutes", "max_shard_size",
          "bench_prompts")  # options a resumed run may change; every other one must match the run in OUT
+_LATER = {"shot_embed": 0}  # options added after runs were recorded, left out of the record at these defaults
 
 
 @dataclass
@@ -65,6 +66,7 @@ class WorldModelRecipe:
     dit_preset: str = "world-s"
     patch: tuple[int, int, int] = (1, 1, 1)
     abs_pos: bool = True
+    shot_embed: int = 0  # > 0: a shot-aware DiT (DiTConfig.shot_embed) that learns from the mix's storyboards
     init: str | None = None
     time_shift: float = 3.0
     token_budget: int | None = None  # tokens per pack (2048 / 32768)
@@ -100,6 +102,9 @@ class WorldModelRecipe:
                 raise ValueError(f"--{name.replace('_', '-')} is a share of the budget in (0, 1), got {getattr(r, name)}")
         if r.items is not None and r.items < 1:
             raise ValueError(f"--items must be >= 1, got {r.items}")
+        if r.shot_embed < 0 or r.shot_embed == 1:
+            raise ValueError(f"--shot-embed is 0 (off) or the rows of the shot embedding, at least 2 (3 tells the "
+                             f"new shot and both context shots apart), got {r.shot_embed}")
         if r.bench_prompts < 0 or r.warmup < 0:
             raise ValueError(f"--bench-prompts and --warmup must be >= 0, got {r.bench_prompts}, {r.warmup}")
         if len(r.patch) != 3 or min(r.patch) < 1:
@@ -118,7 +123,8 @@ class WorldModelRecipe:
         """The options that decide the run's data and models (recorded in OUT/state.json)."""
         d = asdict(self)
         d["mix"], d["patch"] = self.mix.to_dict(), list(self.patch)
-        return {k: v for k, v in d.items() if k not in _FREE and k != "out"}
+        later = {k: v for k, v in _LATER.items() if d.get(k) == v}  # at their default: runs from before them resume
+        return {k: v for k, v in d.items() if k not in _FREE and k != "out" and k not in later}
 
 
 class _Run:
@@ -308,6 +314,8 @@ def _dit_model(run: _Run, channels: int):
             model = model.with_patch(tuple(r.patch))
         if r.abs_pos and not model.config.abs_pos:
             model = model.with_abs_pos()
+        if r.shot_embed and not model.config.shot_embed:
+            model = model.with_shot_embed(r.shot_embed)
         if model.config.in_channels != channels:
             raise ValueError(f"--init {r.init} takes {model.config.in_channels}-channel latents but the VAE makes "
                              f"{channels}; use that DiT's VAE (--vae)")
@@ -316,6 +324,7 @@ def _dit_model(run: _Run, channels: int):
         raise ValueError(f"unknown DiT preset {r.dit_preset!r}; choose one of {sorted(DIT_PRESETS)}")
     config = DIT_PRESETS[r.dit_preset]()
     config.in_channels, config.patch, config.abs_pos = channels, tuple(r.patch), r.abs_pos or config.abs_pos
+    config.shot_embed = r.shot_embed or config.shot_embed
     return DiT(config)
 
 

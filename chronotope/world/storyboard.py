@@ -81,11 +81,16 @@ def sample_storyboard(seed: int, num_shots: int, include_heldout: bool = False) 
 
 
 def shot_lengths(seed: int, num_shots: int, choices: list[int]) -> list[int]:
-    """Frames of each shot, drawn from `choices` (each >= MIN_SHOT_FRAMES) by (seed, num_shots)."""
+    """Frames of each shot, drawn from `choices` (each 4k+1 >= MIN_SHOT_FRAMES: every shot is its own causal-VAE
+    clip, encoded alone for training and decoded alone when generated) by (seed, num_shots)."""
     bad = [t for t in choices if t < MIN_SHOT_FRAMES]
     if not choices or bad:
         raise ValueError(f"storyboard shots need at least {MIN_SHOT_FRAMES} frames each, got {choices}; "
                          "give --num-frames such as 17,33")
+    odd = [t for t in choices if (t - 1) % 4]
+    if odd:
+        raise ValueError(f"storyboard shots have 4k+1 frames (5, 9, 17, 33, ...: each is its own causal-VAE clip), "
+                         f"got {odd}; give --num-frames such as 17,33")
     rng = np.random.default_rng([int(seed), 29, int(num_shots)])
     return [int(rng.choice(choices)) for _ in range(num_shots)]
 
