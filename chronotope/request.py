@@ -42,6 +42,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "strength": (0.0, 1.0),
     "shift": (0.0, 100.0),
     "seed": (0, 2**63 - 1),
+    "lora_scale": (-10.0, 10.0),
 }
 OPEN_LOW = {"fps", "duration", "strength", "shift"}  # these must be > low, not >= low
 INTEGERS = {"num_frames", "window_frames", "cond_latent_frames", "gap_frames", "height", "width",
@@ -126,6 +127,21 @@ def check_request(**params: Any) -> list[str]:
         warnings.append("the prompt is empty: the model draws from its unconditional distribution "
                         "(any scene); give a prompt such as \"a red circle moves left\"")
     return warnings
+
+
+def lora_scales(paths: list[str], scales: list[float] | None) -> list[tuple[str, float]]:
+    """LoRA adapters with their scales: one scale for all, one per adapter, or none (1 = as trained)."""
+    if not paths:
+        if scales is not None:
+            raise ValueError(f"{arg('lora_scale')} scales LoRA adapters: name them with {arg('lora')} DIR")
+        return []
+    scales = [1.0] if scales is None else list(scales)
+    if len(scales) not in (1, len(paths)):
+        raise ValueError(f"{arg('lora_scale', ','.join(f'{s:g}' for s in scales))}: {len(scales)} scales for "
+                         f"{len(paths)} adapters; give one scale for all or one per {arg('lora')}")
+    for s in scales:
+        check_number("lora_scale", s)
+    return list(zip(paths, scales * len(paths) if len(scales) == 1 else scales))
 
 
 def echo(text: str, limit: int = PROMPT_ECHO) -> str:

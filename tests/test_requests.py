@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,8 +15,10 @@ import torch
 
 from chronotope.atomic import atomic_write_json
 from chronotope.cli import main
+from chronotope.dit.model import DiT
 from chronotope.pipeline import VideoPipeline
 from chronotope.request import MAX_SECONDS, arg, check_cost, check_request, echo, estimate_cost, spelled
+from chronotope.train.lora import add_lora, save_adapter
 from chronotope.video import read_video, write_video
 
 KW = dict(height=32, width=32, num_inference_steps=1, guidance_scale=1.0, progress=False)
@@ -29,7 +32,8 @@ def pipe() -> VideoPipeline:
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, pipe) -> dict[str, str]:
-    """A debug model folder, its VAE, a 5-frame 40x36 clip, a 1-frame png, a file that is not a video."""
+    """A debug model folder, its VAE, a 5-frame 40x36 clip, a 1-frame png, a file that is not a video, storyboards
+    and a LoRA adapter that does not fit the model."""
     root = tmp_path_factory.mktemp("requests")
     pipe.save_pretrained(root / "model")
     rng = np.random.default_rng(0)
@@ -41,9 +45,12 @@ def files(tmp_path_factory, pipe) -> dict[str, str]:
                "story_board_keys": '{"shots": [{"prompt": "a red circle", "num_frames": 5}], "style": "noir"}'}
     for name, text in stories.items():
         (root / f"{name}.json").write_text(text)
+    wide = DiT(replace(pipe.dit.config, width=32, heads=2))  # a LoRA adapter for a DiT of another width
+    add_lora(wide, rank=2)
+    save_adapter(wide, root / "lora_wide")
     return {"root": str(root), "model": str(root / "model"), "vae": str(root / "model" / "vae"),
             "clip": str(root / "clip.mp4"), "one": str(root / "one.png"), "bad": str(root / "bad.mp4"),
-            "missing": str(root / "missing.mp4"), **{name: str(root / f"{name}.json") for name in stories}}
+            "missing": str(root / "missing.mp4"), "lora_wide": str(root / "lora_wide"), **{name: str(root / f"{name}.json") for name in stories}}
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -133,6 +140,22 @@ NONSENSE = {
     "generate --storyboard and a prompt": G + ["--storyboard", "{story_keys}", "--model", "{model}", "--out", "{out}"],
     "generate --storyboard --num-frames": ["generate", "--storyboard", "{story_ok}", "--model", "{model}",
                                            "--out", "{out}", "--num-frames", "5"],
+    "generate --lora missing": G + ["--model", "{model}", "--out", "{out}", "--lora", "{root}/nolora"],
+    "generate --lora for another DiT": G + ["--model", "{model}", "--out", "{out}", "--lora", "{lora_wide}"],
+    "generate --lora-scale nan": G + ["--model", "{model}", "--out", "{out}", "--lora", "{lora_wide}",
+                                      "--lora-scale", "nan"],
+    "generate --lora-scale x": G + ["--model", "{model}", "--out", "{out}", "--lora", "{lora_wide}",
+                                    "--lora-scale", "x"],
+    "generate --lora-scale without --lora": G + ["--model", "{model}", "--out", "{out}", "--lora-scale", "0.5"],
+    "generate --lora-scale 3 for 1": G + ["--model", "{model}", "--out", "{out}", "--lora", "{lora_wide}",
+                                          "--lora-scale", "0.5,0.5,0.5"],
+    "train lora missing model": ["train", "lora", "--model", "{root}/nomodel", "--data", "{root}/m.csv", "--out",
+                                 "{out}"],
+    "train lora missing data": ["train", "lora", "--model", "{model}", "--data", "{root}/m.csv", "--out", "{out}"],
+    "train lora --rank 0": ["train", "lora", "--model", "{model}", "--data", "{root}/m.csv", "--out", "{out}",
+                            "--rank", "0"],
+    "train lora --targets ffn": ["train", "lora", "--model", "{model}", "--data", "{root}/m.csv", "--out", "{out}",
+                                 "--targets", "ffn"],
     "expand unreachable chat": ["expand", "a red circle", "--chat-url", "http://127.0.0.1:9/v1"],
     "plot missing run": ["plot", "{root}/norun", "--out", "{out}.png"],
     "train world-model --minutes 0": ["train", "world-model", "--out", "{out}", "--minutes", "0", "--device", "cpu"],

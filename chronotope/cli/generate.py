@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from chronotope.cli.options import float_list
 from chronotope.request import MODES
 
 # --- generate ----------------------------------------------------------------------------------
@@ -58,6 +59,11 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", default="euler", help="euler, heun, midpoint, dpm++2m (default euler)")
     p.add_argument("--seed", type=int, default=None, help="seed (default: random, recorded in the sidecar)")
     p.add_argument("--model", metavar="DIR", default=None, help="model folder (default: the shipped model)")
+    p.add_argument("--lora", metavar="DIR", action="append", default=[],
+                   help="a LoRA adapter (a `train lora` run folder or its lora/) merged into the model; repeat to "
+                   "combine several")
+    p.add_argument("--lora-scale", type=float_list, default=None, metavar="S[,S2]",
+                   help="strength of each --lora: one for all or one per adapter, 0 = off (default 1)")
     p.add_argument("--out", default=None,
                    help="output file: .mp4, .gif or .png (default generated.mp4, .png for one frame), or folder with --prompts")
     p.add_argument("--gif", action="store_true", help="write a gif instead of an mp4")
@@ -72,15 +78,16 @@ def run_generate(args: argparse.Namespace) -> int:
 
     from chronotope.pipeline.files import generate_to_file, read_prompts
     from chronotope.pipeline import VideoPipeline, default_model_dir
-    from chronotope.request import echo
+    from chronotope.request import echo, lora_scales
     from chronotope.video import VideoReadError
 
     if (args.prompt is not None) + (args.prompts is not None) + (args.storyboard is not None) != 1:
         raise ValueError('give a prompt, or --prompts FILE for a batch, or --storyboard FILE for several shots (one of them)')
+    args.lora = lora_scales(args.lora, args.lora_scale)  # [(folder, scale)], checked before the model loads
     if args.storyboard is not None:
         return _run_storyboard(args)
     model = args.model or str(default_model_dir())
-    pipe = VideoPipeline.from_pretrained(model)
+    pipe = _with_loras(VideoPipeline.from_pretrained(model), args)
     base = dict(mode=args.mode, image=args.image, video=args.video, video_end=args.video_end, direction=args.direction,
                 image_position=args.image_position, strength=args.strength, height=args.height, width=args.width,
                 resolution=args.resolution, aspect_ratio=args.aspect_ratio, num_frames=args.num_frames,
@@ -128,7 +135,7 @@ def _run_storyboard(args: argparse.Namespace) -> int:
     if given:
         raise ValueError(f"--storyboard sets each shot's prompt and length itself; drop {', '.join(given)}")
     model = args.model or str(default_model_dir())
-    pipe = VideoPipeline.from_pretrained(model)
+    pipe = _with_loras(VideoPipeline.from_pretrained(model), args)
     path, side = storyboard_to_file(
         pipe, args.out or "film", model, board, args.gif, negative_prompt=args.negative_prompt, height=args.height,
         width=args.width, resolution=args.resolution, aspect_ratio=args.aspect_ratio, fps=args.fps,
@@ -136,6 +143,13 @@ def _run_storyboard(args: argparse.Namespace) -> int:
         expand_prompt=not args.no_expand, progress=not args.no_progress)
     print(f"{len(board['shots'])} shots; wrote {path} and {side}")
     return 0
+
+
+def _with_loras(pipe, args: argparse.Namespace):
+    """Each --lora adapter merged into the pipeline's DiT at its --lora-scale."""
+    for path, scale in args.lora:
+        pipe.load_lora(path, scale)
+    return pipe
 
 
 # --- expand ------------------------------------------------------------------------------------

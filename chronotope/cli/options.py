@@ -15,7 +15,7 @@ FLAGS = {
     "window_frames": "--window-frames", "cond_latent_frames": "--cond-latent-frames", "gap_frames": "--gap-frames",
     "num_inference_steps": "--steps", "guidance_scale": "--guidance", "image_guidance_scale": "--image-guidance",
     "sampler": "--sampler", "seed": "--seed", "output_path": "--out", "max_pixels": "--max-pixels",
-    "storyboard": "--storyboard",
+    "storyboard": "--storyboard", "lora": "--lora", "lora_scale": "--lora-scale",
 }
 
 
@@ -32,6 +32,13 @@ def int_list(text: str) -> list[int]:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,17,33, got {text!r}")
+
+
+def float_list(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.8,0.5, got {text!r}")
 
 
 def str_list(text: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""`chronotope train vae | dit | world-model`, `plot` and `flops`: the trainer's options, one loop for both models."""
+"""`chronotope train vae | dit | world-model | lora`, `plot` and `flops`: the trainer's options, one loop for every model."""
 
 from __future__ import annotations
 
@@ -97,9 +97,9 @@ def run_plot(args: argparse.Namespace) -> int:
 
 
 def add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train the VAE or the DiT (the same command runs under torchrun)")
+    p = sub.add_parser("train", help="train the VAE, the DiT or LoRA adapters (the same command runs under torchrun)")
     models = p.add_subparsers(dest="model", required=True, metavar="MODEL")
-    for add in (add_train_vae, add_train_dit, add_train_world_model):
+    for add in (add_train_vae, add_train_dit, add_train_world_model, add_train_lora):
         add(models)
 
 
@@ -342,6 +342,49 @@ def run_train_world_model(args: argparse.Namespace) -> int:
         bf16=False if args.no_bf16 else None, max_shard_size=args.max_shard_size, bench_prompts=args.bench_prompts,
         threads=args.threads, progress=not args.no_progress)
     print(summary_line(train_world_model(recipe)))
+    return 0
+
+
+# --- lora --------------------------------------------------------------------------------------
+
+
+def add_train_lora(models: argparse._SubParsersAction) -> None:
+    p = models.add_parser(
+        "lora", help="train LoRA adapters on a model's DiT from a manifest of clips (the base model stays frozen)",
+        description="Encode the manifest with the model's VAE (once, into OUT/cache), then train low-rank adapters on "
+        "the DiT's attention and MLP linears; each checkpoint exports OUT/lora/ (adapter.safetensors + "
+        "adapter_config.json) for `chronotope generate --lora OUT`. --resume continues a run.")
+    p.add_argument("--model", required=True, metavar="DIR", help="the model folder to adapt (model_index.json, vae/, dit/)")
+    p.add_argument("--data", required=True, help="manifest CSV (or a latent cache made with the model's VAE)")
+    p.add_argument("--rank", type=int, default=16, help="adapter rank r (default 16)")
+    p.add_argument("--alpha", type=float, default=None, help="the update is scaled by alpha / r (default: alpha = r)")
+    p.add_argument("--targets", type=str_list, default=["attn", "cross", "mlp"], metavar="LIST",
+                   help="linears to adapt in every block: attn (self-attention q/k/v and out), cross "
+                        "(cross-attention q, k/v and out), mlp (fc1, fc2); default attn,cross,mlp")
+    p.add_argument("--num-frames", type=int, default=17, help="frames per clip when encoding, 4k+1 (default 17)")
+    p.add_argument("--max-pixels", type=int, default=4096, help="pixel budget H*W per frame (default 4096)")
+    p.add_argument("--token-budget", type=int, default=2048, help="tokens per packed batch (default 2048)")
+    p.add_argument("--caption-dropout", type=float, default=0.1, help="empty-caption rate for CFG (default 0.1)")
+    p.add_argument("--cond-probs", type=cond_probs, default=None, metavar="MODE=P,...",
+                   help="conditioning-mode weights, as train dit (default: train dit's mix)")
+    p.add_argument("--text-encoder", default=None, help="default: the one the model folder names (debug: tests)")
+    p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16",
+                   help="precision of the exported adapter file (default float16, as shipped models)")
+    add_trainer_args(p, steps=400, lr=1e-3, batch_size=0, ckpt_every=100)
+    p.set_defaults(handler=run_train_lora)
+
+
+def run_train_lora(args: argparse.Namespace) -> int:
+    from chronotope.train.lora_task import LoRARecipe, train_lora
+
+    recipe = LoRARecipe(
+        model=args.model, data=args.data, out=args.out, rank=args.rank, alpha=args.alpha, targets=tuple(args.targets),
+        num_frames=args.num_frames, max_pixels=args.max_pixels, token_budget=args.token_budget,
+        caption_dropout=args.caption_dropout, cond_probs=args.cond_probs, text_encoder=args.text_encoder,
+        adapter_dtype=args.dtype, progress=not args.no_progress, trainer=trainer_kwargs(args))
+    result = train_lora(recipe)
+    print(f"step {result['step']}: checkpoint {result['checkpoint']}, adapter {args.out}/lora "
+          f"(chronotope generate --lora {args.out})")
     return 0
 
 

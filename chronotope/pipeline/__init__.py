@@ -5,6 +5,7 @@
     modes.py       each mode's conditioning: which latent frames are given clean, and how output is stitched
     long_video.py  autoregressive windows, streamed out chunk by chunk
     files.py       what `chronotope generate` reads and writes: prompts files, outputs with a sidecar JSON
+    lora.py        LoRA adapters (from `chronotope train lora`): read, checked against the DiT, merged into it
 
 Validation of a request's numbers is chronotope/request.py, shared with the command line.
 """

@@ -112,6 +112,24 @@ class VideoPipeline:
         self.dit.to(device)
         return self
 
+    # --- LoRA adapters (pipeline/lora.py: merged into the DiT's weights, so sampling costs nothing extra) -----
+
+    def load_lora(self, path: str | os.PathLike, scale: float = 1.0) -> "VideoPipeline":
+        """Merge the adapter at `path` (a `train lora` run folder or its lora/) into the DiT, times `scale`;
+        several calls add up. ValueError when it was trained for a DiT of another shape."""
+        from chronotope.pipeline import lora
+
+        check_request(lora_scale=scale)
+        lora.merge(self.dit, lora.read_adapter(path), scale)
+        return self
+
+    def unload_lora(self) -> "VideoPipeline":
+        """Restore the DiT's weights as they were before the first load_lora."""
+        from chronotope.pipeline import lora
+
+        lora.unmerge(self.dit)
+        return self
+
     # --- folders ------------------------------------------------------------------------------------
 
     @classmethod
@@ -368,6 +386,7 @@ class VideoPipeline:
                       guidance_scale=guidance_scale, image_guidance_scale=image_guidance_scale, sampler=sampler,
                       shift=float(shift), seed=int(seed), negative_prompt=negatives[0] if B == 1 else negatives, direction=direction,
                       image_position=image_position, strength=r.strength, expand_prompt=expand_prompt,
+                      **({"lora": list(self.dit._lora_merged)} if getattr(self.dit, "_lora_merged", None) else {}),
                       **{k: os.fspath(v) for k, v in (("image", image), ("video", video), ("video_end", video_end))
                          if isinstance(v, (str, os.PathLike))})
         params.update(spec.extra(r))
