@@ -288,6 +288,8 @@ def stage_text(run: _Run, cache, text_dim: int):
 
     r = run.recipe
     encoder = load_text_encoder(r.text_encoder, text_dim, device=r.device)
+    if run.stage("text")["done"]:  # rebuilt in memory on a resume; its time was counted the first time
+        return TextEmbeddings.build(cache, encoder, batch_size=r.text_batch, progress=r.progress), encoder, _encoder_name(r)
     with run.timed("text"):
         text = TextEmbeddings.build(cache, encoder, batch_size=r.text_batch, progress=r.progress)
     run.finish("text", captions=len(cache))
