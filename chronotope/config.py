@@ -167,6 +167,11 @@ class DiTConfig:
     # shot being made, j = the j-th shot before it, capped at shot_embed - 1), so earlier shots given as clean
     # context read as "another shot", not as frames to continue. 0 = off (the shipped model: it loads unchanged)
     shot_embed: int = 0
+    # few-step sampling (issue 30): True adds a zero-initialised embedding of each token's step size d (the interval
+    # of time the model is asked to cross in one step), summed with the timestep embedding: the model returns the
+    # average velocity over [t - d, t] (shortcut models, Frans et al. 2024), d = 0 the instantaneous one.
+    # False = off (the shipped model: it loads unchanged)
+    step_embed: bool = False
     attention: str = "auto"  # "auto" | "sdpa" | "flex" | "flash"
     # removed options and the value they always had in the folders that still hold them (config_from_dict)
     RETIRED: ClassVar[dict[str, object]] = {"pooled_text": False}

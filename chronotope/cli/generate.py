@@ -53,10 +53,15 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--window-frames", type=int, default=None, help="long: frames per window (default: the model's)")
     p.add_argument("--cond-latent-frames", type=int, default=None,
                    help="latent frames taken from a given video (1 = its last frame, 2 = its last 5, ...)")
-    p.add_argument("--steps", type=int, default=30, help="sampling steps (default 30)")
-    p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale, 1 = off (default 5)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampling steps (default: the model's, else 30; a few-step model takes 1, 2, 4 or 8)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale, 1 = off (default: the model's, else 5; folded into a "
+                   "few-step model, which takes no other)")
     p.add_argument("--image-guidance", type=float, default=None, help="separate guidance for given frames")
-    p.add_argument("--sampler", default="euler", help="euler, heun, midpoint, dpm++2m (default euler)")
+    p.add_argument("--sampler", default=None,
+                   help="euler, heun, midpoint, dpm++2m, or shortcut for a few-step model (default: the one the "
+                   "model folder declares, else euler)")
     p.add_argument("--seed", type=int, default=None, help="seed (default: random, recorded in the sidecar)")
     p.add_argument("--model", metavar="DIR", default=None, help="model folder (default: the shipped model)")
     p.add_argument("--lora", metavar="DIR", action="append", default=[],

@@ -168,6 +168,29 @@ def dpmpp_2m(
 SAMPLERS: dict[str, Sampler] = {"euler": euler, "heun": heun, "midpoint": midpoint, "dpm++2m": dpmpp_2m}
 
 
+# --- few-step sampling --------------------------------------------------------------------------------
+
+StepVelocityFn = Callable[[Tensor, Tensor, float], Tensor]
+FEW_STEPS: tuple[int, ...] = (1, 2, 4, 8)  # the step counts a shortcut model is trained for (train/few_step.py)
+
+
+@torch.no_grad()
+def shortcut(
+    step_velocity_fn: StepVelocityFn, x: Tensor, timesteps: Tensor, *,
+    x_cond: Tensor | None = None, cond_mask: Tensor | None = None, progress: bool = True,
+) -> Tensor:
+    """Shortcut models (Frans et al. 2024, arXiv 2410.12557): Euler steps whose velocity is the model's average
+    velocity over the whole step, step_velocity_fn(x, t, d) with d = t_i - t_{i+1}, so a few steps land where
+    many small ones would. With guidance folded in (train/few_step.py) one step is one model evaluation.
+    Not in SAMPLERS: its model function takes the step size as a third argument."""
+    ts, c = _check_timesteps(timesteps), _Conditioning(x, x_cond, cond_mask)
+    x = c.reset(x)
+    for i in _steps(len(ts) - 1, progress, "shortcut"):
+        v = step_velocity_fn(x, c.t(ts[i], x), ts[i] - ts[i + 1])
+        x = c.reset(x + (ts[i + 1] - ts[i]) * v)
+    return x
+
+
 def get_sampler(name: str) -> Sampler:
     """Look up a sampler by name with an actionable error."""
     if name not in SAMPLERS:

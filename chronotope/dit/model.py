@@ -54,6 +54,7 @@ class DiT(nn.Module):
         self.rope = RoPE3D(axes, cfg.rope_theta) if cfg.rope else None
         self.pos_embedder = nn.Linear(3 * POS_FEATURES, cfg.width) if cfg.abs_pos else None
         self.shot_embedder = nn.Embedding(cfg.shot_embed, cfg.width) if cfg.shot_embed > 0 else None
+        self.step_embedder = TimestepEmbedder(cfg.width, cfg.freq_dim) if cfg.step_embed else None
         self.blocks = nn.ModuleList(
             DiTBlock(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.qk_norm, cross_attention=not self.class_conditional)
             for _ in range(cfg.depth))
@@ -84,6 +85,10 @@ class DiT(nn.Module):
             nn.init.zeros_(self.pos_embedder.bias)
         if self.shot_embedder is not None:  # the same: a model gains shot awareness by fine-tuning on storyboards
             nn.init.zeros_(self.shot_embedder.weight)
+        if self.step_embedder is not None:  # zero output: a student starts as its teacher's velocity at every d
+            nn.init.normal_(self.step_embedder.mlp[0].weight, std=0.02)
+            nn.init.zeros_(self.step_embedder.mlp[2].weight)
+            nn.init.zeros_(self.step_embedder.mlp[2].bias)
 
     def _text(self, text: Tensor, text_mask: Tensor | None, text_idx: Tensor,
               text_rows: int | None = None) -> tuple[Tensor, Tensor | None]:
@@ -106,7 +111,7 @@ class DiT(nn.Module):
 
 
     def forward(self, packed: PackedBatch, text: Tensor | None = None, text_mask: Tensor | None = None,
-                class_labels: Tensor | None = None) -> Tensor:
+                class_labels: Tensor | None = None, step: Tensor | float | None = None) -> Tensor:
         """Velocity for every packed token.
 
         packed: PackedBatch with tokens [L, C*pt*ph*pw], per-token timestep [L] (0 = clean conditioning), and
@@ -114,6 +119,8 @@ class DiT(nn.Module):
         text: [Nt, Lt, text_dim] caption token embeddings; text_mask: [Nt, Lt] bool (True = valid token,
         an all-False row = the null caption); sample i uses caption packed.text_idx[i].
         class_labels: [N] long, only for a class-conditional config (num_classes = null label).
+        step: the step size d, a float or per token [L] (read only when config.step_embed; None = 0): the model
+        then returns the average velocity over [t - d, t]. Clean tokens (t = 0) take no step: d = 0 there.
         Returns [L, out_channels*pt*ph*pw]; zeros at dropped tokens.
         """
         cfg = self.config
@@ -153,8 +160,17 @@ class DiT(nn.Module):
             if text is None:
                 raise ValueError("this DiT is text-conditional: pass text [N, Lt, text_dim] and text_mask [N, Lt]")
             text_ctx, mask = self._text(text, text_mask, packed.text_idx, info.text_rows if info else None)
-            uniq, inv = inv_table if inv_table is not None else torch.unique(t, return_inverse=True)
-            c = self.t_embedder(uniq)  # [U, D]
+            if self.step_embedder is not None:  # distinct (t, d) pairs, each embedded once
+                d = torch.as_tensor(0.0 if step is None else step, dtype=t.dtype, device=t.device)
+                if d.dim() and keep is not None:
+                    d = d[keep]
+                d = torch.where(t == 0, 0.0, d.expand_as(t))  # [L]
+                uniq, inv = torch.unique(torch.stack([t, d], dim=1), dim=0, return_inverse=True)  # [U, 2], [L]
+                c = self.t_embedder(uniq[:, 0].contiguous()) + self.step_embedder(uniq[:, 1].contiguous())  # [U, D]
+                inv_table = None  # the pack's timestep table does not know the steps
+            else:
+                uniq, inv = inv_table if inv_table is not None else torch.unique(t, return_inverse=True)
+                c = self.t_embedder(uniq)  # [U, D]
 
         rope, pos = None, None
         if self.rope is not None or self.pos_embedder is not None:
@@ -223,6 +239,13 @@ class DiT(nn.Module):
         if isinstance(shots, bool) or not isinstance(shots, int) or shots < 2:
             raise ValueError(f"a shot embedding needs at least 2 rows (the new shot and one before it), got {shots!r}")
         return self._rebuilt(fresh=("shot_embedder.",), shot_embed=shots)
+
+    def with_step_embed(self) -> "DiT":
+        """A copy with a step-size embedding (`DiTConfig.step_embed`, few-step sampling) added: zero-initialised,
+        so it computes exactly what this model computes, at every step size, until distillation moves it."""
+        if self.config.step_embed:
+            raise ValueError("this DiT already has a step-size embedding (step_embed=True)")
+        return self._rebuilt(fresh=("step_embedder.",), step_embed=True)
 
     def _rebuilt(self, fresh: tuple[str, ...], **changes) -> "DiT":
         """A new DiT with `changes` to this one's config, holding this one's weights except those whose names

@@ -30,7 +30,7 @@ from torch import Tensor
 from chronotope.atomic import atomic_write_json
 from chronotope.config import DIT_PRESETS, VAE_PRESETS
 from chronotope.diffusion.flow import shift_for_tokens, timesteps
-from chronotope.diffusion.samplers import cfg_velocity, get_sampler
+from chronotope.diffusion.samplers import FEW_STEPS, cfg_velocity, get_sampler, shortcut
 from chronotope.dit.model import DiT
 from chronotope.dit.patches import Sample, pack, unpack
 from chronotope.pipeline import modes
@@ -53,6 +53,9 @@ from chronotope.vae.model import CausalVAE
 from chronotope.video import write_video
 
 DEFAULTS = {"height": 64, "width": 64, "num_frames": 17, "fps": 8.0, "time_shift": 1.0}
+# sampling settings a request leaves out, when the model folder names none (model_index.json "defaults" may hold
+# "num_inference_steps", "guidance_scale" and "sampler": a few-step model declares "sampler": "shortcut" there)
+SAMPLING = {"num_inference_steps": 30, "guidance_scale": 5.0, "sampler": "euler"}
 
 
 @dataclass
@@ -206,16 +209,18 @@ class VideoPipeline:
 
     # --- the one denoising loop ------------------------------------------------------------------------
 
-    def _model_fn(self, x: Tensor, t: Tensor, context: tuple[Tensor, Tensor], shot: Tensor | None = None) -> Tensor:
+    def _model_fn(self, x: Tensor, t: Tensor, context: tuple[Tensor, Tensor], shot: Tensor | None = None,
+                  step: float | None = None) -> Tensor:
         """Batched latents x [N, C, n, h, w] and per-frame t (broadcastable to [N, 1, n, 1, 1]) -> velocity
         [N, C, n, h, w], through the DiT's packed sequence (one block-diagonal sequence for all N).
-        shot: [n] long, each latent frame's shot counted back from the one being made (storyboards)."""
+        shot: [n] long, each latent frame's shot counted back from the one being made (storyboards).
+        step: the step size d of a few-step DiT (its average velocity over [t - d, t]); None = 0."""
         emb, mask = context
         N, _, n = x.shape[:3]
         t_frames = t.expand(N, 1, n, 1, 1).reshape(N, n)  # [N, n]: 0 at given frames
         samples = [Sample(x[i], timestep=t_frames[i], text_idx=i, shot=shot) for i in range(N)]
         packed = pack(samples, patch=self.dit.config.patch).to(x.device)
-        v = self.dit(packed, emb, mask)  # [L, C*pt*ph*pw]
+        v = self.dit(packed, emb, mask, step=step) if step is not None else self.dit(packed, emb, mask)  # [L, C*pt*ph*pw]
         return torch.stack(unpack(packed, v))  # [N, C, n, h, w]
 
     @torch.no_grad()
@@ -224,16 +229,20 @@ class VideoPipeline:
                 image_guidance_scale: float | None = None, generator: torch.Generator | None = None,
                 progress: bool = True) -> Tensor:
         """One sampler call: x [B, C, n, h, w] at t = ts[0] -> clean latents. The plan's given latent frames
-        ride along clean with t = 0 (x_cond / cond_mask); CFG when guidance_scale > 1 (uncond = negative prompt)."""
+        ride along clean with t = 0 (x_cond / cond_mask); CFG when guidance_scale > 1 (uncond = negative prompt).
+        sampler "shortcut" (a few-step DiT, guidance folded in): one DiT evaluation per step, no CFG branch."""
         B = x.shape[0]
         x_cond = mask = None
         if plan.any:
             lat = plan.latents if plan.latents.dim() == 5 else plan.latents[None]  # per video or shared
             x_cond = lat.expand(B, -1, -1, -1, -1).to(x)  # [B, C, n, h, w]
             mask = plan.mask[None, None].expand(B, 1, -1).to(x.device)  # [B, 1, n]: aligned to B, C, n
+        model_fn = self._model_fn if plan.shot is None else functools.partial(self._model_fn, shot=plan.shot)
+        if sampler == "shortcut":
+            fn = lambda xx, tt, d: model_fn(xx, tt, cond, step=d)  # noqa: E731
+            return shortcut(fn, x, ts.to(x.device), x_cond=x_cond, cond_mask=mask, progress=progress)
         use_cfg = guidance_scale > 1.0 and uncond is not None
         igs = image_guidance_scale if (plan.any and use_cfg) else None
-        model_fn = self._model_fn if plan.shot is None else functools.partial(self._model_fn, shot=plan.shot)
         if use_cfg:
             fn = cfg_velocity(model_fn, guidance_scale, cond, uncond, image_guidance_scale=igs,
                               x_cond=x_cond if igs is not None else None, cond_mask=mask if igs is not None else None,
@@ -241,6 +250,35 @@ class VideoPipeline:
         else:
             fn = lambda xx, tt: model_fn(xx, tt, cond)  # noqa: E731
         return get_sampler(sampler)(fn, x, ts.to(x.device), x_cond=x_cond, cond_mask=mask, progress=progress)
+
+    def sampling(self, num_inference_steps: int | None = None, guidance_scale: float | None = None,
+                 sampler: str | None = None, negative_prompt=None, image_guidance_scale: float | None = None
+                 ) -> tuple[int, float, str]:
+        """(steps, guidance, sampler) of a request: each None takes the model folder's default (model_index.json),
+        else SAMPLING's. A few-step model (defaults "sampler": "shortcut", a DiT with a step embedding) samples in
+        FEW_STEPS steps of one evaluation each, its guidance folded in: a guidance_scale other than the folded one,
+        a negative prompt or an image guidance scale cannot change it, and is refused."""
+        d = {**SAMPLING, **{k: self.defaults[k] for k in SAMPLING if k in self.defaults}}
+        sampler = d["sampler"] if sampler is None else sampler
+        steps = int(d["num_inference_steps"]) if num_inference_steps is None else num_inference_steps
+        if sampler != "shortcut":
+            return steps, float(d["guidance_scale"] if guidance_scale is None else guidance_scale), sampler
+        if not self.dit.config.step_embed:
+            raise ValueError(f"{arg('sampler', 'shortcut')} needs a few-step DiT (one trained with a step embedding: "
+                             "`chronotope train dit --few-step`); this one samples with euler, heun, midpoint or dpm++2m")
+        if steps not in FEW_STEPS:
+            raise ValueError(f"{arg('num_inference_steps', steps)}: a few-step model samples in "
+                             f"{', '.join(map(str, FEW_STEPS))} steps (the ones it was trained for)")
+        folded = float(d["guidance_scale"]) if d["sampler"] == "shortcut" else 5.0
+        negatives = [negative_prompt] if negative_prompt is None or isinstance(negative_prompt, str) else negative_prompt
+        if guidance_scale is not None and float(guidance_scale) != folded:
+            raise ValueError(f"{arg('guidance_scale', guidance_scale)}: this few-step model has guidance {folded:g} "
+                             "folded into its weights, one evaluation per step; it cannot change (leave it out)")
+        if any(negatives) or image_guidance_scale is not None:
+            what = arg("negative_prompt") if any(negatives) else arg("image_guidance_scale")
+            raise ValueError(f"{what}: a few-step model's guidance is folded in (against the empty caption), so "
+                             "there is no second branch to steer; leave it out")
+        return steps, folded, sampler
 
     def _storyboard(self, storyboard, prompt, given: dict) -> PipelineOutput:
         """__call__(storyboard=...): the settings a storyboard takes go to generate_storyboard; a prompt or a
@@ -284,12 +322,12 @@ class VideoPipeline:
         resolution: str | None = None,
         aspect_ratio: str | None = None,
         duration: float | None = None,
-        num_inference_steps: int = 30,
-        guidance_scale: float = 5.0,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         image_guidance_scale: float | None = None,
         seed: int | None = None,
         generator: torch.Generator | None = None,
-        sampler: str = "euler",
+        sampler: str | None = None,
         image=None,
         video=None,
         video_end=None,
@@ -320,6 +358,8 @@ class VideoPipeline:
         image/video/video_end: a path or uint8 frames; other sizes are resized and center-cropped.
         strength (edit): 0 keeps the video, 1 ignores it. output_path: also write the video(s) there
         (atomically; long mode streams frames as they are decoded and then returns no frames).
+        num_inference_steps / guidance_scale / sampler: None = the model folder's defaults (`sampling`); a few-step
+        model samples with "shortcut" in 1, 2, 4 or 8 steps, guidance folded in.
         """
         if storyboard is not None:  # several shots, one video (pipeline/storyboard.py)
             return self._storyboard(storyboard, prompt, locals())
@@ -329,6 +369,8 @@ class VideoPipeline:
         if not prompts:
             raise ValueError("give at least one prompt")
         B, notes = len(prompts), []
+        num_inference_steps, guidance_scale, sampler = self.sampling(num_inference_steps, guidance_scale, sampler,
+                                                                     negative_prompt, image_guidance_scale)
         negatives = per_prompt(negative_prompt, B, "negative_prompt")
         given = {"image": image is not None, "video": video is not None, "video_end": video_end is not None,
                  "strength": strength is not None}
@@ -366,7 +408,7 @@ class VideoPipeline:
         if shift is None:
             shift = shift_for_tokens(tokens_per_sample(self, n, h, w), scale=float(self.defaults["time_shift"]))
         r.shift = shift
-        passes = 1 if guidance_scale <= 1.0 else (3 if image_guidance_scale is not None and mode != "t2v" else 2)
+        passes = 1 if guidance_scale <= 1.0 or sampler == "shortcut" else (3 if image_guidance_scale is not None and mode != "t2v" else 2)
         cost = estimate_cost(self, B, (C, n, h, w), num_inference_steps, passes, r.total if r.total is not None else T,
                              spec.windows(r))
         long_note = check_cost(cost)

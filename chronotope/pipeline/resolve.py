@@ -88,7 +88,7 @@ def check_choices(**given: str) -> None:
     """sampler / direction / image_position: one of their valid values, checked before any work."""
     from chronotope.diffusion.samplers import SAMPLERS
 
-    valid = {"sampler": tuple(SAMPLERS), "direction": ("forward", "backward"), "image_position": ("first", "last")}
+    valid = {"sampler": (*SAMPLERS, "shortcut"), "direction": ("forward", "backward"), "image_position": ("first", "last")}
     for name, value in given.items():
         if value not in valid[name]:
             raise ValueError(f"{arg(name, value)}: not one of {', '.join(valid[name])}")

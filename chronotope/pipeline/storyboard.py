@@ -118,14 +118,16 @@ def resolve_shots(pipe, board: dict, fps: float, seed: int, expand: bool) -> lis
 
 def generate_storyboard(pipe, storyboard, negative_prompt: str | None = None, height: int | None = None,
                         width: int | None = None, resolution: str | None = None, aspect_ratio: str | None = None,
-                        fps: float | None = None, num_inference_steps: int = 30, guidance_scale: float = 5.0,
-                        seed: int | None = None, sampler: str = "euler", shift: float | None = None,
+                        fps: float | None = None, num_inference_steps: int | None = None,
+                        guidance_scale: float | None = None, seed: int | None = None, sampler: str | None = None, shift: float | None = None,
                         expand_prompt: bool = True, output_path: str | None = None, progress: bool = True):
     """All shots of `storyboard` into one video (VideoPipeline.__call__(storyboard=...) comes here); returns
     (frames uint8 [T, H, W, 3], or None when streamed to an mp4; the last shot's latents [1, C, n, h, w]; params
     with each shot's resolved settings, the cut frames and the conditioning used; notes)."""
     board = check_storyboard(storyboard)
     notes: list[str] = []
+    num_inference_steps, guidance_scale, sampler = pipe.sampling(num_inference_steps, guidance_scale, sampler,
+                                                                 negative_prompt)  # None: the model's defaults
     warnings = check_request(fps=fps, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                           seed=seed, shift=shift, height=height, width=width)
     check_choices(sampler=sampler)
@@ -137,7 +139,8 @@ def generate_storyboard(pipe, storyboard, negative_prompt: str | None = None, he
     m = CONTEXT_SHOTS * CONTEXT_LATENT_FRAMES if context else 0
     longest = max(shots, key=lambda s: s["num_frames"])
     C, n, h, w = pipe.vae.latent_shape(longest["num_frames"], H, W)
-    cost = estimate_cost(pipe, 1, (C, n + m, h, w), num_inference_steps, 1 if guidance_scale <= 1 else 2,
+    cost = estimate_cost(pipe, 1, (C, n + m, h, w), num_inference_steps,
+                         1 if guidance_scale <= 1 or sampler == "shortcut" else 2,
                          longest["num_frames"], windows=len(shots))
     for text in warnings + [t for t in [check_cost(cost)] if t]:
         note(notes, text)
