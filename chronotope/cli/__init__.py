@@ -1,6 +1,6 @@
 """`chronotope <verb>`: the command line. Each verb parses its arguments and calls the library.
 
-One file per group of verbs (world.py, bench.py, train.py, vae.py, generate.py); heavy imports
+One file per group of verbs (world.py, bench.py, train.py, vae.py, generate.py, serve.py); heavy imports
 (torch, av) happen inside the handlers so that `chronotope --help` is instant.
 """
 
@@ -13,6 +13,7 @@ from chronotope.cli.bench import add_bench
 from chronotope.cli.generate import add_expand, add_generate
 from chronotope.cli.model import add_average
 from chronotope.cli.options import FLAGS, Parser
+from chronotope.cli.serve import add_serve
 from chronotope.cli.train import add_flops, add_plot, add_train
 from chronotope.cli.vae import add_encode, add_reconstruct
 from chronotope.cli.world import add_demo, add_manifest, add_world
@@ -22,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="chronotope", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for add in (add_world, add_manifest, add_demo, add_bench, add_train, add_encode, add_reconstruct, add_flops,
-                add_generate, add_expand, add_plot, add_average):
+                add_generate, add_expand, add_plot, add_average, add_serve):
         add(sub)
     return parser
 

@@ -1,0 +1,163 @@
+"""`chronotope serve`: every generation mode from one web page (Gradio Blocks) over one VideoPipeline.
+
+The page only gathers values and shows results; forms.py turns the values into a request, studio.py runs it
+(one at a time, into one output folder). Gradio is imported here only (the `web` extra), and its temporary
+folder is pointed inside the output folder before the import, so uploads are written nowhere else.
+
+    chronotope serve                       # the shipped model on http://127.0.0.1:7860
+    chronotope serve --model DIR --port 8000 --out results/
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+from chronotope.serve.forms import ASPECT_RATIOS, FIELDS, FORM_MODES, LABELS, RESOLUTIONS, number
+from chronotope.serve.studio import Studio
+
+STORYBOARD_EXAMPLE = ('[{"prompt": "a red circle moves left", "num_frames": 17},\n'
+                      ' {"prompt": "the red circle bounces around", "num_frames": 17}]')
+
+
+def error_text(err: BaseException) -> str:
+    """A user's error as the page shows it: one line, as the command line prints it."""
+    return "**Error:** " + (" ".join(str(err).split()) or type(err).__name__)
+
+
+def build_app(studio: Studio):
+    """The page: inputs on the left, the result (video, expanded prompt, sidecar, download) on the right, the
+    gallery of this session's results below. Returns a gradio.Blocks (not launched)."""
+    import gradio as gr
+
+    from chronotope.cli import user_errors
+    from chronotope.diffusion.samplers import SAMPLERS
+    from chronotope.request import spelled
+    from chronotope.text.expand import expand_prompt
+
+    def optional(label: str, elem_id: str, placeholder: str = "model default"):
+        """A number that may be left blank (the default); gr.Number cannot be blank, it sends 0."""
+        return gr.Textbox(label=label, placeholder=placeholder, elem_id=elem_id, max_lines=1)
+
+    with gr.Blocks(title="Chronotope") as app:
+        gr.Markdown("# Chronotope\nText to video in every mode: choose a mode (auto: from the inputs), "
+                    "upload an image or videos for i2v, extend, edit, connect and long, or write a storyboard.")
+        f: dict = {}
+        with gr.Row():
+            with gr.Column(scale=1):
+                f["prompt"] = gr.Textbox(label=LABELS["prompt"], lines=2, elem_id="prompt",
+                                         placeholder="a red circle moves left on a black background")
+                with gr.Row():
+                    f["mode"] = gr.Dropdown(list(FORM_MODES), value="auto", label=LABELS["mode"], elem_id="mode")
+                    expand_button = gr.Button("Show expanded prompt", size="sm")
+                with gr.Accordion("Image and videos (i2v, extend, edit, connect, long)", open=False):
+                    f["image"] = gr.File(label=LABELS["image"], type="filepath", elem_id="image",
+                                         file_types=["image"])
+                    f["video"] = gr.File(label=LABELS["video"], type="filepath", elem_id="video",
+                                         file_types=["video", "image"])
+                    f["video_end"] = gr.File(label=LABELS["video_end"] + " (connect)", type="filepath",
+                                             elem_id="video_end", file_types=["video", "image"])
+                    with gr.Row():
+                        f["direction"] = gr.Radio(["forward", "backward"], value="forward", label="Direction (extend)")
+                        f["image_position"] = gr.Radio(["first", "last"], value="first", label="Image position (i2v)")
+                    f["strength"] = optional("Strength (edit: 0 keeps the video, 1 ignores it)", "strength", "0.7")
+                with gr.Accordion("Storyboard (mode storyboard)", open=False):
+                    f["storyboard"] = gr.Textbox(label=LABELS["storyboard"], lines=4, placeholder=STORYBOARD_EXAMPLE,
+                                                 elem_id="storyboard")
+                with gr.Accordion("Size and length", open=False):
+                    with gr.Row():
+                        f["resolution"] = gr.Dropdown(list(RESOLUTIONS), value=RESOLUTIONS[0], label=LABELS["resolution"],
+                                                      allow_custom_value=True)
+                        f["aspect_ratio"] = gr.Dropdown(list(ASPECT_RATIOS), value=ASPECT_RATIOS[0],
+                                                        label=LABELS["aspect_ratio"], allow_custom_value=True)
+                    with gr.Row():
+                        f["height"] = optional("Height", "height")
+                        f["width"] = optional("Width", "width")
+                    with gr.Row():
+                        f["num_frames"] = optional("Frames (4k+1)", "num_frames")
+                        f["gap_frames"] = optional("Gap frames (connect, 4m-1)", "gap_frames", "11")
+                        f["fps"] = optional(LABELS["fps"], "fps")
+                with gr.Accordion("Sampling", open=True):
+                    with gr.Row():
+                        f["num_inference_steps"] = gr.Number(30, label=LABELS["num_inference_steps"], precision=0,
+                                                             elem_id="steps")
+                        f["guidance_scale"] = gr.Number(5.0, label=LABELS["guidance_scale"] + " (1 = off)",
+                                                        elem_id="guidance")
+                        f["seed"] = optional("Seed", "seed", "random")
+                        f["sampler"] = gr.Dropdown(list(SAMPLERS), value="euler", label=LABELS["sampler"])
+                    f["negative_prompt"] = gr.Textbox(label=LABELS["negative_prompt"], lines=1)
+                    f["expand_prompt"] = gr.Checkbox(True, label="Expand the prompt (detailed caption, as trained)")
+                run = gr.Button("Generate", variant="primary", elem_id="generate")
+            with gr.Column(scale=1):
+                status = gr.Markdown("", elem_id="status")
+                video = gr.Video(label="Result", elem_id="result-video", interactive=False, height=360, autoplay=True,
+                                 loop=True)
+                image = gr.Image(label="Result (one frame)", elem_id="result-image", type="filepath",
+                                 interactive=False, visible=False, height=360)
+                expanded = gr.Textbox(label="Expanded prompt (what the model saw)", lines=3, elem_id="expanded",
+                                      interactive=False)
+                settings = gr.JSON(label="Settings (the sidecar)", elem_id="settings", max_height=240)
+                download = gr.File(label="Download", file_count="multiple", elem_id="download", interactive=False)
+        gallery = gr.Gallery(label="Made since the app started", columns=8, height=220, object_fit="contain",
+                             elem_id="gallery")
+
+        fields = [f[name] for name in FIELDS]
+
+        def generate(*values, progress=gr.Progress(track_tqdm=True)):
+            """Form values -> (status, video, image, expanded, settings, download, gallery)."""
+            keep = (gr.update(),) * 6
+            try:
+                with spelled(LABELS):
+                    result = studio.generate(dict(zip(FIELDS, values)))
+            except user_errors() as err:
+                return (error_text(err), *keep[:5], studio.gallery())
+            except Exception:  # a bug: the traceback goes to the server's log, never to the page
+                traceback.print_exc()
+                return ("**Error:** the server failed on this request (details in its log)", *keep[:5], studio.gallery())
+            one_frame = result.path.endswith(".png")
+            notes = "".join(f"\n\n{n}" for n in result.record.get("notes") or [])
+            return (f"Done: {os.path.basename(result.path)}{notes}",
+                    gr.update(value=None if one_frame else result.path, visible=not one_frame),
+                    gr.update(value=result.path if one_frame else None, visible=one_frame),
+                    result.expanded_prompt, result.record, [result.path, result.sidecar], studio.gallery())
+
+        def check(path, what):
+            """An upload checked as soon as it arrives: the error shows before anything is generated."""
+            try:
+                with spelled(LABELS):
+                    studio.check_upload(path, what)
+            except user_errors() as err:
+                return error_text(err)
+            return f"{os.path.basename(path)}: ok" if path else ""
+
+        def show_expanded(prompt, seed, enabled):
+            seed = number(seed)  # the expansion a blank seed gets is drawn with the random seed at run time
+            return expand_prompt(prompt or "", seed if isinstance(seed, int) and seed >= 0 else 0, None if enabled else False)
+
+        run.click(generate, fields, [status, video, image, expanded, settings, download, gallery],
+                  concurrency_id="model", concurrency_limit=1)
+        for what in ("image", "video", "video_end"):
+            f[what].upload(lambda p, w=what: check(p, w), f[what], status)
+        expand_button.click(show_expanded, [f["prompt"], f["seed"], f["expand_prompt"]], expanded)
+    return app
+
+
+def serve(model: str | None, host: str = "127.0.0.1", port: int = 7860, out: str = "chronotope-serve",
+          max_upload_mb: float = 50.0) -> None:
+    """Load the model, then serve the page until interrupted. Uploads and results stay inside `out`."""
+    from chronotope.pipeline import VideoPipeline, default_model_dir
+
+    model = model or str(default_model_dir())
+    studio = Studio(VideoPipeline.from_pretrained(model), model, out, max_upload_bytes=int(max_upload_mb * 2**20))
+    # before gradio is imported: its upload cache and its copies of results go inside the output folder,
+    # and it sends no analytics (the network is closed on most machines that run this)
+    os.environ["GRADIO_TEMP_DIR"] = str(studio.out.uploads)
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    if "gradio" in sys.modules:  # it reads GRADIO_TEMP_DIR when imported
+        raise RuntimeError("serve() must run before gradio is imported, so that uploads stay in the output folder")
+    app = build_app(studio)
+    app.queue(default_concurrency_limit=1, api_open=False)
+    print(f"chronotope serve: model {model}; results in {studio.out.root}", flush=True)
+    app.launch(server_name=host, server_port=port, share=False, allowed_paths=[str(studio.out.root)],
+               max_file_size=studio.max_upload_bytes, show_error=False, inbrowser=False)

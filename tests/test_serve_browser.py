@@ -1,0 +1,165 @@
+"""`chronotope serve` in a real browser: Debian's chromium, headless, driven by Playwright's Python package.
+
+Starts the server on a debug model (sampling takes a second), submits a t2v request from the page, waits for
+the video element, decodes the file it serves with PyAV, uploads a file that is not a video and finds the
+command line's error text in the page, and checks nothing was written outside the output folder.
+CI installs chromium (.ci/run); elsewhere the test is skipped, saying why, until it is installed.
+
+Also the README's screenshot, on the shipped model:
+    .venv/bin/python tests/test_serve_browser.py --model chronotope/assets/world-model --png docs/img/serve.png
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+# the network is closed: no sandbox (root), no GPU, nothing that phones home
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic", "--disable-dev-shm-usage"]
+
+
+def _needs(ok: bool, what: str) -> None:
+    """Skip with the reason where `what` is missing, except in CI, where .ci/run installs it: fail there."""
+    if not ok:
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(f"{what} (bash .ci/run installs it)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def server(model: str, out: Path, cwd: Path, timeout: float = 120.0) -> Iterator[str]:
+    """`chronotope serve --model MODEL --out OUT` run from `cwd` on a free port -> its URL, until the block ends."""
+    port = _free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    cwd.mkdir(parents=True, exist_ok=True)
+    log = open(cwd.parent / "serve.log", "w+")
+    argv = ["serve", "--model", str(Path(model).resolve()), "--port", str(port), "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "chronotope.cli", *argv], cwd=cwd, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                log.seek(0)
+                raise RuntimeError(f"chronotope serve exited with {proc.returncode}:\n{log.read()}")
+            try:
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@contextlib.contextmanager
+def browser_page(width: int = 1280, height: int = 900):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield browser.new_page(viewport={"width": width, "height": height})
+        finally:
+            browser.close()
+
+
+def generate_in_page(page, url: str, prompt: str, steps: int, guidance: float, seed: int, timeout_ms: int = 120_000):
+    """Open the app, fill the form, press Generate and wait for the result's <video>; returns its src."""
+    page.goto(url)
+    page.wait_for_selector("#prompt textarea", timeout=60_000)
+    page.fill("#prompt textarea", prompt)
+    page.fill("#steps input", str(steps))
+    page.fill("#guidance input", str(guidance))
+    page.fill("#seed textarea, #seed input", str(seed))
+    page.click("#generate")
+    page.wait_for_selector("#result-video video", timeout=timeout_ms)
+    return page.get_attribute("#result-video video", "src")
+
+
+def test_the_web_app_generates_and_reports_a_bad_upload_in_a_real_browser(tmp_path):
+    _needs(os.path.exists(CHROMIUM), f"{CHROMIUM} is not installed (apt-get install chromium)")
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        _needs(False, "Playwright's Python package is not installed (pip install -e '.[dev]')")
+    import torch
+
+    from chronotope.pipeline import VideoPipeline
+    from chronotope.video import read_video
+
+    torch.set_num_threads(1)
+    pipe = VideoPipeline.from_presets("debug", "debug", defaults=dict(height=32, width=32, num_frames=5))
+    pipe.save_pretrained(tmp_path / "model")
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"this is not a video")
+    out, cwd = tmp_path / "out", tmp_path / "cwd"
+    with server(str(tmp_path / "model"), out, cwd) as url, browser_page() as page:
+        src = generate_in_page(page, url, "a red circle moves left", steps=2, guidance=1, seed=0)
+        assert page.inner_text("#status").startswith("Done: 0001-t2v.mp4")
+        assert "red circle" in page.input_value("#expanded textarea")
+        served = page.request.get(src)
+        assert served.ok
+        (tmp_path / "served.mp4").write_bytes(served.body())
+        frames, fps = read_video(str(tmp_path / "served.mp4"))
+        assert frames.shape == (5, 32, 32, 3) and fps == 8
+        assert page.locator("#gallery").get_by_text("0001-t2v.mp4").count() >= 1
+
+        page.get_by_text("Image and videos").click()  # the accordion with the uploads
+        page.set_input_files("#video input[type=file]", str(bad))
+        page.wait_for_function("document.querySelector('#status').innerText.includes('Error')", timeout=60_000)
+        status = page.inner_text("#status")
+        assert "Video: bad.mp4: not a readable video or image" in status, status
+        assert "Traceback" not in page.content() and str(tmp_path) not in status
+
+    assert os.listdir(cwd) == []  # nothing written where the server ran: results and uploads are in out/
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["0001-t2v.json", "0001-t2v.mp4"]
+
+
+def screenshot(model: str, png: str) -> None:
+    """The README's picture (docs/img/serve.png, then quantised to 64 colours): the page after one t2v request
+    on `model` (the debug model shows noise)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp, server(model, Path(tmp) / "out", Path(tmp) / "cwd") as url, \
+            browser_page(1280, 1000) as page:
+        generate_in_page(page, url, "a red circle moves left", steps=30, guidance=5, seed=0, timeout_ms=600_000)
+        page.evaluate("v => { v.pause(); v.currentTime = v.duration / 2; }",
+                      page.query_selector("#result-video video"))  # a frame from the middle of the clip
+        page.evaluate("window.scrollTo(0, 0)")
+        page.wait_for_timeout(1000)
+        page.screenshot(path=png)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    p = argparse.ArgumentParser(description="screenshot the web app after one t2v request")
+    p.add_argument("--model", required=True)
+    p.add_argument("--png", required=True)
+    a = p.parse_args()
+    screenshot(a.model, a.png)
