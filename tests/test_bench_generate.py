@@ -195,9 +195,23 @@ def test_plan_prompts_heldout_share_seeds_and_captions():
     assert isinstance(jobs[0], Job) and len(jobs) == 3 + 3 + 2
 
 
+def test_plan_prompts_with_a_composition_show_it_in_every_prompt():
+    cfg = BenchConfig(out="unused", num=12, composition=("purple", "triangle"))
+    prompts = plan_prompts(cfg)
+    assert all(any((o["color"], o["shape"]) == ("purple", "triangle") for o in p.spec["objects"]) for p in prompts)
+    assert all(p.heldout and is_heldout(p.spec) for p in prompts)  # a held-out composition
+    for p in prompts:  # run_job re-draws each scene from (seed, heldout): the very scene that was planned
+        assert sample_scene(p.scene_seed, include_heldout=p.heldout).spec == p.spec
+    assert [p.scene_seed // 1000 for p in prompts] == [10_000 + i for i in range(12)]  # prompt i keeps its seed block
+    seen = plan_prompts(BenchConfig(out="unused", num=12, composition=("red", "circle")))
+    assert all(any((o["color"], o["shape"]) == ("red", "circle") for o in p.spec["objects"]) for p in seen)
+    assert not any(p.heldout for p in seen)
+
+
 @pytest.mark.parametrize("kwargs", [dict(modes=["t2v", "dance"]), dict(num_frames=[8]), dict(num_frames=[5]),
                                     dict(heldout_fraction=1.5), dict(num=0), dict(steps_table=[0]),
-                                    dict(aspect_ratios=["wide"]), dict(time_shift=0.0)])
+                                    dict(aspect_ratios=["wide"]), dict(time_shift=0.0),
+                                    dict(composition=("violet", "triangle")), dict(composition=("purple", "star"))])
 def test_bad_flags_raise_value_error(kwargs):
     with pytest.raises(ValueError):
         BenchConfig(out="unused", **kwargs).check()  # 5 frames: too short for connect's two given clips

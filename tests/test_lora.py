@@ -214,3 +214,28 @@ def test_train_lora_cli_trains_the_adapter_alone_resumes_and_generates(model_dir
                  "--steps", "1", "--num-frames", "5", "--no-progress", "--out", str(out)]) == 0
     side = json.loads(out.with_suffix(".json").read_text())
     assert side["lora"] == [{"path": str(run / "lora"), "scale": 0.8}]
+
+
+def test_train_lora_minutes_bounds_the_run_and_bench_scores_with_the_adapter(model_dir, tmp_path):
+    assert main(["world", "--out", str(tmp_path / "w"), "--num", "2", "--height", "32", "--width", "32",
+                 "--num-frames", "5", "--no-progress", "--no-tracks"]) == 0
+    run = tmp_path / "run"
+    assert main(["train", "lora", "--model", model_dir, "--data", str(tmp_path / "w" / "manifest.csv"), "--out",
+                 str(run), "--rank", "2", "--text-encoder", "debug", "--num-frames", "5", "--max-pixels", "1024",
+                 "--token-budget", "256", "--lr", "1e-2", "--no-progress", "--threads", "1", "--log-every", "1",
+                 "--minutes", "0.0001", "--steps", "1000"]) == 0
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["step"] < 1000 and (run / "lora" / ADAPTER_FILE).is_file()  # the clock ended it, adapter out
+    state = json.loads((next(run.glob("ckpt-*")) / "trainer_state.json").read_text())
+    assert state["config"]["time_budget_s"] == pytest.approx(0.006)
+    common = ["bench", "generate-and-score", "--model", model_dir, "--num", "1", "--modes", "t2v", "--steps", "1",
+              "--steps-table", "", "--num-frames", "5", "--resolution", "32px", "--untrained-aspect-ratios", "",
+              "--composition", "purple:triangle", "--device", "cpu", "--no-progress"]
+    assert main(common + ["--out", str(tmp_path / "b")]) == 0
+    assert main(common + ["--out", str(tmp_path / "b"), "--lora", str(run), "--lora-scale", "0.5"]) == 0
+    res = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert res["generated"] == 1 and res["skipped"] == 0  # the base model's video is not reused for the adapter
+    assert res["config"]["lora"] == [{"path": str(run / "lora"), "scale": 0.5}]
+    assert res["config"]["composition"] == ["purple", "triangle"]
+    side = json.loads((tmp_path / "b" / "videos" / "00000_t2v_s1.json").read_text())
+    assert side["job"]["lora"] == res["config"]["lora"]

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 from chronotope.bench.generate_report import aggregate
 
-CONFIG_KEYS = ("seed", "steps", "resolution", "sampler")  # must match for the prompts and videos to pair
+CONFIG_KEYS = ("seed", "steps", "resolution", "sampler", "composition")  # must match for the prompts and videos to pair
 
 
 def load_run(path: str | os.PathLike) -> dict:
@@ -60,18 +60,24 @@ def _size(r: dict) -> tuple[int, int, int]:
     return r["height"], r["width"], r["num_frames"]
 
 
-def compare_runs(base: dict, new: dict, any_size: bool = False) -> dict:
+def compare_runs(base: dict, new: dict, any_size: bool = False, any_sampling: bool = False) -> dict:
     """Per mode: paired overall change at the runs' sampling steps; targets of both on the shared prompts.
 
     Twins must also share their size (height, width, frames): runs with other --aspect-ratios,
     --untrained-aspect-ratios or --num-frames give prompt i another size, and those pairs are left out
     (counted in "other_size") unless any_size pairs them by scene alone.
+    any_sampling: pair each video at the base run's steps with its twin at the new run's, whatever the two runs'
+    steps and samplers (a few-step model at 4 steps against its teacher at 20 with CFG).
     """
+    if any_sampling:  # the base run's main videos stand in at the new run's steps
+        base = {**base, "config": {**base["config"], "steps": new["config"]["steps"], "sampler": new["config"]["sampler"]},
+                "videos": [{**r, "steps": new["config"]["steps"]} for r in base["videos"]
+                           if r["steps"] == base["config"]["steps"]]}
     for key in CONFIG_KEYS:
         if base["config"].get(key) != new["config"].get(key):
             raise ValueError(f"the runs differ in {key} ({base['config'].get(key)!r} vs {new['config'].get(key)!r}), "
                              f"so their videos are not of the same prompts and settings; compare runs made with the "
-                             f"same --seed, --steps, --resolution and --sampler")
+                             f"same --seed, --steps, --resolution, --sampler and --composition")
     twins = {_key(r): r for r in base["videos"]}
     pairs = [(twins[_key(r)], r) for r in new["videos"] if _key(r) in twins]
     other_size = sum(_size(a) != _size(b) for a, b in pairs)

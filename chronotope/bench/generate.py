@@ -30,6 +30,7 @@ from chronotope.pipeline.modes import head_frames, loop_closure
 from chronotope.request import MODES
 from chronotope.sizes import parse_aspect_ratio, size_for
 from chronotope.world import detailed_caption, is_heldout, render, sample_scene
+from chronotope.world.vocab import COLORS, HELDOUT, SHAPES
 
 BENCH_MODES: tuple[str, ...] = tuple(m for m in MODES if m != "edit")  # edit needs a user's video to edit
 PSNR_CAP = 100.0  # dB reported for identical frames (an infinite PSNR is not JSON)
@@ -47,13 +48,14 @@ class BenchConfig:
     num_frames: list[int] = field(default_factory=lambda: [17, 33])
     resolution: str = "64px"
     modes: list[str] = field(default_factory=lambda: list(BENCH_MODES))
-    steps: int = 20
+    steps: int | None = None  # None: the model's (model_index.json num_inference_steps), else 20
     guidance: float | None = None  # None: the model's default (model_index.json), else 5.0
     time_shift: float | None = None  # scale of the sampler's token-count shift; None: the model's (model_index.json)
-    sampler: str = "euler"
-    steps_table: list[int] = field(default_factory=lambda: [5, 10, 20, 50])
+    sampler: str | None = None  # None: the model's (a few-step folder declares shortcut), else euler
+    steps_table: list[int] | None = None  # None: 5, 10, 20, 50; 1, 2, 4, 8 for a few-step model
     steps_table_prompts: int = 20
     heldout_fraction: float = 0.15
+    composition: tuple[str, str] | None = None  # (color, shape): every prompt shows it (heldout_fraction unused)
     long_window: int | None = None  # None: the model's default num_frames (its training length)
     grid_videos: int = 8
     progress: bool = True
@@ -78,13 +80,18 @@ class BenchConfig:
             if t < least or (t - 1) % 4:
                 raise ValueError(f"--num-frames entries must be 4k+1 and >= {least} (the modes need video; "
                                  f"t2i makes the images), got {t}; e.g. 17,33")
-        if self.steps < 1 or any(s < 1 for s in self.steps_table):
+        if (self.steps is not None and self.steps < 1) or any(s < 1 for s in self.steps_table or []):
             raise ValueError(f"--steps and --steps-table entries must be >= 1, got {self.steps}, {self.steps_table}")
         if self.time_shift is not None and not self.time_shift > 0:
             raise ValueError(f"--time-shift must be > 0 (1 = the plain rule, the model's own is in its "
                              f"model_index.json), got {self.time_shift}")
         if not 0.0 <= self.heldout_fraction <= 1.0:
             raise ValueError(f"--include-heldout-fraction must be in [0, 1], got {self.heldout_fraction}")
+        if self.composition is not None:
+            color, shape = self.composition
+            if color not in COLORS or shape not in SHAPES:
+                raise ValueError(f"--composition {color}:{shape}: give COLOR:SHAPE with a color of "
+                                 f"{','.join(COLORS)} and a shape of {','.join(SHAPES)}, e.g. purple:triangle")
 
 
 @dataclass(frozen=True)
@@ -123,21 +130,33 @@ def _is_heldout_slot(i: int, fraction: float) -> bool:
     return math.floor((i + 1) * fraction + 1e-9) > math.floor(i * fraction + 1e-9)
 
 
+def _shows(spec: dict, composition: tuple[str, str]) -> bool:
+    return any((o["color"], o["shape"]) == tuple(composition) for o in spec["objects"])
+
+
 def plan_prompts(cfg: BenchConfig) -> list[BenchPrompt]:
     """cfg.num prompts: prompt i's scene seed is cfg.seed + 1000 i (+ j, the first j that gives a held-out
-    composition when slot i is a held-out one); sizes cycle through (aspect ratio, num_frames) pairs."""
+    composition when slot i is a held-out one, or that shows cfg.composition in every slot when it is set);
+    sizes cycle through (aspect ratio, num_frames) pairs."""
     ars = [(a, True) for a in cfg.aspect_ratios] + [(a, False) for a in cfg.untrained_aspect_ratios]
     combos = [(ar, t) for ar in ars for t in cfg.num_frames]
     prompts = []
     for i in range(cfg.num):
         want_heldout = _is_heldout_slot(i, cfg.heldout_fraction)
+        if cfg.composition is not None:  # a held-out composition is drawn only with held-out pairs allowed
+            want_heldout = tuple(cfg.composition) in HELDOUT
         for j in range(1000):
             seed = cfg.seed + 1000 * i + j
             scene = sample_scene(seed, include_heldout=want_heldout)
-            if is_heldout(scene.spec) == want_heldout:
+            if cfg.composition is not None:
+                if _shows(scene.spec, cfg.composition):
+                    want_heldout = is_heldout(scene.spec)  # what run_job re-draws the scene with: the same scene
+                    break
+            elif is_heldout(scene.spec) == want_heldout:
                 break
-        else:  # a held-out pair has probability ~0.2 per scene: 1000 misses do not happen
-            raise RuntimeError(f"no held-out scene among seeds {cfg.seed + 1000 * i}..+999")
+        else:  # a held-out pair, or one given composition, has probability >= 0.05 per scene: 1000 misses do not happen
+            raise RuntimeError(f"no {'scene with ' + ' '.join(cfg.composition) if cfg.composition else 'held-out scene'} "
+                               f"among seeds {cfg.seed + 1000 * i}..+999")
         (ar, trained), t = combos[i % len(combos)]
         h, w = size_for(cfg.resolution, ar)
         prompts.append(BenchPrompt(i, seed, want_heldout, detailed_caption(scene, seed), scene.spec, ar, trained,
@@ -278,11 +297,12 @@ def run_job(pipe, job: Job, cfg: BenchConfig, fps: float, guidance: float) -> tu
     return frames, _plain(record)
 
 
-def score_t2v(pipe, num: int, steps: int = 20, progress: bool = True) -> dict:
+def score_t2v(pipe, num: int, steps: int | None = None, progress: bool = True) -> dict:
     """World-bench t2v on its first `num` prompts (the published sizes and seeds), generated and scored in
     memory: no video files, no PyAV (a quick score where only the number is wanted, e.g. at the end of
     `chronotope train world-model`). Returns t2v_overall (the mean over all its prompts, held-out ones included) and
-    each attribute's mean."""
+    each attribute's mean. steps: None = the model's (model_index.json), else 20."""
+    steps = steps if steps is not None else int(pipe.defaults.get("num_inference_steps", 20))
     prompts = plan_prompts(BenchConfig(out="", num=num, modes=["t2v"], steps_table=[]))
     fps, guidance = float(pipe.defaults.get("fps", 8.0)), float(pipe.defaults.get("guidance_scale", 5.0))
     scores, t0 = [], time.perf_counter()
@@ -299,14 +319,17 @@ def score_t2v(pipe, num: int, steps: int = 20, progress: bool = True) -> dict:
             "seconds_per_video": (time.perf_counter() - t0) / max(1, num)}
 
 
-def _signature(job: Job, cfg: BenchConfig, model: str, guidance: float) -> dict:
-    """What makes a saved video reusable on a re-run: same prompt, size, mode, steps, sampler, shift, model."""
+def _signature(job: Job, cfg: BenchConfig, model: str, guidance: float, lora: list[dict] | None = None) -> dict:
+    """What makes a saved video reusable on a re-run: same prompt, size, mode, steps, sampler, shift, model,
+    LoRA adapters (`lora`: [{"path", "scale"}] merged into the pipeline's DiT)."""
     p = job.prompt
     sig = {"model": os.path.abspath(model) if model else "", "mode": job.mode, "scene_seed": p.scene_seed, "height": p.height, "width": p.width,
            "num_frames": p.num_frames, "steps": job.steps, "guidance_scale": guidance, "sampler": cfg.sampler,
            "long_window": cfg.long_window if job.mode == "long" else None}
     if cfg.time_shift is not None:  # only when overridden, so earlier runs' sidecars stay reusable
         sig["time_shift"] = cfg.time_shift
+    if lora:  # likewise only with adapters merged into the model
+        sig["lora"] = lora
     return sig
 
 
@@ -332,6 +355,7 @@ def _load_sidecar(path: str, signature: dict) -> dict | None:
 def run_generate_and_score(pipe, cfg: BenchConfig, model: str = "") -> dict:
     """Run every job (skipping finished ones), then aggregate and write OUT/results.json, report.md,
     grid.gif and plots. Returns the results dict; `generated` / `skipped` count this run's jobs."""
+    cfg = with_model_sampling(cfg, pipe)
     cfg.check()
     guidance = float(cfg.guidance if cfg.guidance is not None else pipe.defaults.get("guidance_scale", 5.0))
     if cfg.time_shift is not None:  # every mode's schedule reads the shift rule's scale from the defaults
@@ -339,9 +363,22 @@ def run_generate_and_score(pipe, cfg: BenchConfig, model: str = "") -> dict:
     return _run_jobs(pipe, cfg, model, guidance)
 
 
+def with_model_sampling(cfg: BenchConfig, pipe) -> BenchConfig:
+    """cfg with the steps, sampler and steps table it leaves None taken from the model folder (model_index.json):
+    a few-step model is benched at its own steps (4) with a 1, 2, 4, 8 table, any other at 20 with 5, 10, 20, 50."""
+    from dataclasses import replace
+
+    d = pipe.defaults
+    few = "folded_guidance" in d or (cfg.sampler or d.get("sampler")) == "shortcut"
+    return replace(cfg, steps=cfg.steps if cfg.steps is not None else int(d.get("num_inference_steps", 20)),
+                   sampler=cfg.sampler or str(d.get("sampler", "euler")),
+                   steps_table=cfg.steps_table if cfg.steps_table is not None else ([1, 2, 4, 8] if few else [5, 10, 20, 50]))
+
+
 def _run_jobs(pipe, cfg: BenchConfig, model: str, guidance: float) -> dict:
     """run_generate_and_score's work, with the pipeline's defaults already as the run wants them."""
     from chronotope.bench.generate_report import aggregate, write_outputs
+    from chronotope.pipeline.lora import merged
     from chronotope.video import write_video
 
     fps = float(pipe.defaults.get("fps", 8.0))
@@ -349,11 +386,12 @@ def _run_jobs(pipe, cfg: BenchConfig, model: str, guidance: float) -> dict:
     os.makedirs(videos_dir, exist_ok=True)
     prompts = plan_prompts(cfg)
     jobs = plan_jobs(cfg, prompts)
+    lora = [{**a, "path": os.path.abspath(a["path"])} for a in merged(pipe.dit)] if hasattr(pipe, "dit") else []
     records, generated, skipped, warm = [], 0, 0, False
     for job in tqdm(jobs, desc="generate-and-score", unit="video", disable=not cfg.progress):
         path = os.path.join(videos_dir, job.name + job.ext)
         side_path = os.path.join(videos_dir, job.name + ".json")
-        signature = _signature(job, cfg, model, guidance)
+        signature = _signature(job, cfg, model, guidance, lora)
         record = _load_sidecar(side_path, signature)
         if record is not None:
             records.append(record)
@@ -371,7 +409,7 @@ def _run_jobs(pipe, cfg: BenchConfig, model: str, guidance: float) -> dict:
         records.append(record)
         generated += 1
     summary = aggregate(records, cfg)
-    result = {"config": {**asdict(cfg), "model": model, "guidance_scale": guidance, "fps": fps,
+    result = {"config": {**asdict(cfg), "model": model, "lora": lora, "guidance_scale": guidance, "fps": fps,
                          "time_shift_used": pipe.defaults.get("time_shift")},
               "summary": summary, "videos": records, "generated": generated, "skipped": skipped}
     write_outputs(result, cfg)

@@ -133,9 +133,12 @@ def report_markdown(result: dict, grid_prompts: list[str]) -> str:
     cfg, s = result["config"], result["summary"]
     head = "| set | videos | " + " | ".join(COLUMNS) + " |"
     rule = "|---|---:|" + "---:|" * len(COLUMNS)
+    which = (f"every one with a {' '.join(cfg['composition'])}" if cfg.get("composition")
+             else f"{cfg['heldout_fraction']:.0%} held-out compositions")
+    adapters = "".join(f" + LoRA `{a['path']}` x{a['scale']:g}" for a in cfg.get("lora") or [])
     lines = ["# World-bench: generate and score", "",
-             f"Model `{cfg['model'] or '(in memory)'}`; {cfg['num']} fresh World prompts (scene seeds from "
-             f"{cfg['seed']}, never training data; {cfg['heldout_fraction']:.0%} held-out compositions), "
+             f"Model `{cfg['model'] or '(in memory)'}`{adapters}; {cfg['num']} fresh World prompts (scene seeds from "
+             f"{cfg['seed']}, never training data; {which}), "
              f"detailed captions; {cfg['resolution']}, trained aspect ratios {', '.join(cfg['aspect_ratios'])}, "
              f"untrained {', '.join(cfg['untrained_aspect_ratios']) or 'none'}; frames "
              f"{', '.join(map(str, cfg['num_frames']))}; {cfg['sampler']}, {cfg['steps']} steps, guidance "

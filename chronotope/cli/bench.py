@@ -5,9 +5,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from chronotope.cli.options import int_list, str_list
+from chronotope.cli.options import float_list, int_list, str_list
 
 # --- bench -------------------------------------------------------------------------------------
+
+
+def composition(text: str) -> tuple[str, str]:
+    """`purple:triangle` (or `purple triangle`) -> ("purple", "triangle"); the vocabulary is checked by BenchConfig."""
+    parts = text.replace(":", " ").split()
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"expected COLOR:SHAPE such as purple:triangle, got {text!r}")
+    return parts[0].lower(), parts[1].lower()
 
 
 def add_bench(sub: argparse._SubParsersAction) -> None:
@@ -116,16 +124,26 @@ def add_bench_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resolution", default="64px", help="area preset (default 64px)")
     p.add_argument("--modes", type=str_list, default=["t2v", "t2i", "i2v", "extend", "connect", "loop", "long"],
                    metavar="LIST", help="modes to run (default t2v,t2i,i2v,extend,connect,loop,long)")
-    p.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampling steps (default: the model's, model_index.json, else 20)")
     p.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the model's, else 5)")
-    p.add_argument("--sampler", default="euler", help="sampler (default euler)")
+    p.add_argument("--sampler", default=None, help="sampler (default: the model's, shortcut for a few-step model, "
+                   "else euler)")
     p.add_argument("--time-shift", type=float, default=None, metavar="SCALE",
                    help="scale of the sampler's token-count timestep shift (default: the model's, in its model_index.json)")
-    p.add_argument("--steps-table", type=int_list, default=[5, 10, 20, 50], metavar="LIST",
-                   help="t2v steps compared on the first --steps-table-prompts prompts (default 5,10,20,50; '' for none)")
+    p.add_argument("--steps-table", type=int_list, default=None, metavar="LIST",
+                   help="t2v steps compared on the first --steps-table-prompts prompts (default 5,10,20,50; 1,2,4,8 "
+                   "for a few-step model; '' for none)")
     p.add_argument("--steps-table-prompts", type=int, default=20, metavar="N", help="prompts in the steps table (default 20)")
     p.add_argument("--include-heldout-fraction", type=float, default=0.15, metavar="F",
                    help="share of prompts with a held-out composition (default 0.15)")
+    p.add_argument("--composition", type=composition, default=None, metavar="COLOR:SHAPE",
+                   help="every prompt shows this object, e.g. purple:triangle (a held-out one, to measure a LoRA "
+                        "that teaches it; --include-heldout-fraction is then unused)")
+    p.add_argument("--lora", metavar="DIR", action="append", default=[],
+                   help="a LoRA adapter (a `train lora` run folder or its lora/) merged into the model; repeatable")
+    p.add_argument("--lora-scale", type=float_list, default=None, metavar="S[,S2]",
+                   help="strength of each --lora: one for all or one per adapter (default 1)")
     p.add_argument("--long-window", type=int, default=None, metavar="T",
                    help="long mode: the trained clip length; the video is 4x (4(T-1)+1 frames) (default: the model's)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -138,16 +156,21 @@ def run_bench_generate(args: argparse.Namespace) -> int:
 
     from chronotope.bench.generate import BenchConfig, run_generate_and_score
     from chronotope.pipeline import VideoPipeline, default_model_dir
+    from chronotope.request import lora_scales
 
     cfg = BenchConfig(out=args.out, num=args.num, seed=args.seed, aspect_ratios=args.aspect_ratios,
                       untrained_aspect_ratios=args.untrained_aspect_ratios, num_frames=args.num_frames,
                       resolution=args.resolution, modes=args.modes, steps=args.steps, guidance=args.guidance,
                       time_shift=args.time_shift, sampler=args.sampler, steps_table=args.steps_table, steps_table_prompts=args.steps_table_prompts,
-                      heldout_fraction=args.include_heldout_fraction, long_window=args.long_window,
-                      progress=not args.no_progress)
+                      heldout_fraction=args.include_heldout_fraction, composition=args.composition,
+                      long_window=args.long_window, progress=not args.no_progress)
     cfg.check()  # before loading the model: flag mistakes fail fast
+    loras = lora_scales(args.lora, args.lora_scale)
     model = args.model or str(default_model_dir())
-    pipe = VideoPipeline.from_pretrained(model).to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    pipe = VideoPipeline.from_pretrained(model)
+    for path, scale in loras:  # merged before the move: the adapter's delta is added on the host once
+        pipe.load_lora(path, scale)
+    pipe = pipe.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     result = run_generate_and_score(pipe, cfg, model)
     for t in result["summary"]["targets"]:
         value = "n/a" if t["value"] is None else f"{t['value']:.3f}"
@@ -167,6 +190,9 @@ def add_bench_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--any-size", action="store_true",
                    help="also pair twins made at another size (same scene and caption), e.g. against a quick run "
                         "with --untrained-aspect-ratios ''")
+    p.add_argument("--any-sampling", action="store_true",
+                   help="pair runs made at other steps or samplers, each video with its twin at the other run's "
+                        "steps (a few-step model against its 20-step teacher)")
     p.add_argument("--json", metavar="FILE", help="also write the comparison as JSON")
     p.set_defaults(bench_handler=run_bench_compare)
 
@@ -176,7 +202,8 @@ def run_bench_compare(args: argparse.Namespace) -> int:
     from chronotope.bench.compare import compare_markdown, compare_runs, load_run
 
     # a ValueError (not a results file, runs of other prompts) is printed by the CLI's main, exit 2
-    result = compare_runs(load_run(args.base), load_run(args.new), any_size=args.any_size)
+    result = compare_runs(load_run(args.base), load_run(args.new), any_size=args.any_size,
+                          any_sampling=args.any_sampling)
     print(compare_markdown(result, args.base, args.new), end="")
     if args.json:
         atomic_write_json(args.json, result)

