@@ -55,8 +55,9 @@ def test_blank_fields_are_the_models_defaults_and_numbers_arrive_as_numbers():
     assert all(type(kw[k]) is int for k in ("num_frames", "seed", "num_inference_steps"))
     assert kw["height"] is kw["width"] is kw["strength"] is kw["gap_frames"] is kw["negative_prompt"] is None
     assert (kw["resolution"], kw["aspect_ratio"], kw["sampler"], kw["guidance_scale"]) == ("64px", "16:9", "euler", 5)
-    _, kw = build_request(form(prompt="x"))
+    _, kw = build_request(form(prompt="x", num_inference_steps=None, guidance_scale=None, sampler=None))
     assert kw["resolution"] is kw["aspect_ratio"] is kw["seed"] is None
+    assert kw["num_inference_steps"] is kw["guidance_scale"] is kw["sampler"] is None  # the model folder's defaults
 
 
 def test_bad_numbers_are_refused_by_the_one_validation_naming_the_field_as_labelled():

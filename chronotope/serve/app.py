@@ -40,6 +40,9 @@ def build_app(studio: Studio):
         """A number that may be left blank (the default); gr.Number cannot be blank, it sends 0."""
         return gr.Textbox(label=label, placeholder=placeholder, elem_id=elem_id, max_lines=1)
 
+    steps, guidance, sampler = studio.pipe.sampling()  # the model folder's defaults (a few-step model: its own)
+    samplers = [*SAMPLERS, *([sampler] if sampler not in SAMPLERS else [])]
+
     with gr.Blocks(title="Chronotope") as app:
         gr.Markdown("# Chronotope\nText to video in every mode: choose a mode (auto: from the inputs), "
                     "upload an image or videos for i2v, extend, edit, connect and long, or write a storyboard.")
@@ -80,12 +83,12 @@ def build_app(studio: Studio):
                         f["fps"] = optional(LABELS["fps"], "fps")
                 with gr.Accordion("Sampling", open=True):
                     with gr.Row():
-                        f["num_inference_steps"] = gr.Number(30, label=LABELS["num_inference_steps"], precision=0,
+                        f["num_inference_steps"] = gr.Number(steps, label=LABELS["num_inference_steps"], precision=0,
                                                              elem_id="steps")
-                        f["guidance_scale"] = gr.Number(5.0, label=LABELS["guidance_scale"] + " (1 = off)",
+                        f["guidance_scale"] = gr.Number(guidance, label=LABELS["guidance_scale"] + " (1 = off)",
                                                         elem_id="guidance")
                         f["seed"] = optional("Seed", "seed", "random")
-                        f["sampler"] = gr.Dropdown(list(SAMPLERS), value="euler", label=LABELS["sampler"])
+                        f["sampler"] = gr.Dropdown(samplers, value=sampler, label=LABELS["sampler"])
                     f["negative_prompt"] = gr.Textbox(label=LABELS["negative_prompt"], lines=1)
                     f["expand_prompt"] = gr.Checkbox(True, label="Expand the prompt (detailed caption, as trained)")
                 run = gr.Button("Generate", variant="primary", elem_id="generate")

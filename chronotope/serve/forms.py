@@ -70,8 +70,9 @@ def _choice(value: Any) -> str | None:
 
 def build_request(values: dict[str, Any]) -> tuple[str, dict]:
     """Form values (FIELDS, by name) -> ("generate", kwargs of generate_to_file) or ("storyboard", kwargs of
-    storyboard_to_file, the checked storyboard under "storyboard"). Blank fields are None (the model's default);
-    numbers are passed as given, so check_request refuses 6 frames with the nearest valid count."""
+    storyboard_to_file, the checked storyboard under "storyboard"). Blank fields are None (the model's default,
+    steps, guidance and sampler included: VideoPipeline.sampling); numbers are passed as given, so check_request
+    refuses 6 frames with the nearest valid count."""
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
         raise ValueError(f"unknown form field(s) {', '.join(unknown)}")
@@ -79,13 +80,9 @@ def build_request(values: dict[str, Any]) -> tuple[str, dict]:
     kw: dict[str, Any] = {
         "negative_prompt": (v["negative_prompt"] or "").strip() or None,
         "resolution": _choice(v["resolution"]), "aspect_ratio": _choice(v["aspect_ratio"]),
-        "sampler": _choice(v["sampler"]) or "euler", "expand_prompt": bool(v["expand_prompt"]),
+        "sampler": _choice(v["sampler"]), "expand_prompt": bool(v["expand_prompt"]),
         **{k: number(v[k]) for k in ("height", "width", "fps", "num_inference_steps", "guidance_scale", "seed")},
     }
-    if kw["num_inference_steps"] is None:
-        kw["num_inference_steps"] = 30
-    if kw["guidance_scale"] is None:
-        kw["guidance_scale"] = 5.0
     mode = _choice(v["mode"]) or AUTO
     if mode not in FORM_MODES:
         raise ValueError(f"{arg('mode', mode)}: not one of {', '.join(FORM_MODES)}")
