@@ -248,3 +248,41 @@ def test_self_consistency_of_an_exact_average_velocity_is_zero_loss(cache):
 def test_defaults_declare_the_sampler():
     assert few_step_defaults(5.0, 0.5) == {"sampler": "shortcut", "num_inference_steps": 4, "guidance_scale": 5.0}
     assert few_step_defaults(5.0, 0.0)["sampler"] == "euler"  # guidance distillation alone: Euler, no CFG
+
+
+def test_train_dit_few_step_cli_resumes_and_exports_a_few_step_folder(cache, tmp_path):
+    from chronotope.cli import main
+    from chronotope.vae.model import CausalVAE
+
+    vae_dir = tmp_path / "vae"
+    CausalVAE(VAE_PRESETS["debug"]()).save_pretrained(vae_dir)
+    meta = json.loads((cache.dir / "cache.json").read_text())
+    meta["vae"] = str(vae_dir)
+    (cache.dir / "cache.json").write_text(json.dumps(meta))
+    teacher = VideoPipeline.from_presets("debug", "debug", defaults={"time_shift": 2.0, "guidance_scale": 3.0})
+    teacher.save_pretrained(tmp_path / "teacher")
+    run = tmp_path / "run"
+    common = ["train", "dit", "--data", str(cache.dir), "--out", str(run), "--text-encoder", "debug", "--few-step",
+              "--teacher", str(tmp_path / "teacher"), "--token-budget", "256", "--ckpt-every", "2", "--no-progress",
+              "--threads", "1", "--shortcut-share", "0.5"]
+    assert main(common + ["--steps", "2"]) == 0
+    assert main(common + ["--steps", "4", "--resume"]) == 0
+    state = json.loads(next(run.glob("ckpt-*4/trainer_state.json")).read_text())
+    assert state["config"]["task"]["few_step"]["guidance"] == 3.0  # the teacher folder's scale, folded in
+    assert state["config"]["task"]["time_shift"] == 2.0  # and its shift rule
+    index = json.loads((run / "model" / "model_index.json").read_text())["defaults"]
+    assert index["sampler"] == "shortcut" and index["guidance_scale"] == 3.0 and index["time_shift"] == 2.0
+    pipe = VideoPipeline.from_pretrained(run / "model")
+    assert pipe.dit.config.step_embed
+    out = pipe("a red circle", num_frames=5, height=32, width=32, seed=0, progress=False, expand_prompt=False)
+    assert out.params["sampler"] == "shortcut" and out.params["num_inference_steps"] == 4
+
+
+def test_world_model_few_step_needs_a_teacher(tmp_path):
+    from chronotope.train.world_model import WorldModelRecipe, _defaults
+
+    with pytest.raises(ValueError, match="--init"):
+        WorldModelRecipe(out=str(tmp_path), few_step=True).resolved()
+    r = WorldModelRecipe(out=str(tmp_path), few_step=True, init="chronotope/assets/world-model").resolved()
+    assert _defaults(r) == {"time_shift": 3.0, "sampler": "shortcut", "num_inference_steps": 4, "guidance_scale": 5.0}
+    assert "few_step" not in WorldModelRecipe(out=str(tmp_path)).fixed()  # runs from before it resume

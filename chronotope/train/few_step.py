@@ -153,15 +153,14 @@ def student_from_teacher(teacher_dir: str) -> tuple[nn.Module, nn.Module]:
     return teacher.with_step_embed().train(), teacher.eval()
 
 
-def teacher_guidance(teacher_dir: str) -> float:
-    """The guidance scale a model folder samples with (model_index.json), else 5."""
+def teacher_defaults(folder: str) -> dict[str, Any]:
+    """The sampling defaults of a model folder (model_index.json: guidance_scale, time_shift, ...); {} for a DiT
+    folder alone."""
     import json
     from pathlib import Path
 
-    index = Path(teacher_dir) / "model_index.json"
-    if index.is_file():
-        return float(json.loads(index.read_text()).get("defaults", {}).get("guidance_scale", 5.0))
-    return 5.0
+    index = Path(folder) / "model_index.json"
+    return dict(json.loads(index.read_text()).get("defaults", {})) if index.is_file() else {}
 
 
-__all__ = ["FEW_STEPS", "FewStepTask", "LEVELS", "few_step_defaults", "student_from_teacher", "teacher_guidance"]
+__all__ = ["FEW_STEPS", "FewStepTask", "LEVELS", "few_step_defaults", "student_from_teacher", "teacher_defaults"]

@@ -10,7 +10,7 @@ OUT/state.json; kill -9 and the same command continues where it stopped):
           latent cache OUT/cache (chronotope/train/world_data.py), until --data-share of the budget is
           spent (at a shard boundary) or 200,000 items; --items N for exactly N
   text    caption embeddings of the cache on the device (TextEmbeddings)
-  dit     the DiT for the time left (Trainer(time_budget_s=...)): warmup in steps, then a constant lr and
+  dit     the DiT for the time left (--few-step: --init distilled into a 1-8-step sampler, train/few_step.py) (Trainer(time_budget_s=...)): warmup in steps, then a constant lr and
           a cooldown over the last --decay-frac of the time, ending at the budget; checkpoints about every
           --ckpt-minutes (the step interval comes from the speed of the first 20 steps)
   export  OUT/model: fp16 weights, sharded to --max-shard-size when given (chronotope/weights.py)
@@ -39,7 +39,8 @@ from chronotope.world.mix import WorldMix
 PROBE_STEPS = 20  # the first segment of a training stage, whose speed sets the checkpoint interval
 _FREE = ("threads", "progress", "workers", "encode_batch", "text_batch", "ckpt_minutes", "max_shard_size",
          "bench_prompts")  # options a resumed run may change; every other one must match the run in OUT
-_LATER = {"shot_embed": 0}  # options added after runs were recorded, left out of the record at these defaults
+# options added after runs were recorded, left out of the record at these defaults
+_LATER = {"shot_embed": 0, "few_step": False, "shortcut_share": 0.5, "guidance": None}
 
 
 @dataclass
@@ -68,6 +69,9 @@ class WorldModelRecipe:
     abs_pos: bool = True
     shot_embed: int = 0  # > 0: a shot-aware DiT (DiTConfig.shot_embed) that learns from the mix's storyboards
     init: str | None = None
+    few_step: bool = False  # distil --init into a few-step, guidance-folded DiT (train/few_step.py)
+    shortcut_share: float = 0.5  # with few_step: share of packs on shortcut self-consistency (0: guidance only)
+    guidance: float | None = None  # with few_step: the CFG scale folded in; None: --init's model_index.json, else 5
     time_shift: float = 3.0
     token_budget: int | None = None  # tokens per pack (2048 / 32768)
     lr: float | None = None  # 3e-4 on CPU, 5e-4 for CUDA's 16x larger packs
@@ -109,6 +113,11 @@ class WorldModelRecipe:
             raise ValueError(f"--bench-prompts and --warmup must be >= 0, got {r.bench_prompts}, {r.warmup}")
         if len(r.patch) != 3 or min(r.patch) < 1:
             raise ValueError(f"--patch takes three positive sizes PT,PH,PW such as 1,1,1, got {list(r.patch)}")
+        if r.few_step and not r.init:
+            raise ValueError("--few-step distils a trained model: give --init DIR (the teacher, e.g. "
+                             "chronotope/assets/world-model)")
+        if not 0 <= r.shortcut_share <= 1:
+            raise ValueError(f"--shortcut-share is a share of the packs in [0, 1], got {r.shortcut_share}")
         if r.train_vae and r.vae:
             raise ValueError("give --vae DIR (reuse a VAE) or --train-vae (train one), not both")
         if r.vae and not (Path(r.vae) / "config.json").is_file():  # before OUT is made
@@ -318,6 +327,8 @@ def _dit_model(run: _Run, channels: int):
             model = model.with_abs_pos()
         if r.shot_embed and not model.config.shot_embed:
             model = model.with_shot_embed(r.shot_embed)
+        if r.few_step and not model.config.step_embed:  # the student: the teacher plus a zero step embedding
+            model = model.with_step_embed()
         if model.config.in_channels != channels:
             raise ValueError(f"--init {r.init} takes {model.config.in_channels}-channel latents but the VAE makes "
                              f"{channels}; use that DiT's VAE (--vae)")
@@ -346,8 +357,17 @@ def stage_dit(run: _Run, cache, text, encoder_name: str) -> dict[str, Any]:
         run.save()
     with run.timed("dit"):
         model = _dit_model(run, cache.rows[0]["shape"][0])
-        task = DiTTask(model, cache, text, token_budget=r.token_budget, time_shift=r.time_shift,
-                       text_encoder_name=encoder_name)
+        common = dict(token_budget=r.token_budget, time_shift=r.time_shift, text_encoder_name=encoder_name)
+        if r.few_step:
+            from chronotope.dit.model import DiT
+            from chronotope.train.dit_task import dit_folder
+            from chronotope.train.few_step import FewStepTask
+
+            teacher = DiT.from_pretrained(dit_folder(r.init))
+            task = FewStepTask(model, cache, text, teacher, guidance_scale=_guidance(r), shortcut_share=r.shortcut_share,
+                               **common)
+        else:
+            task = DiTTask(model, cache, text, **common)
         config = {"dit": model.config.to_dict(), "token_budget": r.token_budget, "time_shift": r.time_shift,
                   "text_encoder": encoder_name, "init": r.init, "cond_probs": None}
         _say(r, f"DiT: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {len(cache)} items, "
@@ -355,6 +375,20 @@ def stage_dit(run: _Run, cache, text, encoder_name: str) -> dict[str, Any]:
         result = _fit_within(run, "dit", task, st["budget_s"], lr=r.lr, bf16=r.bf16, config=config)
     run.finish("dit", steps=result["step"])
     return st
+
+
+def _guidance(r: WorldModelRecipe) -> float:
+    """The CFG scale a few-step run folds in: --guidance, else --init's (model_index.json), else 5."""
+    from chronotope.train.few_step import teacher_defaults
+
+    return float(r.guidance if r.guidance is not None else teacher_defaults(r.init).get("guidance_scale", 5.0))
+
+
+def _defaults(r: WorldModelRecipe) -> dict[str, Any]:
+    """model_index.json defaults of OUT/model: the shift rule, and a few-step model's sampling."""
+    from chronotope.train.few_step import few_step_defaults
+
+    return {"time_shift": r.time_shift, **(few_step_defaults(_guidance(r), r.shortcut_share) if r.few_step else {})}
 
 
 def stage_export(run: _Run, vae_dir: str, encoder_name: str) -> Path:
@@ -368,7 +402,7 @@ def stage_export(run: _Run, vae_dir: str, encoder_name: str) -> Path:
         return folder
     with run.timed("export"):
         pipe = VideoPipeline(CausalVAE.from_pretrained(vae_dir), DiT.from_pretrained(run.out / "train-dit" / "dit"),
-                             None, encoder_name, {"time_shift": r.time_shift})
+                             None, encoder_name, _defaults(r))
 
         def write(tmp: Path) -> None:
             pipe.save_pretrained(tmp, dtype=torch.float16, max_shard_size=r.max_shard_size)
