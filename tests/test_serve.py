@@ -193,7 +193,7 @@ def test_a_bad_request_is_refused_before_the_model_runs_and_writes_nothing(tmp_p
     assert pipe.calls == 0 and os.listdir(tmp_path / "out") == [] and studio.gallery() == []
 
 
-def test_the_studio_runs_a_debug_model_end_to_end(tmp_path):
+def test_the_studio_runs_a_debug_model_end_to_end(tmp_path, media):
     torch.set_num_threads(1)
     pipe = VideoPipeline.from_presets("debug", "debug", defaults=dict(height=32, width=32, num_frames=5))
     studio = Studio(pipe, "debug", tmp_path / "out")
@@ -208,6 +208,13 @@ def test_the_studio_runs_a_debug_model_end_to_end(tmp_path):
                                  storyboard='[{"prompt": "a red circle", "num_frames": 5}, {"prompt": "a blue square", '
                                             '"num_frames": 5}]'), progress=False)
     assert os.path.basename(board.path) == "0003-storyboard.mp4" and board.expanded_prompt.count("shot ") == 2
+    fast = dict(prompt="a red circle", num_inference_steps=1, guidance_scale=1)
+    for values, name in ((form(**fast, image=media["still.png"]), "0004-i2v.mp4"),
+                         (form(**fast, video=media["clip.mp4"]), "0005-extend.mp4"),
+                         (form(**fast, mode="loop", num_frames="8"), "0006-loop.mp4")):
+        result = studio.generate(values, progress=False)
+        assert os.path.basename(result.path) == name and result.record["mode"] == name[5:-4]
+    assert len(studio.gallery()) == 6
     assert sorted(os.listdir(tmp_path)) == ["out"]
 
 

@@ -1,7 +1,7 @@
 """`chronotope serve` in a real browser: Debian's chromium, headless, driven by Playwright's Python package.
 
-Starts the server on a debug model (sampling takes a second), submits a t2v request from the page, waits for
-the video element, decodes the file it serves with PyAV, uploads a file that is not a video and finds the
+Starts the server on a debug model (sampling takes a second or two), submits a t2v request from the page, sees
+the progress bar move, waits for the video element, decodes the file it serves with PyAV, uploads a file that is not a video and finds the
 command line's error text in the page, and checks nothing was written outside the output folder.
 CI installs chromium (.ci/run); elsewhere the test is skipped, saying why, until it is installed.
 
@@ -88,8 +88,10 @@ def browser_page(width: int = 1280, height: int = 900):
             browser.close()
 
 
-def generate_in_page(page, url: str, prompt: str, steps: int, guidance: float, seed: int, timeout_ms: int = 120_000):
-    """Open the app, fill the form, press Generate and wait for the result's <video>; returns its src."""
+def generate_in_page(page, url: str, prompt: str, steps: int, guidance: float, seed: int, timeout_ms: int = 120_000,
+                     see_progress: bool = False):
+    """Open the app, fill the form, press Generate and wait for the result's <video>; returns its src.
+    see_progress: also wait to see the sampler's progress ("12/400 steps") in the page while it runs."""
     page.goto(url)
     page.wait_for_selector("#prompt textarea", timeout=60_000)
     page.fill("#prompt textarea", prompt)
@@ -97,6 +99,8 @@ def generate_in_page(page, url: str, prompt: str, steps: int, guidance: float, s
     page.fill("#guidance input", str(guidance))
     page.fill("#seed textarea, #seed input", str(seed))
     page.click("#generate")
+    if see_progress:
+        page.wait_for_function(f"/\\d+\\/{steps} steps/.test(document.body.innerText)", timeout=timeout_ms)
     page.wait_for_selector("#result-video video", timeout=timeout_ms)
     return page.get_attribute("#result-video video", "src")
 
@@ -119,7 +123,8 @@ def test_the_web_app_generates_and_reports_a_bad_upload_in_a_real_browser(tmp_pa
     bad.write_bytes(b"this is not a video")
     out, cwd = tmp_path / "out", tmp_path / "cwd"
     with server(str(tmp_path / "model"), out, cwd) as url, browser_page() as page:
-        src = generate_in_page(page, url, "a red circle moves left", steps=2, guidance=1, seed=0)
+        # 400 debug-model steps take about 2 s: long enough to see the progress bar move
+        src = generate_in_page(page, url, "a red circle moves left", steps=400, guidance=1, seed=0, see_progress=True)
         assert page.inner_text("#status").startswith("Done: 0001-t2v.mp4")
         assert "red circle" in page.input_value("#expanded textarea")
         served = page.request.get(src)

@@ -105,14 +105,13 @@ def build_app(studio: Studio):
         gallery = gr.Gallery(label="Made since the app started", columns=8, height=220, object_fit="contain",
                              elem_id="gallery")
 
-        fields = [f[name] for name in FIELDS]
-
-        def generate(*values, progress=gr.Progress(track_tqdm=True)):
-            """Form values -> (status, video, image, expanded, settings, download, gallery)."""
+        def generate(data: dict, progress=gr.Progress(track_tqdm=True)):
+            """Form values {component: value} -> (status, video, image, expanded, settings, download, gallery).
+            `progress` must be a positional parameter for Gradio to find it; it follows the sampler's tqdm bar."""
             keep = (gr.update(),) * 6
             try:
                 with spelled(LABELS):
-                    result = studio.generate(dict(zip(FIELDS, values)))
+                    result = studio.generate({name: data[f[name]] for name in FIELDS})
             except user_errors() as err:
                 return (error_text(err), *keep[:5], studio.gallery())
             except Exception:  # a bug: the traceback goes to the server's log, never to the page
@@ -138,7 +137,7 @@ def build_app(studio: Studio):
             seed = number(seed)  # the expansion a blank seed gets is drawn with the random seed at run time
             return expand_prompt(prompt or "", seed if isinstance(seed, int) and seed >= 0 else 0, None if enabled else False)
 
-        run.click(generate, fields, [status, video, image, expanded, settings, download, gallery],
+        run.click(generate, {f[name] for name in FIELDS}, [status, video, image, expanded, settings, download, gallery],
                   concurrency_id="model", concurrency_limit=1)
         for what in ("image", "video", "video_end"):
             f[what].upload(lambda p, w=what: check(p, w), f[what], status)
@@ -159,6 +158,7 @@ def serve(model: str | None, host: str = "127.0.0.1", port: int = 7860, out: str
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     if "gradio" in sys.modules:  # it reads GRADIO_TEMP_DIR when imported
         raise RuntimeError("serve() must run before gradio is imported, so that uploads stay in the output folder")
+    _ = studio.pipe.text_encoder  # loaded now, not on the first request (seconds for MiniLM)
     app = build_app(studio)
     app.queue(default_concurrency_limit=1, api_open=False)
     print(f"chronotope serve: model {model}; results in {studio.out.root}", flush=True)
