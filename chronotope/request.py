@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -318,3 +319,10 @@ def check_storyboard(board: Any) -> dict:
             raise ValueError(f"storyboard shot {i}: negative_prompt must be a string")
         out.append(dict(shot))
     return {"shots": out, "carry": board.get("carry", CARRY[0]), "context": board.get("context", CONTEXT[0])}
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """What a user's request can cause: a bad value (ValueError), a missing or unreadable file (OSError,
+    chronotope.video.VideoReadError). Everything else is a bug and keeps its traceback."""
+    video = sys.modules.get("chronotope.video")  # imported by whichever verb read a video; never imported here
+    return (ValueError, OSError) + ((video.VideoReadError,) if video is not None else ())

@@ -28,15 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """What a user's request can cause: a bad value (ValueError), a missing or unreadable file (OSError,
-    chronotope.video.VideoReadError). Everything else is a bug and keeps its traceback."""
-    video = sys.modules.get("chronotope.video")  # imported by whichever verb read a video; never imported here
-    return (ValueError, OSError) + ((video.VideoReadError,) if video is not None else ())
-
-
 def main(argv: list[str] | None = None) -> int:
-    from chronotope.request import spelled
+    from chronotope.request import spelled, user_errors
 
     args = build_parser().parse_args(argv)
     try:

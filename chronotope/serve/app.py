@@ -31,9 +31,8 @@ def build_app(studio: Studio):
     gallery of this session's results below. Returns a gradio.Blocks (not launched)."""
     import gradio as gr
 
-    from chronotope.cli import user_errors
     from chronotope.diffusion.samplers import SAMPLERS
-    from chronotope.request import spelled
+    from chronotope.request import spelled, user_errors
     from chronotope.text.expand import expand_prompt
 
     def optional(label: str, elem_id: str, placeholder: str = "model default"):
