@@ -244,19 +244,6 @@ def run_train_dit(args: argparse.Namespace) -> int:
         args.guidance = args.guidance if args.guidance is not None else float(taught.get("guidance_scale", 5.0))
         args.time_shift = args.time_shift if args.time_shift is not None else float(taught.get("time_shift", 1.0))
     args.time_shift = 1.0 if args.time_shift is None else args.time_shift
-    teacher, source = None, args.teacher or args.init
-    if args.few_step:  # the student starts as the teacher (or --init) plus a zero step embedding
-        from chronotope.train.few_step import student_from_teacher, teacher_defaults
-
-        if not source:
-            raise ValueError("--few-step distils a trained model: give --teacher DIR (a model or DiT folder)")
-        student, teacher = student_from_teacher(source)
-        model = student if saved is None and not args.init else model
-        model = model if model.config.step_embed else model.with_step_embed()
-        taught = teacher_defaults(source)
-        args.guidance = args.guidance if args.guidance is not None else float(taught.get("guidance_scale", 5.0))
-        args.time_shift = args.time_shift if args.time_shift is not None else float(taught.get("time_shift", 1.0))
-    args.time_shift = 1.0 if args.time_shift is None else args.time_shift
     config = model.config
     if saved is not None:  # a resumed run: its time shift and conditioning mix win over the options
         args.time_shift = saved.get("time_shift", 1.0)
