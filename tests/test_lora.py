@@ -176,6 +176,9 @@ def test_adapter_file_is_a_small_share_of_the_dit(model_dir, tmp_path):
     assert n_lora == depth * per_block
     size = os.path.getsize(os.path.join(adapter, ADAPTER_FILE))
     assert size < 2 * n_lora + 4096  # float16 plus a small header
+    mask = os.umask(0)
+    os.umask(mask)
+    assert os.stat(os.path.join(adapter, ADAPTER_FILE)).st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600
     # the shipped model's shape (world-s, width 256, depth 6): rank 4 on every target is under 2% of its DiT
     shipped = replace(DIT_PRESETS["world-s"](), in_channels=16, patch=(1, 1, 1), abs_pos=True)
     big = DiT(shipped)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from chronotope.atomic import atomic_write_json, swap_in_folder
+from chronotope.atomic import atomic_write, atomic_write_json, swap_in_folder
 from chronotope.pipeline.lora import ADAPTER_FILE, CONFIG_FILE, FORMAT, architecture, shape_signature
 
 # target groups -> module names inside each DiT block (chronotope/dit/layers.py): self-attention's fused q/k/v
@@ -132,7 +132,7 @@ def save_adapter(model: nn.Module, folder: str | os.PathLike, dtype: torch.dtype
 
     def write(tmp) -> None:
         os.makedirs(tmp, exist_ok=True)
-        save_file(tensors, os.path.join(tmp, ADAPTER_FILE), metadata={"format": FORMAT})
+        atomic_write(os.path.join(tmp, ADAPTER_FILE), lambda f: save_file(tensors, f, metadata={"format": FORMAT}))
         atomic_write_json(os.path.join(tmp, CONFIG_FILE), config, indent=2)
 
     swap_in_folder(folder, write)
