@@ -27,7 +27,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-CLI = [sys.executable, "-m", "chronotope"]
+CLI = [sys.executable, "-m", "chronotope.cli"]
 
 
 def run(args: list[str], log: str) -> float:
