@@ -27,6 +27,10 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+from chronotope.bench.generate import shows_composition  # noqa: E402
+
 CLI = [sys.executable, "-m", "chronotope.cli"]
 
 
@@ -40,16 +44,13 @@ def run(args: list[str], log: str) -> float:
     return time.perf_counter() - t0
 
 
-def shows(row: dict, color: str, shape: str) -> bool:
-    return any(o["color"] == color and o["shape"] == shape for o in json.loads(row["spec"])["objects"])
-
-
 def select(data: str, color: str, shape: str, clips: int, replay: int) -> str:
     """A manifest of the first `clips` clips showing color:shape and `replay` that do not (drawn with seed 0)."""
     with open(os.path.join(data, "manifest.csv"), newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    taught = [r for r in rows if shows(r, color, shape)][:clips]
-    others = [r for r in rows if not shows(r, color, shape)]
+    shows = [shows_composition(json.loads(r["spec"]), (color, shape)) for r in rows]
+    taught = [r for r, s in zip(rows, shows) if s][:clips]
+    others = [r for r, s in zip(rows, shows) if not s]
     random.Random(0).shuffle(others)
     others = others[:replay]
     if len(taught) < clips:
@@ -91,7 +92,6 @@ def main() -> None:
     p.add_argument("--runs", default=os.path.join(ROOT, "runs", "lora29"))
     args = p.parse_args()
 
-    sys.path.insert(0, ROOT)
     from chronotope.bench.compare import compare_runs
 
     color, shape = args.composition.split(":")

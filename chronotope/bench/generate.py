@@ -130,7 +130,8 @@ def _is_heldout_slot(i: int, fraction: float) -> bool:
     return math.floor((i + 1) * fraction + 1e-9) > math.floor(i * fraction + 1e-9)
 
 
-def _shows(spec: dict, composition: tuple[str, str]) -> bool:
+def shows_composition(spec: dict, composition: tuple[str, str]) -> bool:
+    """Whether a World spec has an object of that (color, shape)."""
     return any((o["color"], o["shape"]) == tuple(composition) for o in spec["objects"])
 
 
@@ -149,7 +150,7 @@ def plan_prompts(cfg: BenchConfig) -> list[BenchPrompt]:
             seed = cfg.seed + 1000 * i + j
             scene = sample_scene(seed, include_heldout=want_heldout)
             if cfg.composition is not None:
-                if _shows(scene.spec, cfg.composition):
+                if shows_composition(scene.spec, cfg.composition):
                     want_heldout = is_heldout(scene.spec)  # what run_job re-draws the scene with: the same scene
                     break
             elif is_heldout(scene.spec) == want_heldout:
