@@ -321,6 +321,8 @@ def _dit_model(run: _Run, channels: int):
         return DiT(config_from_dict(DiTConfig, saved["dit"]))
     if r.init:
         model = DiT.from_pretrained(dit_folder(r.init)).train()
+        if model.config.in_channels != channels or _coarser(model.config.patch, tuple(r.patch)):
+            model = _rebased(run, model, channels)  # another latent space: trunk kept, ends mapped
         if tuple(r.patch) != model.config.patch:
             model = model.with_patch(tuple(r.patch))
         if r.abs_pos and not model.config.abs_pos:
@@ -341,6 +343,46 @@ def _dit_model(run: _Run, channels: int):
     return DiT(config)
 
 
+REBASE_CLIPS = 384  # clips whose tokens in both latent spaces fit the maps of a re-based DiT (~150k tokens)
+
+
+def _coarser(old: tuple[int, ...], new: tuple[int, ...]) -> bool:
+    """True when `new` is not a refinement of `old` (with_patch cannot reach it)."""
+    return any(o % n for o, n in zip(old, new))
+
+
+def _rebased(run: _Run, model, channels: int):
+    """--init's DiT moved onto this run's VAE (train/transfer.py), fitted on REBASE_CLIPS clips of the mix
+    encoded by both VAEs; kept in OUT/rebase/dit (step 0 of the fine-tuning), the fit in state.json."""
+    from chronotope.dit.model import DiT
+    from chronotope.train.transfer import fit_latent_maps, rebase_dit
+    from chronotope.vae.model import CausalVAE
+    from chronotope.world.mix import render_item
+
+    r, folder = run.recipe, run.out / "rebase" / "dit"
+    if (folder / "config.json").is_file():
+        return DiT.from_pretrained(folder).train()
+    old_vae_dir = Path(r.init) / "vae"
+    if not (old_vae_dir / "config.json").is_file():
+        raise ValueError(f"--init {r.init} takes other latents than this run's VAE ({model.config.in_channels} "
+                         f"channels at patch {list(model.config.patch)}); to re-base it, --init must be a model folder "
+                         "with its vae/ (e.g. chronotope/assets/world-model)")
+    with run.timed("rebase"):
+        clips = []
+        for i in range(REBASE_CLIPS):
+            frames, row = render_item(r.mix, r.seed + 1, i)  # another seed than the training items
+            clips.append(frames[: row["shots"][0]["num_frames"]] if row.get("shots") else frames)
+        new_vae = CausalVAE.from_pretrained(stage_vae(run)).to(r.device)
+        maps = fit_latent_maps(CausalVAE.from_pretrained(old_vae_dir).to(r.device), new_vae, clips,
+                               model.config.patch, tuple(r.patch), batch_size=r.encode_batch)
+        rebased = rebase_dit(model.cpu(), maps, channels, tuple(r.patch))
+        rebased.save_pretrained(folder)
+    run.finish("rebase", **maps.summary())
+    _say(r, f"re-based --init on this VAE: latents mapped with R2 {maps.new_to_old.r2:.3f} (new -> old) and "
+            f"{maps.old_to_new.r2:.3f} (old -> new) over {maps.tokens} tokens; step 0 in {folder}")
+    return rebased
+
+
 def stage_dit(run: _Run, cache, text, encoder_name: str) -> dict[str, Any]:
     """Train the DiT for the budget left by the stages before (fixed when it first starts)."""
     from chronotope.train.dit_task import DiTTask
@@ -348,15 +390,16 @@ def stage_dit(run: _Run, cache, text, encoder_name: str) -> dict[str, Any]:
     r, st = run.recipe, run.stage("dit")
     if st["done"]:
         return st
+    model = _dit_model(run, cache.rows[0]["shape"][0])  # a re-based --init is timed as its own stage
+    before = ("vae", "data", "text", "rebase")
     if "budget_s" not in st:
-        left = run.budget_s - run.spent("vae", "data", "text")
+        left = run.budget_s - run.spent(*before)
         st["budget_s"] = max(left, 0.05 * run.budget_s)
         if left < 0.05 * run.budget_s:
-            _say(r, f"the stages before the DiT took {run.spent('vae', 'data', 'text'):.0f} s of the "
+            _say(r, f"the stages before the DiT took {run.spent(*before):.0f} s of the "
                     f"{run.budget_s:.0f} s budget; the DiT still gets {st['budget_s']:.0f} s")
         run.save()
     with run.timed("dit"):
-        model = _dit_model(run, cache.rows[0]["shape"][0])
         common = dict(token_budget=r.token_budget, time_shift=r.time_shift, text_encoder_name=encoder_name)
         if r.few_step:
             from chronotope.dit.model import DiT
