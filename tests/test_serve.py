@@ -5,6 +5,7 @@ and one model run at a time."""
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
 from types import SimpleNamespace
@@ -93,6 +94,16 @@ def test_modes_and_storyboards_from_the_form():
         build_request({"prompt": "x", "steps": 3})
 
 
+def test_choices_the_page_offers_are_checked_for_clients_of_its_api():
+    _, kw = build_request(form(prompt="x", direction=None, image_position="last"))
+    assert (kw["direction"], kw["image_position"]) == ("forward", "last")
+    with spelled(LABELS):
+        with pytest.raises(ValueError, match="^Direction sideways: not one of forward, backward$"):
+            build_request(form(prompt="x", direction="sideways"))
+        with pytest.raises(ValueError, match="^Image position middle: not one of first, last$"):
+            build_request(form(prompt="x", image_position="middle"))
+
+
 # --- uploads ------------------------------------------------------------------------------------------
 
 
@@ -139,6 +150,45 @@ def test_the_output_folder_refuses_every_path_outside_it(tmp_path):
         out.next_stem("../t2v")
 
 
+def test_a_refused_upload_is_deleted_and_nothing_outside_uploads_is(tmp_path):
+    out = OutputFolder(tmp_path / "out")
+    for name in ("a1b2/bad.mp4", "c3d4/bad.mp4", "c3d4/other.mp4"):  # Gradio's uploads/<hash>/<name>
+        (out.uploads / name).parent.mkdir(parents=True, exist_ok=True)
+        (out.uploads / name).write_bytes(b"x")
+    (tmp_path / "elsewhere.mp4").write_bytes(b"x")
+    (tmp_path / "out" / "0001-t2v.mp4").write_bytes(b"x")
+    assert out.discard_upload(out.uploads / "a1b2" / "bad.mp4") and not (out.uploads / "a1b2").exists()
+    assert out.discard_upload(out.uploads / "c3d4" / "bad.mp4") and os.listdir(out.uploads / "c3d4") == ["other.mp4"]
+    for kept in (tmp_path / "elsewhere.mp4", tmp_path / "out" / "0001-t2v.mp4", out.uploads / "gone.mp4",
+                 out.uploads / ".." / "0001-t2v.mp4"):
+        assert not out.discard_upload(kept)
+    assert (tmp_path / "elsewhere.mp4").exists() and (tmp_path / "out" / "0001-t2v.mp4").exists()
+
+
+def test_the_studio_keeps_a_refused_upload_that_another_field_takes(tmp_path, media):
+    studio = Studio(SlowPipe(), "fake-model", tmp_path / "out")
+    for name in ("clip.mp4", "bad.mp4"):
+        (studio.out.uploads / name[:4]).mkdir(parents=True)
+        shutil.copy(media[name], studio.out.uploads / name[:4] / name)
+    clip, bad = studio.out.uploads / "clip" / "clip.mp4", studio.out.uploads / "bad." / "bad.mp4"
+    with pytest.raises(ValueError, match="not a file this field takes"):
+        studio.check_upload(str(clip), "image")
+    assert not studio.discard_upload(str(clip)) and clip.exists()  # refused as an Image, held as a Video
+    assert studio.discard_upload(str(bad)) and not bad.exists() and not studio.discard_upload(None)
+
+
+def test_a_poster_is_the_middle_frame_shrunk_to_a_thumbnail(tmp_path):
+    out = OutputFolder(tmp_path / "out")
+    frames = np.stack([np.full((96, 640, 3), 40 * i, np.uint8) for i in range(5)])  # frame i: gray 40 i
+    write_video(tmp_path / "out" / "0001-t2v.mp4", frames, fps=8)
+    poster = out.poster(tmp_path / "out" / "0001-t2v.mp4")
+    assert poster == str((tmp_path / "out" / "posters" / "0001-t2v.png").resolve())
+    still = read_video(poster)[0]
+    assert still.shape == (1, 38, 256, 3) and abs(int(still.mean()) - 80) <= 3  # the middle frame, 256 px wide
+    write_video(tmp_path / "out" / "0002-t2i.png", frames[3:4, :32, :32], fps=1)  # small: kept as it is
+    assert read_video(out.poster(tmp_path / "out" / "0002-t2i.png"))[0].shape == (1, 32, 32, 3)
+
+
 def test_results_are_numbered_after_those_already_there(tmp_path):
     out = OutputFolder(tmp_path)
     assert out.next_stem("t2v") == str(tmp_path.resolve() / "0001-t2v")
@@ -179,8 +229,15 @@ def test_two_requests_never_run_the_model_at_once(tmp_path):
         t.join()
     assert (pipe.calls, pipe.most) == (3, 1)
     names = sorted(os.listdir(tmp_path / "out"))
-    assert names == ["0001-t2v.json", "0001-t2v.mp4", "0002-t2v.json", "0002-t2v.mp4", "0003-t2v.json", "0003-t2v.mp4"]
-    assert [caption.split(": ")[0] for _, caption in studio.gallery()] == ["0003-t2v.mp4", "0002-t2v.mp4", "0001-t2v.mp4"]
+    assert names == ["0001-t2v.json", "0001-t2v.mp4", "0002-t2v.json", "0002-t2v.mp4", "0003-t2v.json", "0003-t2v.mp4",
+                     "posters"]
+    gallery = studio.gallery()  # posters (thumbnails), newest first, captions naming the result a click shows
+    assert [caption.split(": ")[0] for _, caption in gallery] == ["0003-t2v.mp4", "0002-t2v.mp4", "0001-t2v.mp4"]
+    assert [os.path.basename(poster) for poster, _ in gallery] == ["0003-t2v.png", "0002-t2v.png", "0001-t2v.png"]
+    assert read_video(gallery[0][0])[0].shape == (1, 16, 16, 3)
+    assert studio.find(gallery[2][1]) is studio.results[0]
+    with pytest.raises(KeyError):
+        studio.find("0009-t2v.mp4: a result that was never made")
 
 
 def test_a_bad_request_is_refused_before_the_model_runs_and_writes_nothing(tmp_path, media):
@@ -223,3 +280,27 @@ def test_serve_refuses_bad_options_in_one_line(capsys):
     assert capsys.readouterr().err.strip() == "chronotope serve: error: --port 0: must be from 1 to 65535"
     assert main(["serve", "--max-upload-mb", "-1"]) == 2
     assert "--max-upload-mb -1.0: must be a positive number of MB" in capsys.readouterr().err
+    assert main(["serve", "--max-queue", "0"]) == 2
+    assert "--max-queue 0: must be at least 1" in capsys.readouterr().err
+
+
+def test_serve_refuses_a_bad_host_or_a_busy_port_at_once_writing_nothing(tmp_path, monkeypatch, capsys):
+    import socket
+
+    monkeypatch.chdir(tmp_path)  # --out defaults to ./chronotope-serve
+    # 192.0.2.1: reserved for documentation (RFC 5737), no machine's address; neither needs a DNS lookup
+    for host, why in (("999.1.1.1", "not an IP address"), ("192.0.2.1", "not an address of this machine")):
+        t0 = time.monotonic()
+        assert main(["serve", "--host", host, "--model", str(tmp_path / "never-read")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"chronotope serve: error: --host {host}: {why}") and err.count("\n") == 1, err
+        assert time.monotonic() - t0 < 5  # Gradio took 23 s to say "Cannot find empty port"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", "--port", str(port), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"chronotope serve: error: --port {port}: already in use on 127.0.0.1")
+    assert err.count("\n") == 1
+    assert os.listdir(tmp_path) == []

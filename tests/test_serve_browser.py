@@ -1,8 +1,10 @@
 """`chronotope serve` in a real browser: Debian's chromium, headless, driven by Playwright's Python package.
 
 Starts the server on a debug model (sampling takes a second or two), submits a t2v request from the page, sees
-the progress bar move, waits for the video element, decodes the file it serves with PyAV, uploads a file that is not a video and finds the
-command line's error text in the page, and checks nothing was written outside the output folder.
+one progress bar move, waits for the video element, decodes the file it serves with PyAV, makes a second one and
+finds both as thumbnails inside the gallery's box (a click shows that result again), makes an error and an upload
+that is not a video with the page scrolled to Generate and finds the command line's error text in view (a toast
+and the line beside Generate), and checks nothing was written outside the output folder, nor left in uploads/.
 CI installs chromium (.ci/run); elsewhere the test is skipped, saying why, until it is installed.
 
 Also the README's screenshot, on the shipped model:
@@ -42,13 +44,14 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def server(model: str, out: Path, cwd: Path, timeout: float = 120.0) -> Iterator[str]:
-    """`chronotope serve --model MODEL --out OUT` run from `cwd` on a free port -> its URL, until the block ends."""
+def server(model: str, out: Path, cwd: Path, *options: str, timeout: float = 120.0) -> Iterator[str]:
+    """`chronotope serve --model MODEL --out OUT [options]` run from `cwd` on a free port -> its URL, until the block
+    ends. Its output goes to cwd/../serve.log."""
     port = _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
     cwd.mkdir(parents=True, exist_ok=True)
     log = open(cwd.parent / "serve.log", "w+")
-    argv = ["serve", "--model", str(Path(model).resolve()), "--port", str(port), "--out", str(out)]
+    argv = ["serve", "--model", str(Path(model).resolve()), "--port", str(port), "--out", str(out), *options]
     proc = subprocess.Popen([sys.executable, "-m", "chronotope.cli", *argv], cwd=cwd, env=env, stdout=log,
                             stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
@@ -88,21 +91,32 @@ def browser_page(width: int = 1280, height: int = 900):
             browser.close()
 
 
-def generate_in_page(page, url: str, prompt: str, steps: int, guidance: float, seed: int, timeout_ms: int = 120_000,
-                     see_progress: bool = False):
-    """Open the app, fill the form, press Generate and wait for the result's <video>; returns its src.
-    see_progress: also wait to see the sampler's progress ("12/400 steps") in the page while it runs."""
-    page.goto(url)
-    page.wait_for_selector("#prompt textarea", timeout=60_000)
+# what the user sees of an element: laid out, not hidden, and inside the viewport
+IN_VIEW = ("e => { const r = e.getBoundingClientRect(), s = getComputedStyle(e); return r.width > 0 && r.height > 0 "
+           "&& s.visibility != 'hidden' && s.display != 'none' && r.top >= 0 && r.bottom <= window.innerHeight; }")
+
+
+def generate_in_page(page, url: str | None, prompt: str, steps: int, guidance: float, seed: int,
+                     timeout_ms: int = 120_000, see_progress: bool = False) -> tuple[str, int | None]:
+    """Open the app (url None: the page as it is), fill the form, press Generate and wait for the result's <video>
+    -> (its src, the progress bars in view while it ran or None). see_progress: wait to see the sampler's progress
+    ("12/400 steps") in the page, and count the progress bars drawn."""
+    if url is not None:
+        page.goto(url)
+        page.wait_for_selector("#prompt textarea", timeout=60_000)
+    status = page.inner_text("#status")
     page.fill("#prompt textarea", prompt)
     page.fill("#steps input", str(steps))
     page.fill("#guidance input", str(guidance))
     page.fill("#seed textarea, #seed input", str(seed))
     page.click("#generate")
+    bars = None
     if see_progress:
         page.wait_for_function(f"/\\d+\\/{steps} steps/.test(document.body.innerText)", timeout=timeout_ms)
+        bars = page.evaluate(f"() => Array.from(document.querySelectorAll('.progress-text')).filter({IN_VIEW}).length")
+    page.wait_for_function("s => document.querySelector('#status').innerText != s", arg=status, timeout=timeout_ms)
     page.wait_for_selector("#result-video video", timeout=timeout_ms)
-    return page.get_attribute("#result-video video", "src")
+    return page.get_attribute("#result-video video", "src"), bars
 
 
 def test_the_web_app_generates_and_reports_a_bad_upload_in_a_real_browser(tmp_path):
@@ -123,8 +137,11 @@ def test_the_web_app_generates_and_reports_a_bad_upload_in_a_real_browser(tmp_pa
     bad.write_bytes(b"this is not a video")
     out, cwd = tmp_path / "out", tmp_path / "cwd"
     with server(str(tmp_path / "model"), out, cwd) as url, browser_page() as page:
-        # 400 debug-model steps take about 2 s: long enough to see the progress bar move
-        src = generate_in_page(page, url, "a red circle moves left", steps=400, guidance=1, seed=0, see_progress=True)
+        # 400 debug-model steps take about 2 s: long enough to see the progress bar move, drawn once (not on
+        # every output)
+        src, bars = generate_in_page(page, url, "a red circle moves left", steps=400, guidance=1, seed=0,
+                                     see_progress=True)
+        assert bars == 1
         assert page.inner_text("#status").startswith("Done: 0001-t2v.mp4")
         assert "red circle" in page.input_value("#expanded textarea")
         served = page.request.get(src)
@@ -132,17 +149,49 @@ def test_the_web_app_generates_and_reports_a_bad_upload_in_a_real_browser(tmp_pa
         (tmp_path / "served.mp4").write_bytes(served.body())
         frames, fps = read_video(str(tmp_path / "served.mp4"))
         assert frames.shape == (5, 32, 32, 3) and fps == 8
+
+        # the gallery: a row of thumbnails (posters) inside its box, newest first; a click shows that result
+        src, _ = generate_in_page(page, None, "a blue square", steps=1, guidance=1, seed=1)
+        assert src.endswith("0002-t2v.mp4")
+        box = page.locator("#gallery").bounding_box()
+        thumbs = page.locator("#gallery img")
+        assert page.locator("#gallery video").count() == 0 and thumbs.count() == 2
+        for i in range(2):
+            t = thumbs.nth(i).bounding_box()
+            assert box["y"] <= t["y"] and t["y"] + t["height"] <= box["y"] + box["height"], (t, box)
+            assert t["width"] <= box["width"] / 4, (t, box)
         assert page.locator("#gallery").get_by_text("0001-t2v.mp4").count() >= 1
+        thumbs.nth(1).click()
+        page.wait_for_function("document.querySelector('#status').innerText.startsWith('0001-t2v.mp4')")
+        assert page.get_attribute("#result-video video", "src").endswith("0001-t2v.mp4")
+
+        # errors show where the user is: scrolled down to Generate, a toast and the line beside the button
+        toast = "(t) => Array.from(document.querySelectorAll('.toast-body')).some(e => e.innerText.includes(t))"
+        page.locator("#generate").scroll_into_view_if_needed()
+        page.fill("#seed textarea, #seed input", "4.5")
+        page.click("#generate")
+        page.wait_for_function(toast, arg="Seed 4.5: must be a whole number", timeout=60_000)
+        assert page.locator("#status").evaluate(IN_VIEW), page.inner_text("#status")
+        assert page.inner_text("#status").startswith("Error: Seed 4.5: must be a whole number")
+        page.fill("#seed textarea, #seed input", "0")
 
         page.get_by_text("Image and videos").click()  # the accordion with the uploads
+        page.locator("#generate").scroll_into_view_if_needed()
         page.set_input_files("#video input[type=file]", str(bad))
-        page.wait_for_function("document.querySelector('#status').innerText.includes('Error')", timeout=60_000)
+        page.wait_for_function(toast, arg="Video: bad.mp4: not a readable video or image", timeout=60_000)
+        assert page.locator(".toast-body").last.evaluate(IN_VIEW)
         status = page.inner_text("#status")
-        assert "Video: bad.mp4: not a readable video or image" in status, status
+        assert "Video: bad.mp4: not a readable video or image" in status and page.locator("#status").evaluate(IN_VIEW)
         assert "Traceback" not in page.content() and str(tmp_path) not in status
+        # the refused file is deleted and cleared from its field; no temporary file is left behind
+        assert [p for p in (out / "uploads").rglob("*") if p.is_file()] == []
+        assert page.locator("#video").get_by_text("bad.mp4").count() == 0
 
     assert os.listdir(cwd) == []  # nothing written where the server ran: results and uploads are in out/
-    assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["0001-t2v.json", "0001-t2v.mp4"]
+    results = ["0001-t2v.json", "0001-t2v.mp4", "0002-t2v.json", "0002-t2v.mp4"]
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == results
+    assert sorted(p.name for p in (out / "posters").iterdir()) == ["0001-t2v.png", "0002-t2v.png"]
+    assert [p for p in (out / "uploads").rglob("*") if p.is_file()] == []  # results are served, not copied there
 
 
 def screenshot(model: str, png: str) -> None:

@@ -2,7 +2,9 @@
 
 The page only gathers values and shows results; forms.py turns the values into a request, studio.py runs it
 (one at a time, into one output folder). Gradio is imported here only (the `web` extra), and its temporary
-folder is pointed inside the output folder before the import, so uploads are written nowhere else.
+folder is pointed inside the output folder before the import, so uploads are written nowhere else; results
+are served from where they are written (not copied), refused uploads are deleted at once, accepted ones after
+a day or when the server stops. Errors show as a toast and beside Generate, where the user is looking.
 
     chronotope serve                       # the shipped model on http://127.0.0.1:7860
     chronotope serve --model DIR --port 8000 --out results/
@@ -10,20 +12,31 @@ folder is pointed inside the output folder before the import, so uploads are wri
 
 from __future__ import annotations
 
+import html
 import os
 import sys
 import traceback
 
-from chronotope.serve.forms import ASPECT_RATIOS, FIELDS, FORM_MODES, LABELS, RESOLUTIONS, number
+from chronotope.serve.forms import ASPECT_RATIOS, FIELDS, FORM_MODES, LABELS, RESOLUTIONS, UPLOADS, number
 from chronotope.serve.studio import Studio
 
 STORYBOARD_EXAMPLE = ('[{"prompt": "a red circle moves left", "num_frames": 17},\n'
                       ' {"prompt": "the red circle bounces around", "num_frames": 17}]')
 
 
+UPLOAD_MAX_AGE_S = 86400  # accepted uploads are deleted a day after they arrive (and all when the server stops)
+
+
 def error_text(err: BaseException) -> str:
     """A user's error as the page shows it: one line, as the command line prints it."""
-    return "**Error:** " + (" ".join(str(err).split()) or type(err).__name__)
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def upload_path(value) -> str | None:
+    """A File field's value as an event receives it unprocessed (Gradio's FileData: {"path": ..., ...}) -> the
+    uploaded file's path. The events take their inputs unprocessed (preprocess=False) because gr.File's own
+    processing leaves an empty tmp* file in the upload folder on every call (Gradio 6.31)."""
+    return value.get("path") if isinstance(value, dict) else value
 
 
 def build_app(studio: Studio):
@@ -42,7 +55,8 @@ def build_app(studio: Studio):
     steps, guidance, sampler = studio.pipe.sampling()  # the model folder's defaults (a few-step model: its own)
     samplers = [*SAMPLERS, *([sampler] if sampler not in SAMPLERS else [])]
 
-    with gr.Blocks(title="Chronotope") as app:
+    # hourly, uploads older than a day are deleted; all of them when the server stops
+    with gr.Blocks(title="Chronotope", delete_cache=(3600, UPLOAD_MAX_AGE_S)) as app:
         gr.Markdown("# Chronotope\nText to video in every mode: choose a mode (auto: from the inputs), "
                     "upload an image or videos for i2v, extend, edit, connect and long, or write a storyboard.")
         f: dict = {}
@@ -91,8 +105,8 @@ def build_app(studio: Studio):
                     f["negative_prompt"] = gr.Textbox(label=LABELS["negative_prompt"], lines=1)
                     f["expand_prompt"] = gr.Checkbox(True, label="Expand the prompt (detailed caption, as trained)")
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
+                status = gr.Markdown("", elem_id="status")  # beside Generate: errors show where the user looks
             with gr.Column(scale=1):
-                status = gr.Markdown("", elem_id="status")
                 video = gr.Video(label="Result", elem_id="result-video", interactive=False, height=360, autoplay=True,
                                  loop=True)
                 image = gr.Image(label="Result (one frame)", elem_id="result-image", type="filepath",
@@ -101,52 +115,85 @@ def build_app(studio: Studio):
                                       interactive=False)
                 settings = gr.JSON(label="Settings (the sidecar)", elem_id="settings", max_height=240)
                 download = gr.File(label="Download", file_count="multiple", elem_id="download", interactive=False)
-        gallery = gr.Gallery(label="Made since the app started", columns=8, height=220, object_fit="contain",
-                             elem_id="gallery")
+        # a poster (small still) per result, clicked to show that result above
+        gallery = gr.Gallery(label="Made since the app started (click one to show it)", columns=8, height=220,
+                             fit_columns=False, object_fit="contain", allow_preview=False, elem_id="gallery")
 
-        def generate(data: dict, progress=gr.Progress(track_tqdm=True)):
-            """Form values {component: value} -> (status, video, image, expanded, settings, download, gallery).
-            `progress` must be a positional parameter for Gradio to find it; it follows the sampler's tqdm bar."""
-            keep = (gr.update(),) * 6
-            try:
-                with spelled(LABELS):
-                    result = studio.generate({name: data[f[name]] for name in FIELDS})
-            except user_errors() as err:
-                return (error_text(err), *keep[:5], studio.gallery())
-            except Exception:  # a bug: the traceback goes to the server's log, never to the page
-                traceback.print_exc()
-                return ("**Error:** the server failed on this request (details in its log)", *keep[:5], studio.gallery())
+        def refused(text: str) -> str:
+            """An error for the user: a toast (seen wherever the page is scrolled) and the line beside Generate."""
+            gr.Warning(html.escape(text))
+            return "**Error:** " + html.escape(text)
+
+        def shown(result, status: str) -> tuple:
+            """A result in the right column: (status, video, image, expanded, settings, download)."""
             one_frame = result.path.endswith(".png")
             notes = "".join(f"\n\n{n}" for n in result.record.get("notes") or [])
-            return (f"Done: {os.path.basename(result.path)}{notes}",
+            return (f"{status}{notes}",
                     gr.update(value=None if one_frame else result.path, visible=not one_frame),
                     gr.update(value=result.path if one_frame else None, visible=one_frame),
-                    result.expanded_prompt, result.record, [result.path, result.sidecar], studio.gallery())
+                    result.expanded_prompt, result.record, [result.path, result.sidecar])
 
-        def check(path, what):
-            """An upload checked as soon as it arrives: the error shows before anything is generated."""
+        def generate(data: dict, progress=gr.Progress(track_tqdm=True)):
+            """Form values {component: value}, unprocessed -> (status, video, image, expanded, settings, download,
+            gallery). `progress` must be a positional parameter for Gradio to find it; it follows the sampler's tqdm
+            bar."""
+            keep = (gr.update(),) * 5
+            values = {name: data[f[name]] for name in FIELDS}
+            values.update({name: upload_path(values[name]) for name in UPLOADS})
+            try:
+                with spelled(LABELS):
+                    result = studio.generate(values)
+            except user_errors() as err:
+                return (refused(error_text(err)), *keep, studio.gallery())
+            except Exception:  # a bug: the traceback goes to the server's log, never to the page
+                traceback.print_exc()
+                return (refused("the server failed on this request (details in its log)"), *keep, studio.gallery())
+            return (*shown(result, f"Done: {os.path.basename(result.path)}"), studio.gallery())
+
+        def check(value, what):
+            """An upload checked as soon as it arrives: the error shows before anything is generated, and the
+            refused file is deleted and cleared from its field. -> (status, field)."""
+            path = upload_path(value)
             try:
                 with spelled(LABELS):
                     studio.check_upload(path, what)
             except user_errors() as err:
-                return error_text(err)
-            return f"{os.path.basename(path)}: ok" if path else ""
+                studio.discard_upload(path)
+                return refused(error_text(err)), None
+            return (f"{os.path.basename(path)}: ok" if path else ""), gr.update()
+
+        def show(evt: gr.SelectData):
+            """A gallery thumbnail clicked -> that result in the right column."""
+            try:
+                result = studio.find((evt.value or {}).get("caption") or "")
+            except KeyError:
+                return (gr.update(),) * 6
+            return shown(result, os.path.basename(result.path))
+
+        # Gradio passes the click by this type hint, which it resolves in the module (gr is imported in here)
+        show.__annotations__["evt"] = gr.SelectData
 
         def show_expanded(prompt, seed, enabled):
             seed = number(seed)  # the expansion a blank seed gets is drawn with the random seed at run time
             return expand_prompt(prompt or "", seed if isinstance(seed, int) and seed >= 0 else 0, None if enabled else False)
 
+        # one progress bar, on the result (the others would draw it again on every output)
         run.click(generate, {f[name] for name in FIELDS}, [status, video, image, expanded, settings, download, gallery],
-                  concurrency_id="model", concurrency_limit=1)
-        for what in ("image", "video", "video_end"):
-            f[what].upload(lambda p, w=what: check(p, w), f[what], status)
+                  api_name="generate", concurrency_id="model", concurrency_limit=1, preprocess=False,
+                  show_progress_on=[video, image])
+        for what in UPLOADS:
+            f[what].upload(lambda p, w=what: check(p, w), f[what], [status, f[what]], preprocess=False,
+                           show_progress="hidden")
+        gallery.select(show, None, [status, video, image, expanded, settings, download], show_progress="hidden")
         expand_button.click(show_expanded, [f["prompt"], f["seed"], f["expand_prompt"]], expanded)
     return app
 
 
 def serve(model: str | None, host: str = "127.0.0.1", port: int = 7860, out: str = "chronotope-serve",
-          max_upload_mb: float = 50.0) -> None:
-    """Load the model, then serve the page until interrupted. Uploads and results stay inside `out`."""
+          max_upload_mb: float = 50.0, max_queue: int = 16) -> None:
+    """Load the model, then serve the page until interrupted. Uploads and results stay inside `out`. Requests
+    run one at a time; `max_queue` more may wait, and beyond that a request is answered "Queue is full" at once
+    (HTTP 503) instead of waiting without end."""
     from chronotope.pipeline import VideoPipeline, default_model_dir
 
     model = model or str(default_model_dir())
@@ -158,8 +205,11 @@ def serve(model: str | None, host: str = "127.0.0.1", port: int = 7860, out: str
     if "gradio" in sys.modules:  # it reads GRADIO_TEMP_DIR when imported
         raise RuntimeError("serve() must run before gradio is imported, so that uploads stay in the output folder")
     _ = studio.pipe.text_encoder  # loaded now, not on the first request (seconds for MiniLM)
+    import gradio as gr
+
+    gr.set_static_paths([str(studio.out.root)])  # results and posters served where they are, not copied to uploads/
     app = build_app(studio)
-    app.queue(default_concurrency_limit=1, api_open=False)
+    app.queue(default_concurrency_limit=1, api_open=False, max_size=max_queue)
     print(f"chronotope serve: model {model}; results in {studio.out.root}", flush=True)
     app.launch(server_name=host, server_port=port, share=False, allowed_paths=[str(studio.out.root)],
                max_file_size=studio.max_upload_bytes, show_error=False, inbrowser=False)

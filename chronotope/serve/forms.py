@@ -38,6 +38,7 @@ FIELDS = ("prompt", "mode", "image", "video", "video_end", "direction", "image_p
           "resolution", "aspect_ratio", "height", "width", "num_frames", "gap_frames", "fps",
           "num_inference_steps", "guidance_scale", "seed", "sampler", "negative_prompt", "expand_prompt")
 UPLOADS = ("image", "video", "video_end")
+CHOICES = {"direction": ("forward", "backward"), "image_position": ("first", "last")}  # the first is the default
 SHARED = ("negative_prompt", "height", "width", "resolution", "aspect_ratio", "fps", "num_inference_steps",
           "guidance_scale", "sampler", "seed", "expand_prompt")  # what a storyboard request takes besides its shots
 PER_VIDEO = ("image", "video", "video_end", "strength", "num_frames", "gap_frames")  # refused with a storyboard
@@ -99,8 +100,11 @@ def build_request(values: dict[str, Any]) -> tuple[str, dict]:
         raise ValueError(f"{arg('storyboard')} is used in mode {STORYBOARD}; choose that mode or clear the field")
     if not isinstance(v["prompt"], str):
         raise ValueError(f"give a {arg('prompt')}, e.g. \"a red circle moves left\"")
+    for name, choices in CHOICES.items():  # the page's radio buttons; a client of its API may send anything
+        if (v[name] or choices[0]) not in choices:
+            raise ValueError(f"{arg(name, v[name])}: not one of {', '.join(choices)}")
     return "generate", {"prompt": v["prompt"].strip(), "mode": None if mode == AUTO else mode,
-                        "direction": v["direction"] or "forward", "image_position": v["image_position"] or "first",
+                        **{name: v[name] or choices[0] for name, choices in CHOICES.items()},
                         **per_video, **kw}
 
 
