@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from chronotope.bench import check_spec, classify_motion, detect, run_bench, score_file, score_video
-from chronotope.bench.corrupt import CORRUPTIONS, corruption_scores, ground_truth_scores
-from chronotope.bench.detect import COLOR_NAMES, label_components, shape_of_fill
+from pathlib import Path
+
+from chronotope.bench.corrupt import CORRUPTIONS, corruption_scores, ground_truth_scores, small_scene, soften
+from chronotope.bench.detect import BACKGROUND_NAMES, COLOR_NAMES, classify_pixels, label_components
 from chronotope.world import render, sample_scene, scene_from_spec
 from chronotope.world.vocab import BACKGROUNDS, COLORS
 
@@ -73,7 +75,7 @@ def test_detector_measures_drawn_shapes(shape, d):
     det = detect(frames)
     k = COLOR_NAMES.index("blue")
     assert det.significant[0].tolist() == [c == k for c in range(len(COLOR_NAMES))]
-    assert shape_of_fill(det.fill[0, k]) == ("circle", "square", "triangle").index(shape)
+    assert det.shape[0, k] == ("circle", "square", "triangle").index(shape)
     assert abs(det.extent[0, k] * 64 - d) < 1.0
     assert abs(det.cx[0, k] + 0.5 - 30.3) < 1.0  # pixel centres sit at i + 0.5
     assert det.pillar is None
@@ -209,8 +211,118 @@ def test_noise_estimate_and_median_filter():
     det = detect(np.clip(_draw("triangle", 30, 30, 19.2, "blue", bg="white", T=5).astype(np.float32)
                          + rng.normal(0, 64, (5, 64, 64, 3)), 0, 255).round().astype(np.uint8))
     k = COLOR_NAMES.index("blue")
-    assert det.denoised and (shape_of_fill(det.fill[:, k]) == 2).mean() >= 0.8
+    assert det.denoised and (det.shape[:, k] == 2).mean() >= 0.8
     assert np.all(np.abs(det.extent[:, k] * 64 - 19.2) < 3.0)
+
+
+# --- small objects as a generator draws them: faded, desaturated, blurred, leaving the frame ---------
+
+
+def test_faded_shades_keep_their_color():
+    """A palette color mixed with the background (down to 55%) and desaturated by 15% classifies as itself."""
+    for b, bg in enumerate(BACKGROUND_NAMES):
+        for k, color in enumerate(COLOR_NAMES):
+            c, g = np.array(COLORS[color], float), np.array(BACKGROUNDS[bg], float)
+            for a in (0.55, 0.7, 0.85, 1.0):
+                px = g + a * (c - g)
+                px = px + 0.15 * (px.mean() - px)
+                frame = np.rint(px).astype(np.uint8)[None, None, None]  # [1, 1, 1, 3]
+                assert classify_pixels(frame, background=np.array([b]))[0, 0, 0] == k, (color, bg, a)
+    black = np.array([BACKGROUND_NAMES.index("black")])
+    # measured inside the shipped model's small yellow triangle: nearest to orange by plain RGB distance
+    px = np.array([[[[182, 159, 49]]]], np.uint8)
+    assert classify_pixels(px)[0, 0, 0] == COLOR_NAMES.index("orange")
+    assert classify_pixels(px, background=black)[0, 0, 0] == COLOR_NAMES.index("yellow")
+    # the anti-aliased edge of the pillar is a mix of two references, not a shade: shades change none of it
+    from chronotope.world.vocab import PILLAR_COLOR
+
+    for b, bg in enumerate(BACKGROUND_NAMES):
+        f = np.linspace(0, 1, 21)[:, None]
+        edge = np.rint(f * np.array(PILLAR_COLOR) + (1 - f) * np.array(BACKGROUNDS[bg])).astype(np.uint8)[None, None]
+        assert np.array_equal(classify_pixels(edge, background=np.array([b])), classify_pixels(edge)), bg
+
+
+@pytest.mark.parametrize("bg", ["black", "white", "gray"])
+@pytest.mark.parametrize("shape", ["circle", "square", "triangle"])
+def test_soft_small_shapes_keep_their_shape(shape, bg):
+    """Small shapes (9.6 px at 64 px) blurred by 1 px, at 85% contrast and desaturated: color, shape and size hold."""
+    from chronotope.bench.score import SIZE_SPLIT
+
+    color = {"black": "yellow", "white": "blue", "gray": "red"}[bg]
+    frames = soften(_draw(shape, cx=30.3, cy=27.7, d=9.6, color=color, bg=bg, T=3), bg)
+    det = detect(frames)
+    k = COLOR_NAMES.index(color)
+    assert det.significant[:, k].all() and det.significant.sum(1).tolist() == [1, 1, 1]
+    assert (det.shape[:, k] == ("circle", "square", "triangle").index(shape)).all(), (det.fill[:, k], det.skew[:, k])
+    assert np.all((det.extent[:, k] > 0.1) & (det.extent[:, k] < SIZE_SPLIT))  # 0.15 drawn; 85% contrast reads ~0.12
+    crisp = detect(_draw(shape, cx=30.3, cy=27.7, d=9.6, color=color, bg=bg))
+    assert abs(crisp.skew[0, k] - (-0.566 if shape == "triangle" else 0.0)) < 0.08  # the apex-up triangle's skew
+
+
+def _rising(T: int = 17, vanish_at: int | None = None, fade_rows: float = 0.0) -> np.ndarray:
+    """A small yellow triangle rising 3 px per frame on black from y = 32, softened; gone from frame vanish_at on
+    and as soon as its top is within fade_rows px of the top edge (a generator's object often fades as it leaves)."""
+    frames = []
+    for t in range(T):
+        cy = 32.0 - 3.0 * t
+        gone = (vanish_at is not None and t >= vanish_at) or (cy - 4.8 < fade_rows)
+        frames.append(_draw("triangle", 20.0, cy, 9.6, "yellow") if not gone else np.full((1, 64, 64, 3), 15, np.uint8))
+    return soften(np.concatenate(frames), "black")
+
+
+def test_an_object_that_fades_as_it_leaves_keeps_its_color():
+    spec = {"background": "black", "pillar": False,
+            "objects": [{"color": "yellow", "shape": "triangle", "size": "small", "motion": "up", "speed": "fast"}]}
+    # last seen (frame 7) with its top 6 px below the edge, never touching it, then gone for 9 frames: moving on
+    # at 3 px per frame it reaches the edge by frame 9, so only frame 8 counts as missing
+    s = score_video(_rising(fade_rows=6.0), spec)
+    assert s["color"] == 1.0 and s["motion"] == 1.0 and s["shape"] >= 0.8
+    # the same object vanishing at frame 4, 15 px from the edge, is missing until it would have reached it
+    s = score_video(_rising(vanish_at=4), spec)
+    assert s["color"] < 0.5
+
+
+def test_a_faint_color_bleed_is_not_an_extra_object():
+    spec = {"background": "white", "pillar": False,
+            "objects": [{"color": "orange", "shape": "square", "size": "large", "motion": "still", "speed": None}]}
+    host = _draw("square", 32, 36, 19.2, "orange", bg="white", T=3)
+    bleed = host.copy()  # a faint red patch on the orange square's top edge, as where a generator blends in pink
+    white = np.array(BACKGROUNDS["white"], float)
+    bleed[:, 22:29, 28:37] = np.rint(white + 0.8 * (np.array(COLORS["red"], float) - white)).astype(np.uint8)
+    s = score_video(bleed, spec)
+    assert s["count"] == 1.0 and s["color"] == 1.0
+    extra = host.copy()  # a full red square of its own, apart from the orange one, is an extra object
+    extra[:, 4:12, 4:12] = COLORS["red"]
+    assert score_video(extra, spec)["count"] == 0.0
+
+
+def test_shipped_model_small_yellow_triangle():
+    """The issue's video (tests/data, made by the shipped model at seed 0): a small, slightly dark yellow triangle
+    that rises and leaves the top. The bench read it as color 0.18 and shape 0 (pieces of it classified orange)."""
+    s = score_file(Path(__file__).parent / "data" / "small_yellow_triangle_up_seed0.mp4")
+    assert s["color"] == 1.0 and s["size"] == 1.0 and s["motion"] == 1.0 and s["count"] == 1.0
+    # its 7 clear frames (of 14 in view) read as a triangle; those where the model smears it into a blob do not
+    assert s["shape"] >= 0.4
+
+
+def test_small_object_scenes_score_near_one():
+    """The "small" scene set (bench.corrupt): softened small fast objects, most leaving the frame."""
+    gt = ground_truth_scores(num_scenes=40, durations=(17, 33), scene_set="small")
+    assert gt["overall"] >= 0.98 and gt["overall_min"] >= 0.8, gt
+    for attribute in ("color", "shape", "size", "motion", "count", "background", "consistency", "flicker"):
+        assert gt[attribute] >= 0.97, (attribute, gt)
+    assert small_scene(0).spec["objects"][0] == {"color": "yellow", "shape": "triangle", "size": "small",
+                                                  "motion": "up", "speed": "fast"}
+
+
+@pytest.mark.parametrize("name", ["color_swap", "shape_swap", "reversed", "frozen", "shuffled"])
+def test_small_object_corruptions_break_their_attribute(name):
+    durations = (17, 33)
+    res = corruption_scores(name, num_scenes=30, durations=durations, scene_set="small")
+    assert res["judged"] >= 20
+    assert res["broken"] <= 0.3, res
+    for attribute in ("background", "count", "flicker"):
+        assert res["attributes"][attribute] >= 0.9, (attribute, res)
 
 
 # --- files, folders, manifests, CLI ------------------------------------------------------------

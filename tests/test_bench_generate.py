@@ -292,6 +292,10 @@ def test_compare_refuses_runs_of_other_prompts_or_files(run, tmp_path, capsys):
     other["config"]["seed"] += 1
     with pytest.raises(ValueError, match="differ in seed"):
         compare_runs(base, other)
+    older = json.loads(json.dumps(base))
+    del older["config"]["scorer"]  # a run from before scorer versions: scorer 1
+    with pytest.raises(ValueError, match="scorer 1 and 2"):
+        compare_runs(older, base)
     (tmp_path / "x.json").write_text(json.dumps({"videos": 3}))
     with pytest.raises(ValueError, match="not a generate-and-score results.json"):
         load_run(tmp_path / "x.json")

@@ -78,6 +78,11 @@ def compare_runs(base: dict, new: dict, any_size: bool = False, any_sampling: bo
             raise ValueError(f"the runs differ in {key} ({base['config'].get(key)!r} vs {new['config'].get(key)!r}), "
                              f"so their videos are not of the same prompts and settings; compare runs made with the "
                              f"same --seed, --steps, --resolution, --sampler and --composition")
+    versions = [run["config"].get("scorer", 1) for run in (base, new)]  # runs from before versions: 1
+    if versions[0] != versions[1]:
+        raise ValueError(f"the runs were scored by World-bench scorer {versions[0]} and {versions[1]}: their scores do not "
+                         f"pair; run `chronotope bench generate-and-score` again for the older one: its videos are "
+                         f"made and scored anew")
     twins = {_key(r): r for r in base["videos"]}
     pairs = [(twins[_key(r)], r) for r in new["videos"] if _key(r) in twins]
     other_size = sum(_size(a) != _size(b) for a, b in pairs)

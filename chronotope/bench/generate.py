@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from chronotope.atomic import atomic_write_json
-from chronotope.bench.score import ATTRIBUTES, score_video
+from chronotope.bench.score import ATTRIBUTES, SCORER_VERSION, score_video
 from chronotope.pipeline.modes import head_frames, loop_closure
 from chronotope.request import MODES
 from chronotope.sizes import parse_aspect_ratio, size_for
@@ -327,6 +327,8 @@ def _signature(job: Job, cfg: BenchConfig, model: str, guidance: float, lora: li
     sig = {"model": os.path.abspath(model) if model else "", "mode": job.mode, "scene_seed": p.scene_seed, "height": p.height, "width": p.width,
            "num_frames": p.num_frames, "steps": job.steps, "guidance_scale": guidance, "sampler": cfg.sampler,
            "long_window": cfg.long_window if job.mode == "long" else None}
+    if SCORER_VERSION > 1:  # sidecars of scorer 1 carry no version: they match only while it is 1
+        sig["scorer"] = SCORER_VERSION
     if cfg.time_shift is not None:  # only when overridden, so earlier runs' sidecars stay reusable
         sig["time_shift"] = cfg.time_shift
     if lora:  # likewise only with adapters merged into the model
@@ -411,6 +413,7 @@ def _run_jobs(pipe, cfg: BenchConfig, model: str, guidance: float) -> dict:
         generated += 1
     summary = aggregate(records, cfg)
     result = {"config": {**asdict(cfg), "model": model, "lora": lora, "guidance_scale": guidance, "fps": fps,
+                         "scorer": SCORER_VERSION,
                          "time_shift_used": pipe.defaults.get("time_shift")},
               "summary": summary, "videos": records, "generated": generated, "skipped": skipped}
     write_outputs(result, cfg)

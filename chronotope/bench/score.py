@@ -6,15 +6,20 @@ scorable for the video (None ones are left out):
   per object, averaged over the spec's objects
     color        fraction of expected frames where the color is present (ramp: <= 0.4 -> 0, >= 0.8 -> 1);
                  a frame where it is missing is excused when its neighbouring sighting was cut by the
-                 frame edge, the pillar or another object (it left the frame or is hidden)
-    shape        fraction of whole-object frames whose fill ratio votes for the spec's shape
+                 frame edge, the pillar or another object (it left the frame or is hidden), or when that
+                 sighting, moved on at its track's velocity, reaches the frame edge by then (an object that
+                 fades as it leaves, or a small fast one that jumps out between two frames)
+    shape        fraction of whole-object frames whose fill ratio and vertical skew (bench.detect.shape_of)
+                 vote for the spec's shape
     size         fraction of whole-object frames whose extent (bbox side / min(H, W)) is on the spec's side of 0.212
     motion       1 if the centroid track's class (bench.motion) is the spec's motion, else 0
     permanence   pillar scenes: fraction of passes behind the pillar after which the object comes back
                  with the same shape and area (None when no object passes behind it)
   per video
     count        fraction of frames with no more colored objects (colors with a solid component) than the
-                 spec has objects: an extra object costs count, a wrongly colored one costs color only
+                 spec has objects: an extra object costs count, a wrongly colored one costs color only; a
+                 faint component clinging to a larger object (Detections.bleed: the red tip a generator
+                 leaves where it blends a pink object into an orange one) is not an object
     background   fraction of frames whose border median is nearest to the spec's background
     consistency  per object: shape class and area of unoccluded frames agree with their majority / median
     flicker      1 - ramp(2 -> 12 levels) of the mean frame-to-frame change of the background (median
@@ -34,9 +39,15 @@ from itertools import permutations
 
 import numpy as np
 
-from chronotope.bench.detect import BACKGROUND_NAMES, COLOR_NAMES, Detections, detect, nearest_background, shape_of_fill
+from chronotope.bench.detect import BACKGROUND_NAMES, COLOR_NAMES, Detections, detect, nearest_background
 from chronotope.bench.motion import classify_motion
 from chronotope.world.vocab import MAX_OBJECTS, MOTIONS, SHAPES, SIZES
+
+# The scorer's version: raised whenever a change to the detector or the scores moves results, so that runs
+# scored by two versions are never paired (bench compare) and a re-run regenerates what an older one scored.
+# 1: nearest palette color and fill-ratio shapes; 2: shades of a color, shape from fill and skew, objects that
+# leave the frame excused (small objects, docs/world-bench.md).
+SCORER_VERSION = 2
 
 ATTRIBUTES: tuple[str, ...] = (
     "color", "shape", "size", "motion", "permanence", "count", "background", "consistency", "flicker",
@@ -123,11 +134,26 @@ class _Track:
         # frames that vote on shape and size: unoccluded ones when they are at least half of the whole ones
         self.voters = self.untouched if self.untouched.sum() >= max(1, 0.5 * self.whole.sum()) else self.whole
         self.area = area
-        self.shape = shape_of_fill(d.fill[:, k])  # [T] index into SHAPES
+        self.shape = d.shape[:, k]  # [T] index into SHAPES (detect.shape_of: fill ratio and skew)
         self.extent = d.extent[:, k]
         m = min(d.height, d.width)
         self.x, self.y = d.cx[:, k] / m, d.cy[:, k] / m
+        self.box = np.stack([d.y0[:, k], d.y1[:, k], d.x0[:, k], d.x1[:, k]], 1)  # [T, 4] inclusive, pixels
+        self.centre = np.stack([d.cy[:, k], d.cx[:, k]], 1)  # [T, 2] pixels
+        self.H, self.W = d.height, d.width
         self.T = T
+
+    def reaches_edge(self, seen: int, t: int) -> bool:
+        """Would the object seen at frame `seen`, moving on at the velocity of its nearest sightings on that side
+        (up to 4), touch or cross the frame edge by frame t (t > seen: leaving; t < seen: entering)?"""
+        near = np.flatnonzero(self.present)
+        near = near[near <= seen][-4:] if t > seen else near[near >= seen][:4]
+        if near.size < 2:
+            return False
+        v = (self.centre[near[-1]] - self.centre[near[0]]) / (near[-1] - near[0])  # [2] px per frame
+        dy, dx = v * (t - seen)
+        y0, y1, x0, x1 = self.box[seen] + np.array([dy, dy, dx, dx])
+        return bool(y0 <= 0 or x0 <= 0 or y1 >= self.H - 1 or x1 >= self.W - 1)
 
 
 def _color_presence(tr: _Track) -> float:
@@ -139,8 +165,10 @@ def _color_presence(tr: _Track) -> float:
     expected = np.ones(T, dtype=bool)
     for t in np.flatnonzero(~tr.present):
         before, after = seen[seen < t], seen[seen > t]
-        # hidden or gone: the nearest sighting on either side was cut by the edge, pillar or an object
-        if (before.size and tr.cut[before[-1]]) or (after.size and tr.cut[after[0]]):
+        # hidden or gone: the nearest sighting on either side was cut by the edge, pillar or an object, or
+        # the object, moving on as it was, has reached the edge by now (it left, or is still coming in)
+        if (before.size and (tr.cut[before[-1]] or tr.reaches_edge(before[-1], t))) or \
+                (after.size and (tr.cut[after[0]] or tr.reaches_edge(after[0], t))):
             expected[t] = False
     return float(tr.present[expected].mean()) if expected.any() else 1.0
 
@@ -272,7 +300,8 @@ def score_video(frames: np.ndarray, spec: dict, fps: float | None = None) -> dic
     # of the frames that no object asks for: the assignment that agrees best with shape/size/motion
     measured = {i: _measure(d, k, objs[i], spec["pillar"]) for i, k in enumerate(spec_colors) if k is not None}
     missing = [i for i, c in enumerate(colors) if not c]
-    spare = [k for k in range(len(COLOR_NAMES)) if k not in spec_colors and d.significant[:, k].mean() >= 0.5]
+    spare = [k for k in range(len(COLOR_NAMES))
+             if k not in spec_colors and (d.significant[:, k] & ~d.bleed[:, k]).mean() >= 0.5]
     if missing and spare:
         cand = {(i, k): _measure(d, k, objs[i], spec["pillar"]) for i in missing for k in spare}
         best, best_total = (), -1.0
@@ -293,7 +322,8 @@ def score_video(frames: np.ndarray, spec: dict, fps: float | None = None) -> dic
         objects.append(res)
     perm_events = [e for i in range(len(objects)) for e in measured[i].pop("_events")]
 
-    n_colors = d.significant.sum(1)  # [T]
+    objects_seen = d.significant & ~d.bleed  # [T, K] a color bleed on another object is not an extra object
+    n_colors = objects_seen.sum(1)  # [T]
     bg = nearest_background(d.border_color)  # [T]
     scores: dict = {
         "color": _mean([o["color"] for o in objects]),
@@ -319,6 +349,6 @@ def score_video(frames: np.ndarray, spec: dict, fps: float | None = None) -> dic
         "background": BACKGROUND_NAMES[int(np.bincount(bg, minlength=3).argmax())],
         "pillar_columns": list(d.pillar) if d.pillar is not None else None,
         "max_objects_per_frame": int(n_colors.max()),
-        "colors": [COLOR_NAMES[k] for k in range(len(COLOR_NAMES)) if d.significant[:, k].mean() >= 0.5],
+        "colors": [COLOR_NAMES[k] for k in range(len(COLOR_NAMES)) if objects_seen[:, k].mean() >= 0.5],
     }
     return scores
