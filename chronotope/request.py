@@ -16,9 +16,9 @@ import contextlib
 import math
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 # every generation mode (chronotope/pipeline/modes.py builds each one's conditioning; VideoPipeline runs it)
@@ -27,14 +27,16 @@ MODES: tuple[str, ...] = ("t2v", "t2i", "i2v", "extend", "connect", "loop", "edi
 # how callers spell parameters: None = as Python keywords; the CLI installs its flag table with spelled()
 _SPELLING: ContextVar[dict[str, str] | None] = ContextVar("chronotope_request_spelling", default=None)
 
-# ranges of the numbers of a request: (low, high), both inclusive unless named in OPEN_LOW
+# ranges of the numbers of a request: (low, high), both inclusive unless named in OPEN_LOW. The highs of
+# frame counts keep a request's arithmetic sane (100,001 frames is 3.5 hours at 8 fps); below them memory and
+# time decide what fits, which the cost check (check_cost) states with the most frames that fit
 RANGES: dict[str, tuple[float, float]] = {
     "num_frames": (1, 100_001),
     "window_frames": (5, 100_001),
     "cond_latent_frames": (1, 1_000),
     "gap_frames": (3, 100_001),
-    "height": (1, 1 << 20),
-    "width": (1, 1 << 20),
+    "height": (1, 16_384),
+    "width": (1, 16_384),
     "fps": (0.0, 240.0),
     "duration": (0.0, 3600.0),
     "num_inference_steps": (1, 1_000),
@@ -48,6 +50,14 @@ RANGES: dict[str, tuple[float, float]] = {
 OPEN_LOW = {"fps", "duration", "strength", "shift"}  # these must be > low, not >= low
 INTEGERS = {"num_frames", "window_frames", "cond_latent_frames", "gap_frames", "height", "width",
             "num_inference_steps", "seed"}
+# sizes whose valid values memory and time decide (with the model): past RANGES' high no value is named as the
+# nearest valid one, since the high itself may not fit; height and width below one step of the model (the VAE's
+# factor x the DiT's patch) are refused by pipeline.resolve_size, which knows that step and names its multiples
+SIZED = {"num_frames", "window_frames", "gap_frames", "height", "width"}
+# why a range ends where it does, stated with its error
+WHY = {"height": " (the largest frame side H.264 writes)", "width": " (the largest frame side H.264 writes)",
+       "num_frames": " (3.5 hours at 8 fps; below that, memory and time decide what fits)",
+       "seed": " (a 64-bit seed)"}
 
 LONG_SECONDS = 60.0  # estimated runs longer than this get a note with the estimate before they start
 MAX_SECONDS = 86_400.0  # and runs estimated past a day are refused: nobody waits that long for a clip by mistake
@@ -70,27 +80,44 @@ _MISSING = object()
 def arg(param: str, value: Any = _MISSING) -> str:
     """A parameter as the caller wrote it: `num_frames` / `num_frames=6`, or `--num-frames` / `--num-frames 6`."""
     names = _SPELLING.get()
-    if names is None or param not in names:
+    if param.startswith("-"):  # already a flag (a command's own option, e.g. train world-model's --minutes)
+        flag = param
+    elif names is None or param not in names:
         return param if value is _MISSING else f"{param}={value!r}"
-    flag = names[param]
+    else:
+        flag = names[param]
     return flag if value is _MISSING else f"{flag} {value}"
+
+
+def _number(x: float, integer: bool) -> str:
+    """A bound or a hint as a user types it back: 9223372036854775807, not 9.22337e+18."""
+    return str(int(x)) if integer and math.isfinite(x) else f"{x:g}"
+
+
+def check_range(param: str, value: Any, lo: float, hi: float, *, integer: bool = False, open_low: bool = False,
+                why: str = "", hint: bool = True) -> None:
+    """ValueError unless `value` is a finite number (a whole one when `integer`) with lo <= value <= hi (lo < value
+    when `open_low`). The message states the range, `why` it ends there, and the nearest valid value (not when
+    `hint` is off: for a size whose high may not fit, and never a low that open_low excludes)."""
+    span = (f"greater than {_number(lo, integer)} and at most {_number(hi, integer)}" if open_low
+            else f"from {_number(lo, integer)} to {_number(hi, integer)}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            integer and not (isinstance(value, int) or (math.isfinite(value) and float(value).is_integer()))):
+        raise ValueError(f"{arg(param, value)}: must be {'a whole number' if integer else 'a number'} {span}{why}")
+    if not math.isfinite(value):
+        raise ValueError(f"{arg(param, value)}: must be a finite number {span}{why}")
+    if (value > lo if open_low else value >= lo) and value <= hi:
+        return
+    nearest = hi if value > hi else (None if open_low else lo)
+    near = f"; nearest valid: {_number(nearest, integer)}" if nearest is not None and (hint or value < lo) else ""
+    raise ValueError(f"{arg(param, value)}: must be {span}{why}{near}")
 
 
 def check_number(param: str, value: Any, *, valid: str = "") -> None:
     """ValueError unless `value` is a finite number (an int where an int is needed) within RANGES[param]."""
     lo, hi = RANGES[param]
-    integer = param in INTEGERS
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not float(value).is_integer()):
-        kind = "a whole number" if integer else "a number"
-        raise ValueError(f"{arg(param, value)}: must be {kind} from {lo:g} to {hi:g}{valid}")
-    if not math.isfinite(value):
-        raise ValueError(f"{arg(param, value)}: must be a finite number from {lo:g} to {hi:g}{valid}")
-    low_ok = value > lo if param in OPEN_LOW else value >= lo
-    if not (low_ok and value <= hi):
-        bound = f"greater than {lo:g}" if param in OPEN_LOW else f"at least {lo:g}"
-        nearest = hi if value > hi else (lo if param not in OPEN_LOW else None)
-        near = f"; nearest valid: {nearest:g}" if nearest is not None else ""
-        raise ValueError(f"{arg(param, value)}: must be {bound} and at most {hi:g}{valid}{near}")
+    check_range(param, value, lo, hi, integer=param in INTEGERS, open_low=param in OPEN_LOW,
+                why=valid or WHY.get(param, ""), hint=param not in SIZED)
 
 
 def check_clip_frames(param: str, value: int) -> None:
@@ -112,8 +139,12 @@ def check_request(**params: Any) -> list[str]:
     for param, value in params.items():
         if value is None or param not in RANGES:
             continue
-        if param in ("num_frames", "window_frames") and params.get("mode") not in ("loop",):
+        if param == "num_frames" and params.get("mode") == "loop":  # a loop's length: a multiple of 4 (modes.py)
+            check_range(param, value, 4, RANGES[param][1], integer=True, hint=False)
+        elif param in ("num_frames", "window_frames"):
             check_clip_frames(param, value)
+        elif param in ("height", "width") and isinstance(value, int) and not isinstance(value, bool) and value < 1:
+            continue  # below the model's step: pipeline.resolve_size refuses it, naming the nearest multiple
         elif param == "gap_frames":
             check_number(param, value)
             if (value + 1) % 4:
@@ -165,16 +196,135 @@ class Cost:
     tokens: int  # DiT tokens per sample
     pixels: int  # output pixels (frames x height x width) per sample
     device: str
+    frames: int = 0  # output frames per sample
+    # the same request at another frame count (one window of 4k+1 frames), for check_cost to name what fits
+    at_frames: Callable[[int], Cost] | None = field(default=None, repr=False)
 
     def describe(self) -> str:
         return (f"about {_bytes(self.memory)} of memory and {_duration(self.seconds)} on {self.device} "
                 f"({self.tokens:,} tokens per video, {self.pixels:,} output pixels)")
 
 
-# effective (not peak) float32 throughput of a forward pass at these shapes, FLOP/s. CPU: measured on the
-# project's 2-core machines (matmul peak ~180 GFLOP/s, convolutions and attention well below); GPU: a
-# conservative fraction of an H100/H200-class card.
-THROUGHPUT = {"cpu": 40e9, "cuda": 40e12}
+# effective float32 rates (FLOP/s) of one torch thread, fitted to the shipped model's CPU time measured on the
+# project's 2-core machines (one torch thread; README "What things cost"): a DiT call of 2 x 320 tokens took
+# 0.21 s, of 2 x 5,120 tokens 10.5 s (linear layers and attention both ~40 GFLOP/s); the VAE decoded in 2.7-3.3 us
+# and encoded in 1.2-1.7 us per pixel (~25 GFLOP/s). GPU: a conservative fraction of an H100/H200-class card.
+RATES = {"cpu": {"linear": 40e9, "attention": 40e9, "conv": 25e9},
+         "cuda": {"linear": 40e12, "attention": 40e12, "conv": 40e12}}
+# More torch threads than idle cores (another job runs; torch's default takes every core) made the same DiT call
+# 3-4x slower than one thread on that busy machine (1.0-1.5 s against 0.31-0.40 s): the estimate's factor then.
+OVERSUBSCRIBED = 3.5
+# each further thread on an idle core: assumed, not measured here (the 2-core machines were never idle)
+THREAD_GAIN = 0.6
+# model evaluations per sampler step (heun's last step into t = 0 is a plain Euler step)
+EVALUATIONS = {"heun": 2, "midpoint": 2}
+
+
+def cpu_load() -> tuple[float, int]:
+    """(1-minute load average, CPU cores); load 0 where the system does not report one."""
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):
+        load = 0.0
+    return load, os.cpu_count() or 1
+
+
+_WAIT: dict[str, float] = {}  # core_wait's last measurement: {"at": time.monotonic(), "wait": factor}
+
+
+def core_wait(seconds: float = 0.2, keep: float = 60.0) -> float:
+    """How many times longer than its CPU time one thread of this process takes now: the wall time over the CPU
+    time of a `seconds` busy loop (1 when the load says a core is idle; remeasured after `keep` seconds). It sees
+    what the load average cannot: jobs of higher priority (a `nice -10` training run gave a thread of ours
+    1/8 of a core at load 5.8, where a fair share would be 1/3.4)."""
+    import time
+
+    load, cores = cpu_load()
+    if load + 1.0 <= cores:
+        return 1.0
+    now = time.monotonic()
+    if now - _WAIT.get("at", -keep) < keep:
+        return _WAIT["wait"]
+    t0, c0 = time.perf_counter(), time.process_time()
+    while time.perf_counter() - t0 < seconds:
+        pass
+    wait = max(1.0, (time.perf_counter() - t0) / max(time.process_time() - c0, 1e-6))
+    _WAIT.update(at=now, wait=wait)
+    return wait
+
+
+def thread_slowdown(threads: int | None = None) -> float:
+    """Wall time of CPU work with `threads` torch threads (None: torch's current setting) relative to one thread
+    on an idle core: other jobs make a thread wait for a core (core_wait: measured, not guessed from the load);
+    more threads than idle cores stall each other on top (OVERSUBSCRIBED); further threads on idle cores gain
+    THREAD_GAIN each."""
+    if threads is None:
+        import torch
+
+        threads = torch.get_num_threads()
+    load, cores = cpu_load()
+    wait = core_wait()
+    if threads > 1 and threads > cores - load + 0.5:
+        return OVERSUBSCRIBED * wait
+    return wait / (1.0 + THREAD_GAIN * (max(1, threads) - 1))
+
+
+def busy_cpu_note(threads_given: bool) -> str | None:
+    """A note when the CPU is busy and torch would use several threads because --threads was not given:
+    on the 2-core machines a DiT step then took 7-15 s against under 2 s with --threads 1."""
+    import torch
+
+    load, cores = cpu_load()
+    threads = torch.get_num_threads()
+    if threads_given or threads <= 1 or load < cores - 0.5:
+        return None
+    return (f"the CPU is busy (load {load:.1f} on {cores} cores) and torch uses {threads} threads, which compete "
+            f"with the other jobs and can run several times slower; pass --threads 1 (or the number of idle cores)")
+
+
+def set_threads(threads: int | None) -> None:
+    """A verb's --threads: torch's CPU threads when given (ValueError below 1); when not, a note on stderr if the
+    CPU is busy (busy_cpu_note), since torch's default of every core then runs several times slower."""
+    import torch
+
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--threads {threads}: must be at least 1 (1 is often fastest on a busy machine)")
+        torch.set_num_threads(threads)
+    text = busy_cpu_note(threads is not None)
+    if text is not None:
+        print(f"note: {text}", file=sys.stderr)
+
+
+def vae_flops(vae, frames: int, height: int, width: int, encode: bool = False,
+              tile: tuple[int, int] | None = None) -> float:
+    """FLOPs of decoding (or encoding) `frames` frames of height x width with a VAE of config `vae`, coded in
+    spatial tiles of `tile` pixels (vae.tiling.auto_tile) or whole frames."""
+    # 2 FLOP x 9 spatial taps x time_kernel x width^2 per conv per pixel of each level (1/4 the pixels per level
+    # down); each res block has 2 convs, the decoder num_res_blocks + 1 per level, the encoder num_res_blocks
+    blocks = vae.num_res_blocks + (0 if encode else 1)
+    per_pixel = sum(36 * vae.time_kernel * blocks * c * c / 4**i for i, c in enumerate(vae.widths))
+    flops = frames * height * width * per_pixel
+    if vae.mid_attention:  # single-head attention over each latent frame's (or tile's) positions, width top
+        th, tw = tile or (height, width)
+        tiles = math.ceil(height / th) * math.ceil(width / tw)
+        positions = th * tw / vae.spatial_factor**2
+        flops += (frames / vae.temporal_factor + 1) * tiles * 4 * positions**2 * vae.widths[-1]
+    return flops
+
+
+def vae_seconds(vae, frames: int, height: int, width: int, tile: tuple[int, int] | int | None = None,
+                threads: int | None = None) -> float:
+    """Time on this CPU of encoding and decoding `frames` frames of height x width (chronotope reconstruct) with a
+    VAE of config `vae`, in spatial tiles of `tile` pixels or whole frames."""
+    tile = (tile, tile) if isinstance(tile, int) else tile
+    flops = vae_flops(vae, frames, height, width, True, tile) + vae_flops(vae, frames, height, width, False, tile)
+    return flops / RATES["cpu"]["conv"] * thread_slowdown(threads)
+
+
+def format_duration(seconds: float) -> str:
+    """"40 s", "14 minutes", "3 hours": a time in a note."""
+    return _duration(seconds)
 
 
 def available_memory(device: str = "cpu") -> float:
@@ -197,58 +347,117 @@ def available_memory(device: str = "cpu") -> float:
         return float("inf")
 
 
+def memory_limit(per_item: float, share: float = 0.5, device: str = "cpu") -> int:
+    """How many items of `per_item` bytes fit in `share` of the memory available on `device` (at least 1): the
+    limit of a count whose items are all held at once, so that a typo of a few zeros is refused, not swapped."""
+    available = available_memory(device)
+    return max(1, int(min(available * share / per_item, 2**62)))
+
+
+def format_bytes(n: float) -> str:
+    """1.2 GB, 350.0 MB, 12 kB: memory in an error message."""
+    return _bytes(n)
+
+
+def check_device(device: str | None) -> str:
+    """The device a run asks for ("cpu", "cuda" or "cuda:N"; None = cuda when PyTorch sees a GPU, else cpu), checked
+    before any work: ValueError for one this PyTorch cannot use (a CPU-only build asked for cuda)."""
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    kind, _, index = str(device).partition(":")
+    if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
+        raise ValueError(f"{arg('device', device)}: not a device; use cpu or cuda (cuda:N for the N-th GPU)")
+    if kind == "cuda" and not torch.cuda.is_available():
+        why = "this PyTorch is built without CUDA" if not torch.backends.cuda.is_built() else "PyTorch sees no GPU"
+        raise ValueError(f"{arg('device', device)}: {why}; use {arg('device', 'cpu')}")
+    if index and int(index) >= torch.cuda.device_count():
+        raise ValueError(f"{arg('device', device)}: PyTorch sees {torch.cuda.device_count()} GPU(s), numbered from 0")
+    return str(device)
+
+
 def estimate_cost(pipe, batch: int, latent: tuple[int, int, int, int], steps: int, guidance_passes: int,
-                  frames: int, windows: int = 1) -> Cost:
-    """Peak memory and time of sampling `batch` videos of latent (C, n, h, w) for `steps` steps with
-    `guidance_passes` model passes per step (1, 2 with CFG, 3 with image guidance), then decoding `frames`
-    frames. A model of the costs, not a measurement: within a factor of a few, which is what a refusal
-    of a 50 GB request or a warning before a 14-hour one needs."""
+                  frames: int, windows: int = 1, *, sampler: str = "euler", encode_frames: int = 0,
+                  decode_frames: int | None = None, threads: int | None = None) -> Cost:
+    """Peak memory and time of sampling `batch` videos of latent (C, n, h, w): `windows` sampler calls of `steps`
+    steps each (EVALUATIONS model calls per step of `sampler`), `guidance_passes` samples per call (1, 2 with CFG,
+    3 with image guidance), then decoding `frames` frames per window (or `decode_frames` in all) and encoding
+    `encode_frames` given frames. A model of the costs with rates measured on the project's CPU (RATES),
+    scaled by the threads and the machine's load (thread_slowdown): within 2x of the measured time on the
+    2-core machines, which is what a refusal of a 50 GB request or a note before a 14-minute one needs."""
+    from chronotope.vae.tiling import auto_tile
+
     C, n, h, w = latent
     dit, vae = pipe.dit.config, pipe.vae.config
     pt, ph, pw = dit.patch
     tokens = max(1, n // pt) * max(1, h // ph) * max(1, w // pw)
     L = batch * guidance_passes * tokens
     D, depth = dit.width, dit.depth
-    # DiT: ~12 D^2 weights per block (attention 4 D^2, MLP 8 D^2) at 2 FLOP per weight per token, plus
-    # attention scores and values, 4 L_i^2 D per block per sample (block-diagonal: each sample alone)
-    dit_flops = depth * (24 * D * D * L + 4 * batch * guidance_passes * tokens * tokens * D)
+    # DiT, per block: (4 + 2) D^2 weights of self- and cross-attention and 2 mlp_ratio D^2 of the MLP at 2 FLOP per
+    # weight per token; attention scores and values 4 L_i^2 D per sample (block-diagonal: each sample alone)
+    linear = depth * 2 * (6 + 2 * dit.mlp_ratio) * D * D * L
+    attention = depth * 4 * batch * guidance_passes * tokens * tokens * D
+    evaluations = steps * EVALUATIONS.get(sampler, 1) - (sampler == "heun")
     # activations of one block held at once: x, qkv, attention out, MLP hidden (~12 D floats per token)
     dit_memory = 4.0 * 12 * D * L
-    # VAE decoder: ~2 x 9 x (num_res_blocks + 1) x 2 x width^2 FLOP per pixel at each level (1/4 the pixels
-    # per level down), plus single-head spatial attention over each latent frame's h x w positions
     H, W = h * vae.spatial_factor, w * vae.spatial_factor
     pixels = frames * H * W
-    per_pixel = sum(36 * (vae.num_res_blocks + 1) * c * c / 4**i for i, c in enumerate(vae.widths))
-    top = vae.widths[-1]
-    vae_flops = batch * (pixels * per_pixel + (frames / 4 + 1) * 4 * (h * w) ** 2 * top)
-    # decoding holds one latent frame's 4 output frames at every level (a few buffers each) plus the causal cache
-    chunk = 4 * H * W
-    vae_memory = 4.0 * batch * chunk * sum(3 * c / 4**i for i, c in enumerate(vae.widths))
-    if vae.mid_attention:  # its [B*T, h*w, C] SDPA takes PyTorch's math path on CPU: (h*w)^2 scores, ~2 copies
-        vae_memory += 2 * 4.0 * batch * (h * w) ** 2
+    tile = auto_tile(H, W, vae.spatial_factor)
+    decoded = windows * frames if decode_frames is None else decode_frames
+    conv = batch * (vae_flops(vae, decoded, H, W, tile=tile) + vae_flops(vae, encode_frames, H, W, True, tile))
+    # decoding holds one latent frame's 4 output frames of a tile at every level (a few buffers each) plus the
+    # causal cache; its attention's SDPA takes PyTorch's math path on CPU: (h*w)^2 scores per tile, ~2 copies
+    th, tw = tile or (H, W)
+    vae_memory = 4.0 * batch * 4 * th * tw * sum(3 * c / 4**i for i, c in enumerate(vae.widths))
+    if vae.mid_attention:
+        vae_memory += 2 * 4.0 * batch * (th * tw / vae.spatial_factor**2) ** 2
     latents_memory = 4.0 * batch * C * n * h * w * 4
     device = str(getattr(pipe, "device", "cpu"))
     kind = "cuda" if device.startswith("cuda") else "cpu"
-    seconds = (steps * windows * dit_flops + windows * vae_flops) / THROUGHPUT[kind]
+    rate = RATES[kind]
+    seconds = (windows * evaluations * (linear / rate["linear"] + attention / rate["attention"])
+               + conv / rate["conv"])
+    if kind == "cpu":
+        seconds *= thread_slowdown(threads)
     model_memory = 4.0 * sum(p.numel() for p in pipe.dit.parameters()) + 4.0 * sum(
         p.numel() for p in pipe.vae.parameters())
     memory = model_memory + latents_memory + max(dit_memory, vae_memory)
-    return Cost(memory, seconds, tokens, pixels, kind)
+    tf, at_frames = vae.temporal_factor, None
+    if windows == 1 and frames == tf * (n - 1) + 1 and decode_frames is None:  # t2v, i2v, edit: frames are n's
+        at_frames = lambda f: estimate_cost(pipe, batch, (C, (f - 1) // tf + 1, h, w), steps,  # noqa: E731
+                                            guidance_passes, f, sampler=sampler, encode_frames=min(encode_frames, f),
+                                            threads=threads)
+    return Cost(memory, seconds, tokens, pixels, kind, frames, at_frames)
 
 
 def check_cost(cost: Cost, available: float | None = None) -> str | None:
     """ValueError when the request cannot fit in memory or would run past MAX_SECONDS; a note (returned)
     when it will take minutes."""
     available = available_memory(cost.device) if available is None else available
+    fits = lambda c: c.memory <= 0.8 * available and c.seconds <= MAX_SECONDS  # noqa: E731
     if cost.memory > 0.8 * available:
         raise ValueError(f"this request needs {cost.describe()}, more than the {_bytes(available)} available; "
-                         f"ask for a smaller size (height x width) or fewer frames")
+                         f"ask for a smaller size (height x width) or fewer frames{_most_frames(cost, fits)}")
     if cost.seconds > MAX_SECONDS:
         raise ValueError(f"this request would take {cost.describe()}, past the {_duration(MAX_SECONDS)} limit; "
-                         f"ask for a smaller size (height x width) or fewer frames or steps")
+                         f"ask for a smaller size (height x width) or fewer frames or steps{_most_frames(cost, fits)}")
     if cost.seconds > LONG_SECONDS:
         return f"this request will take {cost.describe()}; a smaller size or fewer frames or steps is faster"
     return None
+
+
+def _most_frames(cost: Cost, fits: Callable[[Cost], bool]) -> str:
+    """"; at this size at most N frames fit (--num-frames N)" with the largest 4k+1 frame count below the request's
+    that `fits` (memory and time grow with frames), or "" when the frames are not the request's to change or not
+    even one frame fits."""
+    if cost.at_frames is None or cost.frames <= 1 or not fits(cost.at_frames(1)):
+        return ""
+    lo, hi = 0, (cost.frames - 1) // 4  # 4 lo + 1 frames fit, 4 hi + 1 do not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(cost.at_frames(4 * mid + 1)) else (lo, mid)
+    return f"; at this size at most {4 * lo + 1} frames fit ({arg('num_frames', 4 * lo + 1)})"
 
 
 def _bytes(n: float) -> str:

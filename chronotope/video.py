@@ -202,8 +202,8 @@ def read_video(
         raise ValueError(f"stride must be >= 1, got {stride}")
     if fps is not None and stride != 1:
         raise ValueError("give either stride or fps, not both (fps resamples in time, stride skips frames)")
-    if fps is not None and not fps > 0:
-        raise ValueError(f"fps must be > 0, got {fps}")
+    if fps is not None and not (math.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be a finite number > 0, got {fps}")
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be >= 1, got {max_frames}")
 

@@ -4,9 +4,11 @@ line on stderr, nothing written). In-process (`main([...])`) on debug models and
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -40,6 +42,13 @@ def files(tmp_path_factory, pipe) -> dict[str, str]:
     write_video(str(root / "clip.mp4"), rng.integers(0, 256, (6, 36, 40, 3), dtype=np.uint8), fps=8)
     write_video(str(root / "one.png"), rng.integers(0, 256, (1, 32, 32, 3), dtype=np.uint8), fps=1)
     (root / "bad.mp4").write_bytes(b"this is not a video")
+    (root / "badonly").mkdir()  # a folder whose every video is unreadable
+    for name in ("a.mp4", "b.mp4"):
+        (root / "badonly" / name).write_bytes(b"this is not a video")
+    (root / "clips.csv").write_text("path,text,num_frames,height,width,aspect_ratio,fps\nclip.mp4,a red circle,6,36,40,"
+                                    "10:9,8\n")
+    (root / "cache_partial").mkdir()  # an encode that stopped before writing cache.json
+    (root / "cache_partial" / "index.jsonl").write_text("")
     stories = {"story_ok": '[{"prompt": "a red circle", "num_frames": 5}]', "story_empty": "[]", "story_zero": '[{"prompt": "a red circle", "num_frames": 0}]',
                "story_keys": '[{"prompt": "a red circle", "frames": 5}]', "story_text": "shot 1: a red circle",
                "story_board_keys": '{"shots": [{"prompt": "a red circle", "num_frames": 5}], "style": "noir"}'}
@@ -50,7 +59,9 @@ def files(tmp_path_factory, pipe) -> dict[str, str]:
     save_adapter(wide, root / "lora_wide")
     return {"root": str(root), "model": str(root / "model"), "vae": str(root / "model" / "vae"),
             "clip": str(root / "clip.mp4"), "one": str(root / "one.png"), "bad": str(root / "bad.mp4"),
-            "missing": str(root / "missing.mp4"), "lora_wide": str(root / "lora_wide"), **{name: str(root / f"{name}.json") for name in stories}}
+            "missing": str(root / "missing.mp4"), "lora_wide": str(root / "lora_wide"),
+            "badonly": str(root / "badonly"), "clips": str(root / "clips.csv"),
+            "cache_partial": str(root / "cache_partial"), **{name: str(root / f"{name}.json") for name in stories}}
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -165,6 +176,36 @@ NONSENSE = {
                                       "--device", "cpu"],
     "average missing model": ["average", "{root}/nomodel", "--out", "{out}"],
     "average bad shard size": ["average", "{model}", "--out", "{out}", "--max-shard-size", "lots"],
+    # runaways (issue 24): every count, size and duration has a limit from memory and time, stated in the error
+    "world --num 10^12": ["world", "--out", "{out}", "--num", "1000000000000"],
+    "world --resolution 9999999px": ["world", "--out", "{out}", "--num", "1", "--resolution", "9999999px"],
+    "world --num-frames 10^8": ["world", "--out", "{out}", "--num", "1", "--num-frames", "100000000"],
+    "world --fps inf": ["world", "--out", "{out}", "--num", "1", "--fps", "inf"],
+    "world --workers 10^6": ["world", "--out", "{out}", "--num", "2", "--workers", "1000000"],
+    "world --seed -1": ["world", "--out", "{out}", "--num", "1", "--seed", "-1"],
+    "flops --latent 0,0,0": ["flops", "--preset", "debug", "--latent", "0,0,0"],
+    "flops --batch 10^11": ["flops", "--preset", "debug", "--batch", "100000000000"],
+    "train world-model --minutes inf": ["train", "world-model", "--out", "{out}", "--minutes", "inf",
+                                        "--device", "cpu"],
+    "train world-model --items 10^12": ["train", "world-model", "--out", "{out}", "--items", "1000000000000",
+                                        "--device", "cpu"],
+    "train lora --minutes inf": ["train", "lora", "--model", "{model}", "--data", "{root}/m.csv", "--out", "{out}",
+                                 "--minutes", "inf"],
+    "train vae --lr nan": ["train", "vae", "--preset", "debug", "--data", "{clips}", "--out", "{out}", "--lr", "nan",
+                           "--steps", "1"],
+    "train vae --lr inf": ["train", "vae", "--preset", "debug", "--data", "{clips}", "--out", "{out}", "--lr", "inf",
+                           "--steps", "1"],
+    "bench generate-and-score --device tpu": ["bench", "generate-and-score", "--model", "{model}", "--out", "{out}",
+                                              "--device", "tpu"],
+    "generate --fps inf": G + ["--model", "{model}", "--out", "{out}", "--fps", "inf"],
+    "generate --num-frames 10^6": G + ["--model", "{model}", "--out", "{out}", "--num-frames", "1000000"],
+    # exit codes: nothing usable is an error, not a 0-row manifest or a report of 0 videos
+    "manifest of unreadable files": ["manifest", "{badonly}", "--out", "{out}.csv", "--no-progress"],
+    "bench run of unreadable files": ["bench", "run", "{badonly}", "--out", "{out}"],
+    # hints that misled
+    "generate --storyboard a folder": ["generate", "--storyboard", "{root}", "--model", "{model}", "--out", "{out}"],
+    "train dit incomplete cache": ["train", "dit", "--preset", "debug", "--data", "{cache_partial}", "--out", "{out}"],
+    "expand --seed -1": ["expand", "a red circle", "--seed", "-1"],
 }
 
 
@@ -173,10 +214,148 @@ def test_nonsense_gets_one_line_and_exit_2(case, files, tmp_path, capsys):
     out = str(tmp_path / "out")
     argv = [a.format(out=out, **files) for a in NONSENSE[case]]
     rc, _, err = run_cli(argv, capsys)
-    lines = err.strip().splitlines()
+    lines = [line for line in err.strip().splitlines() if not re.match(r"[\w -]+: +\d+%\|", line)]  # not bars
     assert rc == 2, (case, rc, err)
     assert len(lines) == 1 and "error" in lines[0] and "Traceback" not in err, (case, err)
     assert not [p for p in os.listdir(tmp_path) if p.startswith("out")], (case, os.listdir(tmp_path))
+
+
+def _digest(path) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+# an output that is an input under another name: the video OUT turns into, its sidecar, a link, a folder's file
+OVERWRITES = {
+    "reconstruct onto its input": ["reconstruct", "--vae", "{vae}", "{a}", "{a}"],
+    "reconstruct onto a link to its input": ["reconstruct", "--vae", "{vae}", "{a}", "{link}"],
+    "generate --video a --out a (stem)": G + ["--model", "{model}", "--video", "{a}", "--out", "{stem}"],
+    "generate --video a --out a.mp4": G + ["--model", "{model}", "--video", "{a}", "--out", "{a}"],
+    "generate --image a --mode i2v --out a": G + ["--model", "{model}", "--image", "{a}", "--out", "{stem}"],
+    "generate --video-end a (connect)": G + ["--model", "{model}", "--video", "{clip}", "--video-end", "{a}", "--out",
+                                             "{stem}"],
+    "generate --video a --strength (edit)": G + ["--model", "{model}", "--video", "{a}", "--strength", "0.5",
+                                                 "--out", "{stem}"],
+    "generate --storyboard s.json --out s (its sidecar)": ["generate", "--storyboard", "{story}", "--model",
+                                                          "{model}", "--out", "{story_stem}"],
+    "manifest --out onto a video it probes": ["manifest", "{folder}", "--out", "{a}", "--no-progress"],
+    "encode --out onto its manifest": ["encode", "{csv}", "--vae", "{vae}", "--out", "{csv}"],
+    "bench compare --json onto a run": ["bench", "compare", "{json}", "{json}", "--json", "{json}"],
+    "plot --out onto its log": ["plot", "{folder}", "--out", "{folder}/metrics.jsonl"],
+    "average --out onto its model": ["average", "{model_copy}", "--out", "{model_copy}"],
+}
+
+
+@pytest.mark.parametrize("case", list(OVERWRITES))
+def test_an_output_never_replaces_an_input(case, files, tmp_path, capsys):
+    """Before: reconstruct a.mp4 a.mp4 and generate --video a.mp4 --out a wrote over the input (exit 0)."""
+    import shutil
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(files["clip"], folder / "a.mp4")
+    os.symlink(folder / "a.mp4", tmp_path / "link.mp4")
+    shutil.copy(files["story_ok"], folder / "s.json")
+    (folder / "m.csv").write_text("path,text,num_frames,height,width,aspect_ratio,fps\na.mp4,x,5,36,40,10:9,8\n")
+    (folder / "r.json").write_text("{}")
+    (folder / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+    shutil.copytree(files["model"], tmp_path / "model")
+    names = {"a": folder / "a.mp4", "link": tmp_path / "link.mp4", "stem": folder / "a", "story": folder / "s.json",
+             "story_stem": folder / "s", "folder": folder, "csv": folder / "m.csv", "json": folder / "r.json",
+             "model_copy": tmp_path / "model"}
+    argv = [a.format(**{**files, **{k: str(v) for k, v in names.items()}}) for a in OVERWRITES[case]]
+    before = {p: _digest(p) for p in tmp_path.rglob("*") if p.is_file()}
+    rc, _, err = run_cli(argv, capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "would replace the input" in err, (case, rc, err)
+    assert {p: _digest(p) for p in tmp_path.rglob("*") if p.is_file()} == before, case  # nothing written
+
+
+def test_an_unwritable_output_is_refused_before_the_model_loads(files, tmp_path, capsys, monkeypatch):
+    """Before: a read-only folder failed after sampling with a raw [Errno 30] naming a temporary file."""
+    import errno
+    import tempfile
+
+    import chronotope.outputs
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    make = tempfile.TemporaryFile
+
+    def read_only(*args, dir=None, **kwargs):  # what a read-only file system answers, even to root
+        if dir is not None and os.path.realpath(dir) == os.path.realpath(ro):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return make(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(chronotope.outputs.tempfile, "TemporaryFile", read_only)
+    monkeypatch.setattr(VideoPipeline, "from_pretrained", lambda *a, **k: pytest.fail("the model was loaded"))
+    for argv in (G + ["--model", files["model"], "--out", str(ro / "x")],
+                 ["world", "--out", str(ro / "w"), "--num", "1"],
+                 ["reconstruct", "--vae", files["vae"], files["clip"], str(ro / "r.mp4")]):
+        rc, _, err = run_cli(argv, capsys)
+        assert rc == 2 and len(err.strip().splitlines()) == 1, (argv, err)
+        assert str(ro) in err and "Read-only file system" in err and ".tmp" not in err, err
+    assert os.listdir(ro) == []
+
+
+# each refused by the one validation without the model (before: each waited for the model to load)
+WITHOUT_MODEL = [["--guidance", "nan"], ["--fps", "0"], ["--num-frames", "6"], ["--seed", "-1"],
+                 ["--sampler", "nope"], ["--mode", "connect"], ["--image", "{missing}"], ["--out", "{root}/x.avi"],
+                 ["--out", "{root}/x.png", "--num-frames", "5"], ["--lora-scale", "0.5"], ["--strength", "2"]]
+
+
+@pytest.mark.parametrize("extra", WITHOUT_MODEL, ids=" ".join)
+def test_generate_refuses_before_the_model_loads(extra, files, capsys, monkeypatch):
+    monkeypatch.setattr(VideoPipeline, "from_pretrained", lambda *a, **k: pytest.fail("the model was loaded"))
+    argv = G + ["--model", files["model"], "--out", os.path.join(files["root"], "never")] + [
+        a.format(**files) for a in extra]
+    rc, _, err = run_cli(argv, capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for cuda where PyTorch has none")
+@pytest.mark.parametrize("verb", [["train", "world-model"], ["train", "vae", "--preset", "debug", "--data", "{clip}"],
+                                  ["bench", "generate-and-score", "--model", "{model}"]], ids=" ".join)
+def test_an_unusable_device_is_refused_before_anything_is_written(verb, files, tmp_path, capsys):
+    """Before: train world-model --device cuda on a CPU-only torch raised after writing state.json and the cache."""
+    rc, _, err = run_cli([a.format(**files) for a in verb] + ["--out", str(tmp_path / "run"), "--device", "cuda"],
+                         capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "--device cuda" in err and "CUDA" in err, err
+    assert os.listdir(tmp_path) == []
+
+
+def test_hints_name_values_that_pass(files, pipe, capsys):
+    """Each hint is itself valid: a multiple of the model's size step, an integer seed, the real fps range."""
+    m = ["--model", files["model"], "--out", os.path.join(files["root"], "never")]
+    _, _, err = run_cli(G + m + ["--height", "0", "--width", "32"], capsys)
+    assert "--height 0" in err and "nearest valid: 16" in err, err  # the debug model's step: VAE x8 x patch 2
+    pipe("x", **{**KW, "height": 16, "width": 32}, num_frames=1, seed=0)
+    _, _, err = run_cli(G + m + ["--seed", "99999999999999999999"], capsys)
+    assert "nearest valid: 9223372036854775807" in err and "e+" not in err, err
+    pipe("x", num_frames=1, seed=2**63 - 1, **KW)
+    _, _, err = run_cli(G + m + ["--fps", "inf"], capsys)
+    assert "greater than 0 and at most 240" in err and "from 0" not in err, err
+    _, _, err = run_cli(G + m + ["--num-frames", "1000000"], capsys)
+    assert "100001" in err and "nearest valid" not in err, err  # what fits below is the cost check's to say
+    _, _, err = run_cli(["generate", "--storyboard", files["root"]] + m, capsys)
+    assert "is a folder" in err and "JSON" in err and "not found" not in err, err
+    _, _, err = run_cli(["train", "dit", "--preset", "debug", "--data", files["cache_partial"], "--out",
+                         os.path.join(files["root"], "never")], capsys)
+    assert f"chronotope encode MANIFEST.csv --vae VAE_DIR --out {files['cache_partial']}" in err, err
+    _, _, err = run_cli(["expand", "a red circle", "--seed", "-1"], capsys)
+    assert "--seed -1" in err, err
+
+
+def test_a_cost_refusal_names_the_most_frames_that_fit(pipe):
+    """Before: --num-frames 1000000 was told "nearest valid: 100001", which the memory check then refused."""
+    with spelled({"num_frames": "--num-frames"}):
+        cost = estimate_cost(pipe, 1, (4, 2501, 4, 4), 2, 2, 10_001)  # 10,001 frames of 32x32
+        available = estimate_cost(pipe, 1, (4, 801, 4, 4), 2, 2, 3_201).memory / 0.8  # ~3,201 frames fit
+        with pytest.raises(ValueError, match=r"at most (\d+) frames fit \(--num-frames \1\)") as info:
+            check_cost(cost, available=available)
+    most = int(re.search(r"at most (\d+) frames", str(info.value)).group(1))
+    assert (most - 1) % 4 == 0 and 3_000 < most <= 3_201
+    check_cost(cost.at_frames(most), available=available)  # the hint passes the same check
+    with pytest.raises(ValueError):
+        check_cost(cost.at_frames(most + 4), available=available)
 
 
 def test_errors_name_the_flag_typed_and_the_nearest_value(files, capsys):

@@ -221,3 +221,20 @@ def test_cli_expand(capsys):
     assert main(["expand", "a cat"]) == 0
     captured = capsys.readouterr()
     assert captured.out.strip() == "a cat" and "not a World prompt" in captured.err
+
+
+def test_truncation_says_how_much_of_a_long_prompt_the_encoder_reads(minilm):
+    assert minilm.truncation("a red circle moves left") is None  # 7 tokens of 16
+    prompt = "a red circle moves left on a black background " * 50
+    total, kept, chars = minilm.truncation(prompt)
+    assert kept == 16 and total > 400 and 0 < chars < 100
+    emb, _ = minilm.encode([prompt])
+    assert torch.equal(emb, minilm.encode([prompt[:chars]])[0])  # what is past `chars` has no effect
+
+
+def test_expansion_note_names_a_long_prompt_instead_of_echoing_it():
+    out = expand("hello there " * 1000, seed=0)
+    assert not out.expanded and "not a World prompt" in out.note
+    assert len(out.note) < 400 and "12,000 characters" in out.note
+    short = expand("一只红色的圆圈 🔴", seed=0)
+    assert not short.expanded and "一只红色的圆圈 🔴" in short.note  # a short prompt is quoted as written

@@ -262,3 +262,54 @@ def test_cache_stores_extra_tensors_per_item(tmp_path, vae_dir):
     lc = LatentCache(tmp_path / "c")
     assert lc[2]["text_emb"].shape == (2, 5) and float(lc[2]["text_emb"][0, 0]) == 2.0 and lc[2]["text"] == "t2"
     assert lc[0]["latent"].shape == (4, 1, 2, 2)
+
+
+def test_reconstruct_says_cost_progress_and_domain_in_a_sidecar(data, vae_dir, tmp_path, capsys, monkeypatch):
+    import chronotope.request as request
+
+    _manifest(data)
+    monkeypatch.setattr(request, "LONG_SECONDS", 0.0)  # every clip "takes minutes": the estimate is printed first
+    out = tmp_path / "recon.mp4"
+    assert main(["reconstruct", "--vae", str(vae_dir), str(data / "clip1.mp4"), str(out), "--threads", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "will take about" in err and "reconstruct: 100%" in err and "9/9" in err  # estimate, then a progress bar
+    side = json.loads((tmp_path / "recon.json").read_text())
+    assert side["num_frames"] == 9 and (side["height"], side["width"]) == (32, 48) and side["tile_size"] is None
+    # a random-weight VAE codes nothing well: the input is out of its domain, on stderr and in the sidecar
+    assert side["psnr"] < 23 and any("out of the model's domain" in n for n in side["notes"])
+    assert "out of the model's domain" in err
+
+
+def test_reconstruct_tiles_large_frames_so_memory_stays_flat(data, vae_dir, tmp_path, monkeypatch):
+    """A 720p clip ran at 10.7 GB: the VAE's mid attention held every latent position of a frame at once. Large
+    frames are now coded in tiles of at most vae.tiling.TILE pixels, so no layer sees more positions than a tile."""
+    from chronotope.vae.layers import SpatialAttention
+    from chronotope.vae.tiling import TILE, auto_tile, tile_spans
+
+    big = data / "big.png"
+    write_video(big, _clip(1, 560, 720, COLORS[0], bg=240), fps=8)
+    seen = []
+    forward = SpatialAttention.forward
+    monkeypatch.setattr(SpatialAttention, "forward", lambda self, x, cache=None: seen.append(x.shape[-2] * x.shape[-1])
+                        or forward(self, x, cache))
+    assert main(["reconstruct", "--vae", str(vae_dir), str(big), str(tmp_path / "big.png"), "--no-progress"]) == 0
+    side = json.loads((tmp_path / "big.json").read_text())
+    assert side["tile_size"] is not None and max(seen) <= (TILE // 8) ** 2 < 70 * 90  # whole frame: 70 x 90 cells
+    assert read_video(tmp_path / "big.png")[0].shape == (1, 560, 720, 3)
+    th, tw = auto_tile(720, 1280, 8)  # 720p: 2 x 4 tiles of at most TILE, not pushed back over each other
+    assert th <= TILE and tw <= TILE and th % 8 == 0 and tw % 8 == 0
+    assert len(tile_spans(720, th, 32)) * len(tile_spans(1280, tw, 32)) * th * tw < 1.2 * 720 * 1280
+    assert auto_tile(256, 256, 8) is None  # small frames stay whole: the same numbers as before
+
+
+def test_reconstruct_metrics_in_strips_equal_whole_frames_and_chunks_shrink_with_size():
+    from chronotope.vae.losses import ssim
+    from chronotope.vae.reconstruct import chunk_frames_for, frame_errors
+
+    g = torch.Generator().manual_seed(0)
+    ref = torch.rand(3, 150, 70, generator=g) * 2 - 1
+    out = (ref + 0.3 * torch.randn(3, 150, 70, generator=g)).clamp(-1, 1)
+    mse, s = frame_errors(ref, out, rows=32)  # 5 strips, overlapping by the SSIM window
+    assert s == pytest.approx(float(ssim(ref[None], out[None])), abs=1e-5)
+    assert mse == pytest.approx(float((ref - out).square().mean()), rel=1e-5)
+    assert chunk_frames_for(64, 64, 4) == 16 and chunk_frames_for(720, 1280, 4) == 4  # large frames: fewer at once

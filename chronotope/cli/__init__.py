@@ -12,7 +12,7 @@ import sys
 from chronotope.cli.bench import add_bench
 from chronotope.cli.generate import add_expand, add_generate
 from chronotope.cli.model import add_average
-from chronotope.cli.options import FLAGS, Parser
+from chronotope.cli.options import FLAGS, READS, WRITES, Parser
 from chronotope.cli.serve import add_serve
 from chronotope.cli.train import add_flops, add_plot, add_train
 from chronotope.cli.vae import add_encode, add_reconstruct
@@ -28,12 +28,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """What any verb's arguments must satisfy before it starts: no output replaces one of its inputs, every output
+    can be written, and a --device is one this PyTorch can use."""
+    from chronotope.outputs import check_output
+    from chronotope.request import check_device
+
+    inputs = [(flag, getattr(args, dest)) for dest, flag in READS.items() if getattr(args, dest, None)]
+    for dest, (flag, folder) in WRITES.items():
+        if getattr(args, dest, None):
+            check_output(f"{flag} {getattr(args, dest)}", getattr(args, dest), inputs, folder=folder)
+    if getattr(args, "device", None) is not None:
+        check_device(args.device)
+
+
 def main(argv: list[str] | None = None) -> int:
     from chronotope.request import spelled, user_errors
 
     args = build_parser().parse_args(argv)
     try:
         with spelled(FLAGS):
+            check_args(args)
             return args.handler(args) or 0
     except user_errors() as err:
         text = " ".join(str(err).split()) or type(err).__name__  # one line, whatever the message holds

@@ -95,10 +95,29 @@ def run_bench_score(args: argparse.Namespace) -> int:
 
 
 def run_bench_run(args: argparse.Namespace) -> int:
+    import os
+    import shutil
+    import tempfile
+
+    from chronotope.atomic import publish
     from chronotope.bench import report_markdown
     from chronotope.bench import run_bench as bench
+    from chronotope.outputs import writable_folder
 
-    result = bench(args.source, args.out)
+    # scored into a folder beside --out and published when a video was scored: a source whose every file is
+    # unreadable (or has no prompt) is an error that leaves nothing behind, not a report of 0 videos
+    tmp = tempfile.mkdtemp(prefix=".bench-run-", dir=writable_folder(args.out))
+    try:
+        result = bench(args.source, tmp)
+        if not result["videos"]:
+            first = result["errors"][0]
+            raise ValueError(f"none of the {len(result['errors'])} files of {args.source} could be scored (first: "
+                             f"{first['error']}); nothing written")
+        os.makedirs(args.out, exist_ok=True)
+        for name in ("results.json", "report.md"):
+            publish(os.path.join(tmp, name), os.path.join(args.out, name))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     print(report_markdown(result["summary"], len(result["errors"])), end="")
     print(f"wrote {args.out}/results.json and {args.out}/report.md")
     return 0
@@ -198,10 +217,16 @@ def add_bench_compare(sub: argparse._SubParsersAction) -> None:
 
 
 def run_bench_compare(args: argparse.Namespace) -> int:
+    import os
+
     from chronotope.atomic import atomic_write_json
     from chronotope.bench.compare import compare_markdown, compare_runs, load_run
+    from chronotope.outputs import check_output
 
     # a ValueError (not a results file, runs of other prompts) is printed by the CLI's main, exit 2
+    if args.json:  # a run given as its folder is read from FOLDER/results.json: --json must not replace it
+        check_output(f"--json {args.json}", args.json,
+                     [("", os.path.join(run, "results.json") if os.path.isdir(run) else run) for run in (args.base, args.new)])
     result = compare_runs(load_run(args.base), load_run(args.new), any_size=args.any_size,
                           any_sampling=args.any_sampling)
     print(compare_markdown(result, args.base, args.new), end="")

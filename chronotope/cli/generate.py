@@ -75,24 +75,25 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-expand", action="store_true", help="encode the prompt as written (no prompt expansion)")
     p.add_argument("--negative-prompt", default=None, help="what to steer away from (default: the empty caption)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice, every core; on a busy machine 1 is often faster: "
+                   "a note says when the load is high)")
     p.set_defaults(handler=run_generate)
 
 
 def run_generate(args: argparse.Namespace) -> int:
     import os
 
-    from chronotope.pipeline.files import generate_to_file, read_prompts
+    from chronotope.pipeline.files import check_files, generate_to_file, read_prompts
     from chronotope.pipeline import VideoPipeline, default_model_dir
-    from chronotope.request import echo, lora_scales
-    from chronotope.video import VideoReadError
+    from chronotope.request import echo, lora_scales, set_threads, user_errors
 
+    set_threads(args.threads)  # --threads, or a note when a busy CPU makes torch's default slow
     if (args.prompt is not None) + (args.prompts is not None) + (args.storyboard is not None) != 1:
         raise ValueError('give a prompt, or --prompts FILE for a batch, or --storyboard FILE for several shots (one of them)')
     args.lora = lora_scales(args.lora, args.lora_scale)  # [(folder, scale)], checked before the model loads
     if args.storyboard is not None:
         return _run_storyboard(args)
-    model = args.model or str(default_model_dir())
-    pipe = _with_loras(VideoPipeline.from_pretrained(model), args)
     base = dict(mode=args.mode, image=args.image, video=args.video, video_end=args.video_end, direction=args.direction,
                 image_position=args.image_position, strength=args.strength, height=args.height, width=args.width,
                 resolution=args.resolution, aspect_ratio=args.aspect_ratio, num_frames=args.num_frames,
@@ -101,12 +102,18 @@ def run_generate(args: argparse.Namespace) -> int:
                 guidance_scale=args.guidance, image_guidance_scale=args.image_guidance, sampler=args.sampler,
                 seed=args.seed, expand_prompt=not args.no_expand, negative_prompt=args.negative_prompt,
                 progress=not args.no_progress)
+    _check_request(base)  # before the model loads: what needs no model fails in a moment
     if args.prompt is not None:
+        check_files(args.out or "generated", args.gif, **base)
+        model = args.model or str(default_model_dir())
+        pipe = _with_loras(VideoPipeline.from_pretrained(model), args)
         path, side = generate_to_file(pipe, args.out or "generated", model, args.gif, prompt=args.prompt, **base)
         print(f"prompt: {echo(_expanded(side))}")
         print(f"wrote {path} and {side}")
         return 0
     rows, folder = read_prompts(args.prompts), args.out or "generated"
+    model = args.model or str(default_model_dir())
+    pipe = _with_loras(VideoPipeline.from_pretrained(model), args)
     os.makedirs(folder, exist_ok=True)
     failed = 0
     for i, row in enumerate(rows):
@@ -118,7 +125,7 @@ def run_generate(args: argparse.Namespace) -> int:
         try:
             path, _ = generate_to_file(pipe, os.path.join(folder, f"{i:04d}"), model, args.gif, **kw)
             print(f"[{i + 1}/{len(rows)}] {path}")
-        except (ValueError, VideoReadError) as err:
+        except user_errors() as err:  # a bad row (a missing image, 0 frames) is reported; the others run
             failed += 1
             print(f"chronotope generate: row {i}: error: {' '.join(str(err).split())}", file=sys.stderr)
     print(f"{len(rows) - failed} of {len(rows)} prompts in {folder}")
@@ -129,9 +136,13 @@ def run_generate(args: argparse.Namespace) -> int:
 def _run_storyboard(args: argparse.Namespace) -> int:
     """generate --storyboard FILE: the file is checked before the model loads; one video and its sidecar."""
     from chronotope.pipeline import VideoPipeline, default_model_dir
-    from chronotope.pipeline.files import read_storyboard, storyboard_to_file
+    from chronotope.pipeline.files import check_storyboard_files, read_storyboard, storyboard_to_file
 
     board = read_storyboard(args.storyboard)
+    check_storyboard_files(args.out or "film", args.gif, {"--storyboard": args.storyboard})
+    _check_request(dict(height=args.height, width=args.width, fps=args.fps, num_inference_steps=args.steps,
+                        guidance_scale=args.guidance, seed=args.seed, direction=args.direction,
+                        image_position=args.image_position))
     per_video = {"--mode": args.mode, "--image": args.image, "--video": args.video, "--video-end": args.video_end,
                  "--strength": args.strength, "--num-frames": args.num_frames, "--duration": args.duration,
                  "--window-frames": args.window_frames, "--gap-frames": args.gap_frames,
@@ -148,6 +159,19 @@ def _run_storyboard(args: argparse.Namespace) -> int:
         expand_prompt=not args.no_expand, progress=not args.no_progress)
     print(f"{len(board['shots'])} shots; wrote {path} and {side}")
     return 0
+
+
+def _check_request(request: dict) -> None:
+    """The checks of a request that need no model (its numbers, its mode against its inputs, its choices), as
+    the pipeline makes them once the model is loaded; sizes and costs, which need the model, come then."""
+    from chronotope.pipeline.resolve import check_choices, infer_mode
+    from chronotope.request import check_request
+
+    given = {k: request.get(k) is not None for k in ("image", "video", "video_end", "strength")}
+    mode = infer_mode(request.get("mode"), request.get("num_frames"), given) if "mode" in request else None
+    numbers = {k: v for k, v in request.items() if k not in ("mode", "sampler", "direction", "image_position")}
+    check_request(mode=mode, **numbers)
+    check_choices(**{k: request[k] for k in ("sampler", "direction", "image_position") if request.get(k) is not None})
 
 
 def _with_loras(pipe, args: argparse.Namespace):
@@ -174,8 +198,10 @@ def add_expand(sub: argparse._SubParsersAction) -> None:
 def run_expand(args: argparse.Namespace) -> int:
     import os
 
+    from chronotope.request import check_number
     from chronotope.text.expand import ChatExpander, expand
 
+    check_number("seed", args.seed)
     expander = None
     if args.chat_url:
         expander = ChatExpander(args.chat_url, args.chat_model, api_key=os.environ.get("CHRONOTOPE_CHAT_API_KEY"))

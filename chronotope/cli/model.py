@@ -22,8 +22,12 @@ def add_average(sub: argparse._SubParsersAction) -> None:
 def run_average(args: argparse.Namespace) -> int:
     import torch
 
+    from chronotope.outputs import check_output
     from chronotope.train.soup import average_models
 
+    # OUT is replaced whole: a MODEL (or --vae) inside it would be deleted with it
+    check_output(f"--out {args.out}", args.out, [("", args.models), ("--vae", args.vae)], folder=True,
+                 replaces_folder=True)
     out = average_models(args.models, args.out, vae=args.vae, dtype=None if args.fp32 else torch.float16,
                          max_shard_size=args.max_shard_size)
     print(f"wrote {out} (the mean of {len(args.models)} DiT{'s' if len(args.models) > 1 else ''})")

@@ -15,8 +15,21 @@ FLAGS = {
     "window_frames": "--window-frames", "cond_latent_frames": "--cond-latent-frames", "gap_frames": "--gap-frames",
     "num_inference_steps": "--steps", "guidance_scale": "--guidance", "image_guidance_scale": "--image-guidance",
     "sampler": "--sampler", "seed": "--seed", "output_path": "--out", "max_pixels": "--max-pixels",
-    "storyboard": "--storyboard", "lora": "--lora", "lora_scale": "--lora-scale",
+    "storyboard": "--storyboard", "lora": "--lora", "lora_scale": "--lora-scale", "device": "--device",
+    "num": "--num", "workers": "--workers", "prompts": "--prompts", "out_csv": "--out",
 }
+
+# the files of every verb, by argparse dest -> how its errors name it ("" for a positional path): main() refuses,
+# before a verb starts, an output that would replace one of its inputs or cannot be written (chronotope.outputs);
+# names an output turns into (generate's OUT.mp4 and OUT.json, a folder's files) are checked where they are made
+READS = {
+    "input": "", "image": "--image", "video": "--video", "video_end": "--video-end", "prompts": "--prompts",
+    "storyboard": "--storyboard", "manifest": "", "data": "--data", "dir": "", "source": "", "base": "", "new": "",
+    "models": "", "model": "--model", "vae": "--vae", "init": "--init", "teacher": "--teacher", "run_dir": "",
+    "lora": "--lora",
+}
+# dest -> (its name in errors, whether it is a folder: None where it depends on the verb)
+WRITES = {"output": ("output", False), "out": ("--out", None), "json": ("--json", False)}
 
 
 class Parser(argparse.ArgumentParser):

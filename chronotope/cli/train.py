@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from chronotope.cli.options import cond_probs, int_list, str_list
 
@@ -42,6 +43,42 @@ def add_trainer_args(p: argparse.ArgumentParser, steps: int, lr: float, batch_si
     p.add_argument("--compile", action="store_true", help="torch.compile each block (needs a C++ compiler on CPU)")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default 1)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda:LOCAL_RANK if a GPU is seen")
+
+
+# (flag, low, high, whole number, why) of the trainer's options: checked before a run reads or writes anything
+TRAINER_LIMITS = (
+    ("--steps", 1, 100_000_000, True, " (months at 10 steps a second)"),
+    ("--batch-size", 0, 65_536, True, " (items of a step, held in memory at once)"),
+    ("--lr", 0.0, 1.0, False, " (AdamW diverges long before)"),
+    ("--weight-decay", 0.0, 10.0, False, ""),
+    ("--warmup", 0, 100_000_000, True, ""),
+    ("--decay-steps", 0, 100_000_000, True, ""),
+    ("--min-lr-ratio", 0.0, 1.0, False, ""),
+    ("--grad-clip", 0.0, 1e6, False, " (0 = off)"),
+    ("--ema-decay", 0.0, 0.999999, False, " (0 = no EMA)"),
+    ("--ckpt-every", 1, 100_000_000, True, ""),
+    ("--keep-last", 1, 1_000, True, " (each checkpoint is a copy of the model and its optimizer on disk)"),
+    ("--log-every", 1, 100_000_000, True, ""),
+    ("--grad-accum", 1, 65_536, True, ""),
+    ("--threads", 1, 4 * (os.cpu_count() or 1), True,
+     f" (threads past 4 per core only wait; {os.cpu_count() or 1} cores)"),
+)
+
+
+def check_trainer_args(args: argparse.Namespace) -> None:
+    """Every trainer option finite and within TRAINER_LIMITS, the seed a seed, --minutes (lora) within the
+    trainer's time budget: refused before the run reads or writes anything, naming the option."""
+    from chronotope.request import check_number, check_range
+    from chronotope.train.trainer import MAX_BUDGET_S
+
+    for flag, lo, hi, integer, why in TRAINER_LIMITS:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            check_range(flag, value, lo, hi, integer=integer, open_low=flag == "--lr", why=why)
+    check_number("seed", args.seed)
+    if getattr(args, "minutes", None) is not None:
+        check_range("--minutes", args.minutes, 0.0, MAX_BUDGET_S / 60, open_low=True,
+                    why=" (30 days: a budget past that is a typo, not a run anyone waits for)")
 
 
 def trainer_kwargs(args: argparse.Namespace) -> dict:
@@ -90,8 +127,13 @@ def add_plot(sub: argparse._SubParsersAction) -> None:
 
 
 def run_plot(args: argparse.Namespace) -> int:
+    import os
+
+    from chronotope.outputs import check_output
     from chronotope.train.plots import redraw
 
+    if args.out:  # the log it reads is no place for the picture
+        check_output(f"--out {args.out}", args.out, [("", os.path.join(args.run_dir, "metrics.jsonl"))])
     print(redraw(args.run_dir, args.out))
     return 0
 
@@ -134,6 +176,7 @@ def run_train_vae(args: argparse.Namespace) -> int:
     from chronotope.train.vae_task import MixedLengths, VAETask
     from chronotope.vae.model import CausalVAE
 
+    check_trainer_args(args)
     if args.preset not in VAE_PRESETS:
         raise ValueError(f"unknown VAE preset {args.preset!r}; choose one of {sorted(VAE_PRESETS)}")
     if args.decoder_only and not args.init and not args.resume:
@@ -227,6 +270,7 @@ def run_train_dit(args: argparse.Namespace) -> int:
     from chronotope.train.dit_task import DiTTask, TextEmbeddings, dit_for_run
     from chronotope.train.trainer import Trainer, seed_everything
 
+    check_trainer_args(args)
     cache = LatentCache(args.data)
     seed_everything(args.seed)  # a fresh DiT's initial weights follow --seed
     model, saved = dit_for_run(args.preset, cache, args.out if args.resume else None, args.init, args.patch,
@@ -421,6 +465,7 @@ def add_train_lora(models: argparse._SubParsersAction) -> None:
 def run_train_lora(args: argparse.Namespace) -> int:
     from chronotope.train.lora_task import LoRARecipe, train_lora
 
+    check_trainer_args(args)
     recipe = LoRARecipe(
         model=args.model, data=args.data, out=args.out, rank=args.rank, alpha=args.alpha, targets=tuple(args.targets),
         num_frames=args.num_frames, max_pixels=args.max_pixels, token_budget=args.token_budget,
@@ -434,6 +479,8 @@ def run_train_lora(args: argparse.Namespace) -> int:
 
 
 # --- flops -------------------------------------------------------------------------------------
+
+MAX_FLOPS_BATCH = 1_000_000
 
 
 def add_flops(sub: argparse._SubParsersAction) -> None:
@@ -454,19 +501,26 @@ def run_flops(args: argparse.Namespace) -> int:
 
     from chronotope.config import DIT_PRESETS
     from chronotope.dit.flops import DEFAULT_LATENT, PAPER_LATENT, count_flops, paper_config
+    from chronotope.request import check_range
 
     if args.preset not in DIT_PRESETS:
         raise ValueError(f"unknown DiT preset {args.preset!r}; choose one of {sorted(DIT_PRESETS)}")
     cfg = DIT_PRESETS[args.preset]()
     if args.patch is not None:
-        if len(args.patch) != 3:
-            raise ValueError(f"--patch needs three integers pt,ph,pw such as 1,2,2, got {args.patch}")
+        if len(args.patch) != 3 or min(args.patch) < 1:
+            raise ValueError(f"--patch needs three positive integers pt,ph,pw such as 1,2,2, got {args.patch}")
         cfg = replace(cfg, patch=tuple(args.patch))
     if args.paper:
         cfg = paper_config(args.preset, cfg.patch[1])
     latent = tuple(args.latent) if args.latent else DEFAULT_LATENT.get(args.preset, PAPER_LATENT)
     if len(latent) != 3:
         raise ValueError(f"--latent needs three integers T,H,W such as 5,8,8, got {list(latent)}")
+    for size in latent:  # 131,072 latent frames or pixels is past any video; the count stays exact arithmetic
+        check_range("--latent", size, 1, 1 << 17, integer=True,
+                    why=f" (each of T,H,W; got {','.join(map(str, latent))})")
+    check_range("--batch", args.batch, 1, MAX_FLOPS_BATCH, integer=True,
+                why=" (the samples are counted one by one: a million take about a second)")
+    check_range("--text-len", args.text_len, 0, 1 << 20, integer=True)
     report = count_flops(cfg, [latent] * args.batch, text_len=args.text_len)
     print(f"DiT preset {args.preset}{' (paper config)' if args.paper else ''}: width {cfg.width}, depth "
           f"{cfg.depth}, heads {cfg.heads}, patch {cfg.patch}, latent {latent} x {args.batch}")

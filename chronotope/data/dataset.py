@@ -101,8 +101,8 @@ class VideoDataset(torch.utils.data.Dataset):
             raise ValueError(f"stride must be >= 1, got {stride}")
         if target_fps is not None and stride != 1:
             raise ValueError("give either stride or target_fps, not both")
-        if target_fps is not None and not target_fps > 0:
-            raise ValueError(f"target_fps must be > 0, got {target_fps}")
+        if target_fps is not None and not (math.isfinite(target_fps) and target_fps > 0):
+            raise ValueError(f"target_fps must be a finite number > 0, got {target_fps}")
         if not 0 <= max_failure_fraction <= 1:
             raise ValueError(f"max_failure_fraction must be in [0, 1], got {max_failure_fraction}")
         budget_size(16, 16, max_pixels)  # validates max_pixels

@@ -246,7 +246,9 @@ class LatentCache(Dataset):
         self.dir = Path(cache_dir)
         meta_path = self.dir / "cache.json"
         if not meta_path.is_file():
-            raise FileNotFoundError(f"{meta_path} not found; build the cache with `chronotope encode MANIFEST --out {self.dir}`")
+            raise FileNotFoundError(f"{meta_path} not found: {self.dir} is not a finished latent cache; build it (or "
+                                    f"finish it: encoding resumes) with `chronotope encode MANIFEST.csv --vae VAE_DIR "
+                                    f"--out {self.dir}`")
         self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
         if rows is None:
             done = set(self.meta["shards"])

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 
 from chronotope.atomic import atomic_write
+from chronotope.outputs import check_output
+from chronotope.request import arg
 from chronotope.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, VideoReadError, probe_video
 
 MANIFEST_COLUMNS = ("path", "text", "num_frames", "height", "width", "aspect_ratio", "fps")
@@ -191,6 +193,7 @@ def build_manifest(folder: str | os.PathLike, out_csv: str | os.PathLike, progre
     if not media:
         raise ValueError(f"no videos or images under {folder} (looked for "
                          f"{' '.join(VIDEO_EXTENSIONS + IMAGE_EXTENSIONS)})")
+    check_output(arg("out_csv", out_csv), [out_csv, errors_csv_path(out_csv)], [("", media)])
     rows, errors = [], []
     for path in tqdm(media, desc="probing", unit="file", disable=not progress):
         try:
@@ -201,6 +204,9 @@ def build_manifest(folder: str | os.PathLike, out_csv: str | os.PathLike, progre
         rows.append({"path": path, "text": _sidecar_caption(path), "num_frames": info.num_frames,
                      "height": info.height, "width": info.width,
                      "aspect_ratio": aspect_ratio_name(info.height, info.width), "fps": round(info.fps, 6)})
+    if not rows:  # nothing to train on: an error, and no empty manifest that a later step would take for data
+        raise ValueError(f"none of the {len(media)} videos and images under {folder} could be read (first: "
+                         f"{errors[0][1]}); nothing written")
     write_manifest(out_csv, rows)
     errors_csv = errors_csv_path(out_csv)
     if errors:

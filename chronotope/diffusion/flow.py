@@ -134,8 +134,8 @@ def shift_for_tokens(
         raise ValueError(f"need 0 < base_tokens < max_tokens, got {base_tokens} and {max_tokens}")
     if base_shift <= 0 or max_shift <= 0:
         raise ValueError(f"shifts must be > 0, got base_shift={base_shift}, max_shift={max_shift}")
-    if not scale > 0:
-        raise ValueError(f"the time shift scale must be > 0 (1 = the default rule), got {scale}")
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"the time shift scale must be a finite number > 0 (1 = the default rule), got {scale}")
     slope = (math.log(max_shift) - math.log(base_shift)) / (max_tokens - base_tokens)
     if isinstance(num_tokens, Tensor):
         n = num_tokens.to(torch.float64).clamp(base_tokens, max_tokens)

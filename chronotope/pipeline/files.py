@@ -7,9 +7,13 @@ from __future__ import annotations
 import os
 
 from chronotope.atomic import atomic_write_json
+from chronotope.outputs import check_output
 from chronotope.pipeline.pipeline import VideoPipeline
+from chronotope.pipeline.resolve import infer_mode
 from chronotope.request import arg
 from chronotope.video import write_video
+
+INPUTS = ("image", "video", "video_end")  # the request's arguments that may name files it reads
 
 OVERRIDES = {"seed": int, "num_frames": int, "height": int, "width": int, "fps": float, "duration": float,
              "num_inference_steps": int, "guidance_scale": float, "strength": float, "mode": str, "image": str,
@@ -25,8 +29,7 @@ def read_prompts(path: str) -> list[dict]:
     import csv
     import json
 
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"prompts file {path} not found")
+    _check_file(path, arg("prompts"), "a CSV or JSONL file of prompts")
     rows: list[dict] = []
     if path.lower().endswith((".jsonl", ".json")):
         with open(path) as f:
@@ -79,22 +82,45 @@ def output_path(out: str, one_frame: bool, gif: bool) -> str:
     return stem + (ext or (".png" if one_frame else ".mp4"))
 
 
+def _check_file(path: str, flag: str, what: str) -> None:
+    """FileNotFoundError / ValueError naming `flag` unless `path` is a file (`what` says which kind is expected)."""
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} {path}: is a folder; expected {what}")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{flag} {path}: not found; expected {what}")
+
+
+def check_files(out: str, gif: bool = False, **kwargs) -> tuple[str, bool]:
+    """Before any work (the model need not be loaded): the request's inputs (`kwargs`' image, video and video_end
+    when they are paths) are files, a .png OUT is not asked of a video, and no file `out` may turn into (the
+    video as .mp4, .png or .gif, and its sidecar .json) would replace one or land where nothing can be written.
+    Returns the video's path as far as the request tells it, and whether OUT named its extension."""
+    n = kwargs.get("num_frames")
+    given = {k: kwargs.get(k) is not None for k in ("image", "video", "video_end", "strength")}
+    mode = infer_mode(kwargs.get("mode"), n, given)
+    one = mode == "t2i" or (n == 1 and mode == "t2v")
+    path = output_path(out, one, gif)
+    explicit = os.path.splitext(out)[1].lower() in (".mp4", ".gif", ".png")
+    video = mode not in ("t2v", "t2i", "edit") or (mode == "t2v" and n is not None and n > 1)  # surely frames
+    if path.endswith(".png") and explicit and video:
+        raise ValueError(f"{arg('output_path', out)}: a .png holds one frame but mode {mode} makes a video; "
+                         f"give a .mp4 or .gif name")
+    inputs = {arg(k): kwargs[k] for k in INPUTS if isinstance(kwargs.get(k), (str, os.PathLike))}
+    for flag, source in inputs.items():
+        _check_file(os.fspath(source), flag, "a video or image file")
+    names = {output_path(out, True, gif), output_path(out, False, gif)} if not explicit and not gif else {path}
+    check_output(arg("output_path", out), sorted(names | {os.path.splitext(p)[0] + ".json" for p in names}), inputs)
+    return path, explicit
+
+
 def generate_to_file(pipe: VideoPipeline, out: str, model: str, gif: bool = False, **kwargs) -> tuple[str, str]:
     """Generate one video and write it (mp4 / png / gif) with a sidecar OUT.json holding every parameter, the
     prompt, the expanded prompt, the seed and the model. Both writes are atomic; if the sidecar fails the video
     is removed, so a failed run leaves no output file. A one-frame result (t2i, or an edit of an image) is a
     .png unless OUT names .mp4/.gif; a .png OUT for a several-frame result is refused. Returns (video path,
     sidecar path)."""
-    mode, n = kwargs.get("mode"), kwargs.get("num_frames")
-    one = mode == "t2i" or (n == 1 and mode in (None, "t2v", "t2i") and not kwargs.get("video"))
-    path = output_path(out, one, gif)
-    explicit = os.path.splitext(out)[1].lower() in (".mp4", ".gif", ".png")
-    if os.path.isdir(path):
-        raise ValueError(f"output {path} is a folder; give a file path (or use --prompts for a folder of outputs)")
-    long_mode = mode == "long"
-    if path.endswith(".png") and explicit and not one and mode not in (None, "edit"):
-        raise ValueError(f"{arg('output_path', out)}: a .png holds one frame but mode {mode} makes a video; "
-                         f"give a .mp4 or .gif name")
+    path, explicit = check_files(out, gif, **kwargs)
+    long_mode = kwargs.get("mode") == "long"  # as given: the pipeline infers the same mode from the same inputs
     result = pipe(kwargs.pop("prompt"), output_path=path if long_mode else None, **kwargs)
     if not long_mode:
         frames = result.frames[0]
@@ -123,8 +149,7 @@ def read_storyboard(path: str) -> dict:
 
     from chronotope.request import check_storyboard
 
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"storyboard file {path} not found")
+    _check_file(path, arg("storyboard"), "a JSON file of shots")
     try:
         with open(path, encoding="utf-8") as f:
             board = json.load(f)
@@ -138,16 +163,23 @@ def read_storyboard(path: str) -> dict:
         raise ValueError(f"{path}: {err}") from None
 
 
+def check_storyboard_files(out: str, gif: bool = False, read: dict[str, str | None] | None = None) -> str:
+    """Before any work: the path of a storyboard's video (OUT.mp4, or .gif), refused when it is a .png or when it
+    or its sidecar would replace an input in `read` (e.g. {"--storyboard": path}) or cannot be written."""
+    path = output_path(out, False, gif)
+    if path.endswith(".png"):
+        raise ValueError(f"{arg('output_path', out)}: a storyboard is a video; give a .mp4 or .gif name")
+    check_output(arg("output_path", out), [path, os.path.splitext(path)[0] + ".json"],
+                 {flag: p for flag, p in (read or {}).items() if p is not None})
+    return path
+
+
 def storyboard_to_file(pipe: VideoPipeline, out: str, model: str, storyboard: dict, gif: bool = False,
                        **kwargs) -> tuple[str, str]:
     """Generate a storyboard into one video (OUT.mp4, or .gif; frames streamed as each shot is decoded) and a
     sidecar OUT.json with every setting, each shot's resolved settings and the cut frames. A failure leaves
     neither file. Returns (video path, sidecar path)."""
-    path = output_path(out, False, gif)
-    if path.endswith(".png"):
-        raise ValueError(f"{arg('output_path', out)}: a storyboard is a video; give a .mp4 or .gif name")
-    if os.path.isdir(path):
-        raise ValueError(f"output {path} is a folder; give a file path such as film.mp4")
+    path = check_storyboard_files(out, gif)
     result = pipe(storyboard=storyboard, output_path=path, **kwargs)
     side = os.path.splitext(path)[0] + ".json"
     record = {"output": path, "model": model, "storyboard": True, **result.params, "notes": result.notes}

@@ -239,13 +239,14 @@ Denoise = Callable[[Tensor, Tensor, Plan], Tensor]  # (x [B, C, n, h, w], timest
 @dataclass
 class Mode:
     """window(pipe, r) -> T; plan(pipe, r, noise, ts, denoise) -> (Plan, x at ts[0], ts). `given_ends`: sides
-    a default k is taken from; `windows(r)`: sampler calls (cost); `extra(r)`: params it records;
-    `report(frames)`: params measured on the output."""
+    a default k is taken from; `windows(r)`: sampler calls and `encodes(r)`: frames the plan encodes (cost);
+    `extra(r)`: params it records; `report(frames)`: params measured on the output."""
 
     window: Callable[..., int]
     plan: Callable[..., tuple[Plan, Tensor, Tensor]] | None
     given_ends: int = 1
     windows: Callable[[Request], int] = lambda r: 1
+    encodes: Callable[[Request], int] = lambda r: 0
     extra: Callable[[Request], dict] = lambda r: {}
     report: Callable[[list[np.ndarray]], dict] | None = None
 
@@ -336,16 +337,23 @@ def _k_param(r: Request) -> dict:
     return {"cond_latent_frames": r.k}
 
 
+def _loop_params(r: Request) -> dict:
+    """A loop of num_frames frames is cut from a window of 4k more: the sidecar records both, as they are."""
+    return {**_k_param(r), "num_frames": window_frames(r.shape[1] - r.k) - 1, "window_frames": r.T}
+
+
 MODES: dict[str, Mode] = {
     "t2v": Mode(_given_or(lambda pipe, r: pipe.defaults["num_frames"]), _plan_none),
     "t2i": Mode(_window_t2i, _plan_none),
-    "i2v": Mode(_given_or(lambda pipe, r: pipe.defaults["num_frames"]), _plan_i2v),
-    "extend": Mode(_given_or(_window_extend), _plan_extend, extra=_k_param),
-    "connect": Mode(_given_or(_window_connect), _plan_connect, given_ends=2,
+    "i2v": Mode(_given_or(lambda pipe, r: pipe.defaults["num_frames"]), _plan_i2v,
+                encodes=lambda r: 1 if r.image_position == "first" else TF + 1),
+    "extend": Mode(_given_or(_window_extend), _plan_extend, extra=_k_param, encodes=lambda r: TF * r.k + 1),
+    "connect": Mode(_given_or(_window_connect), _plan_connect, given_ends=2, encodes=lambda r: 2 * (TF * r.k + 1),
                     extra=lambda r: {**_k_param(r), "gap_frames": TF * (r.shape[1] - 2 * r.k) - 1}),
-    "loop": Mode(_window_loop, _plan_loop, windows=lambda r: 2, extra=_k_param,
+    "loop": Mode(_window_loop, _plan_loop, windows=lambda r: 2, extra=_loop_params, encodes=lambda r: TF * r.k + 1,
                  report=lambda frames: {"loop_closure": [loop_closure(f) for f in frames]}),
-    "edit": Mode(_window_edit, _plan_edit),
+    "edit": Mode(_window_edit, _plan_edit, encodes=lambda r: r.T),
     "long": Mode(_window_long, None, windows=_long_windows,  # window by window: long_video.generate_long
+                 encodes=lambda r: (_long_windows(r) - 1) * head_frames(r.k) + ("image" in r.frames_in),
                  extra=lambda r: {**_k_param(r), "num_frames": r.total, "window_frames": r.T}),
 }

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import secrets
 from dataclasses import dataclass, field
@@ -48,8 +49,10 @@ from chronotope.pipeline.resolve import (
 )
 from chronotope.request import arg, check_cost, check_request, estimate_cost
 from chronotope.text.encoder import DEFAULT_TEXT_ENCODER, load_text_encoder
-from chronotope.text.expand import expand_prompt as _expand
+from chronotope.text.expand import expand as _expand
+from chronotope.vae.domain import CHECK_FRAMES, domain_note, reconstruction_psnr
 from chronotope.vae.model import CausalVAE
+from chronotope.vae.tiling import TILE_OVERLAP, auto_tile
 from chronotope.video import write_video
 
 DEFAULTS = {"height": 64, "width": 64, "num_frames": 17, "fps": 8.0, "time_shift": 1.0}
@@ -193,13 +196,19 @@ class VideoPipeline:
 
     # --- pixels <-> latents ---------------------------------------------------------------------------
 
+    def _tile(self, height: int, width: int) -> tuple[int, int] | None:
+        """Spatial tiles for frames larger than vae.tiling.TILE pixels a side (None: whole frames), so the VAE's
+        memory does not grow with the frame size."""
+        return auto_tile(height, width, self.vae.config.spatial_factor)
+
     @torch.no_grad()
     def encode_video(self, frames: np.ndarray) -> Tensor:
         """uint8 frames [T, H, W, 3] (T = 4k+1, H and W multiples of 16) -> normalised latents [C, t, h, w]."""
         x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device).float() / 127.5 - 1.0  # [T, H, W, 3]
         x = x.permute(3, 0, 1, 2)[None]  # [1, 3, T, H, W]
         chunk = 16 if x.shape[2] > 17 else None  # long inputs: causal chunks keep memory flat
-        return self.vae.encode_latents(x, chunk_frames=chunk)[0]
+        return self.vae.encode_latents(x, chunk_frames=chunk, tile_size=self._tile(*x.shape[-2:]),
+                                       tile_overlap=TILE_OVERLAP)[0]
 
     @torch.no_grad()
     def iter_frames(self, latents: Tensor, chunk_latent_frames: int | None = None):
@@ -208,10 +217,13 @@ class VideoPipeline:
         chunk_latent_frames: latent frames per decoder call; None: as many as DECODE_CELLS allows, so a short
         clip decodes in one call (33 frames of 64px: 0.13 s against 0.17 s frame by frame on 2 cores) and a
         long or large one in chunks whose memory does not grow with its length."""
+        B, _, _, h, w = latents.shape
         if chunk_latent_frames is None:
-            B, _, _, h, w = latents.shape
             chunk_latent_frames = max(1, DECODE_CELLS // (B * h * w))
-        for x in self.vae.decode_iter(self.vae.denormalize(latents), chunk_latent_frames):
+        sf = self.vae.config.spatial_factor
+        tile = self._tile(h * sf, w * sf)
+        for x in self.vae.decode_iter(self.vae.denormalize(latents), chunk_latent_frames, tile_size=tile,
+                                      tile_overlap=TILE_OVERLAP):
             yield to_uint8(x)
 
     def decode(self, latents: Tensor) -> np.ndarray:
@@ -316,6 +328,45 @@ class VideoPipeline:
         """Standard normal noise of `shape`, drawn on the CPU (the same numbers on any device), moved to ours."""
         return torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
 
+    def expand_prompts(self, prompts: list[str], seed: int, enabled: bool, notes: list[str]) -> list[str]:
+        """Each prompt expanded (text/expand.py) when `enabled`, with a note for each one left as written because
+        it is not a World prompt: the model knows only the World's English vocabulary."""
+        texts = []
+        for i, prompt in enumerate(prompts):
+            out = _expand(prompt, seed, None if enabled else False)
+            texts.append(out.text)
+            if enabled and not out.expanded and out.spec is None and prompt.strip():
+                which = "" if len(prompts) == 1 else f"prompt {i + 1}: "
+                note(notes, f"{which}prompt expansion skipped ({out.note}); the model was trained on English World "
+                            "captions only, so this prompt is out of its domain")
+        return texts
+
+    def note_truncation(self, texts: list[str], negatives: list[str], notes: list[str]) -> None:
+        """A note for each prompt longer than the text encoder reads (its max_length tokens): the rest is cut."""
+        cut_of = getattr(self.text_encoder, "truncation", None)
+        if cut_of is None:  # an encoder that reads any length (DebugTextEncoder)
+            return
+        for label, items in (("prompt", texts), ("negative prompt", negatives)):
+            for i, text in enumerate(items):
+                cut = cut_of(text) if text.strip() else None
+                if cut is not None:
+                    total, kept, chars = cut
+                    which = label if len(items) == 1 else f"{label} {i + 1}"
+                    note(notes, f"the {which} is {total:,} tokens long and the text encoder reads {kept} (special "
+                                f"tokens included): {total - kept:,} tokens after its first {chars:,} of "
+                                f"{len(text):,} characters are dropped and have no effect")
+
+    def check_domain(self, frames_in: dict[str, np.ndarray], notes: list[str]) -> dict[str, float]:
+        """PSNR (dB) of each given image / video through this pipeline's VAE (vae/domain.py), with a note for each
+        one far below what the model reaches on its own data: out of its domain, results are unreliable."""
+        psnrs = {}
+        for name, frames in frames_in.items():
+            psnrs[name] = round(reconstruction_psnr(self.vae, frames), 2)
+            text = domain_note(psnrs[name], f"the {'image' if name == 'image' else 'video'} ({arg(name)})")
+            if text is not None:
+                note(notes, text)
+        return psnrs
+
     def encode_prompts(self, prompts: list[str], negative: list[str]) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
         """Both prompt lists in one encoder call (same token length L, as batched CFG needs)."""
         emb, mask = self.text_encoder.encode(list(prompts) + list(negative))
@@ -365,7 +416,10 @@ class VideoPipeline:
         cond_latent_frames: latent frames taken from a given video (1 = its last frame, 2 = last 5, ...).
         Every value is used as given or refused (ValueError naming the nearest valid one; request.check_request),
         and a request that cannot fit in memory, or would run past a day, is refused before it starts
-        (request.check_cost); one that takes minutes gets a note with the estimate.
+        (request.check_cost); one that takes minutes gets a note with the estimate. Notes (stderr, `notes`, the
+        sidecar) also say what was changed or is out of the model's domain: a prompt cut to the text encoder's
+        length, a prompt expansion skipped (not a World prompt), a given image or video that the VAE reconstructs
+        far below its usual PSNR (params["input_psnr"]; vae/domain.py).
         image/video/video_end: a path or uint8 frames; other sizes are resized and center-cropped.
         strength (edit): 0 keeps the video, 1 ignores it. output_path: also write the video(s) there
         (atomically; long mode streams frames as they are decoded and then returns no frames).
@@ -420,13 +474,17 @@ class VideoPipeline:
             shift = shift_for_tokens(tokens_per_sample(self, n, h, w), scale=float(self.defaults["time_shift"]))
         r.shift = shift
         passes = 1 if guidance_scale <= 1.0 or sampler == "shortcut" else (3 if image_guidance_scale is not None and mode != "t2v" else 2)
-        cost = estimate_cost(self, B, (C, n, h, w), num_inference_steps, passes, r.total if r.total is not None else T,
-                             spec.windows(r))
+        steps = max(1, math.ceil(num_inference_steps * r.strength)) if mode == "edit" else num_inference_steps
+        windows, checked = spec.windows(r), sum(min(len(f), CHECK_FRAMES) for f in frames_in.values())
+        cost = estimate_cost(self, B, (C, n, h, w), steps, passes, T, windows, sampler=sampler,  # + the domain check
+                             encode_frames=spec.encodes(r) + checked)
         long_note = check_cost(cost)
         for text in warnings + ([long_note] if long_note else []):
             note(notes, text)
+        input_psnr = self.check_domain(frames_in, notes)
 
-        texts = [_expand(p, int(seed), None if expand_prompt else False) for p in prompts]
+        texts = self.expand_prompts(prompts, int(seed), expand_prompt, notes)
+        self.note_truncation(texts, negatives, notes)
         cond, uncond = self.encode_prompts(texts, negatives)
         run = dict(sampler=sampler, guidance_scale=guidance_scale, image_guidance_scale=image_guidance_scale,
                    generator=generator, progress=progress)
@@ -443,9 +501,12 @@ class VideoPipeline:
                       **{k: os.fspath(v) for k, v in (("image", image), ("video", video), ("video_end", video_end))
                          if isinstance(v, (str, os.PathLike))})
         params.update(spec.extra(r))
+        if input_psnr:
+            params["input_psnr"] = input_psnr  # dB through the VAE: far below ~31 = out of the model's domain
         if spec.plan is None:  # long: window by window
             frames, latents, mask = generate_long(self, frames_in.get("image"), r.total, n, r.k, (C, h, w), cond, uncond, ts,
                                                   run, paths, fps, image_position)
+            params["output_frames"] = r.total
             return PipelineOutput(frames, latents, texts, int(seed), fps, mode, mask, params, notes)
 
         noise = self.initial_noise((B, C, n, h, w), generator)  # [B, C, n, h, w]
@@ -453,6 +514,7 @@ class VideoPipeline:
         z = self.denoise(x, ts, cond, uncond, plan, **run)
         decoded = self.decode(z)  # [B, T, H, W, 3]
         frames = [plan.assemble(decoded[b]) for b in range(B)]
+        params["output_frames"] = len(frames[0])  # what the video holds (extend and connect add the given frames)
         if spec.report is not None:
             params.update(spec.report(frames))
         for path, f in zip(paths or [], frames):

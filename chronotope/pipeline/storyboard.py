@@ -141,7 +141,7 @@ def generate_storyboard(pipe, storyboard, negative_prompt: str | None = None, he
     C, n, h, w = pipe.vae.latent_shape(longest["num_frames"], H, W)
     cost = estimate_cost(pipe, 1, (C, n + m, h, w), num_inference_steps,
                          1 if guidance_scale <= 1 or sampler == "shortcut" else 2,
-                         longest["num_frames"], windows=len(shots))
+                         longest["num_frames"], windows=len(shots), sampler=sampler)
     for text in warnings + [t for t in [check_cost(cost)] if t]:
         note(notes, text)
     if not expand_prompt and board["carry"] == "characters":

@@ -116,6 +116,16 @@ class TextEncoder:
             list(prompts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         )
 
+    def truncation(self, prompt: str) -> tuple[int, int, int] | None:
+        """(tokens of `prompt`, tokens kept, characters kept) when it is longer than max_length tokens (special
+        tokens counted), else None: the encoder sees only its first characters, the rest has no effect."""
+        ids = self.tokenizer(prompt, truncation=False, verbose=False)["input_ids"]
+        if len(ids) <= self.max_length:
+            return None
+        kept = self.tokenizer(prompt, truncation=True, max_length=self.max_length, return_offsets_mapping=True)
+        chars = max((end for _, end in kept.get("offset_mapping") or []), default=0)
+        return len(ids), self.max_length, int(chars)
+
     @torch.no_grad()
     def _encode_uncached(self, prompts: list[str]) -> list[Tensor]:
         """Per-prompt embeddings without padding: a list of [L_i, D] float32 on CPU."""

@@ -41,14 +41,21 @@ class Expansion:
     missing: list[str] = field(default_factory=list)  # the attributes filled from the seed
 
 
+QUOTE = 60  # characters of a prompt a note may quote; a long prompt is named, not echoed
+
+
 def _parse(prompt: str) -> tuple[dict | None, str]:
-    """(the World parser's partial spec, "") or (None, the parser's reason) for a non-World prompt."""
+    """(the World parser's partial spec, "") or (None, the parser's reason) for a non-World prompt. The reason
+    quotes at most QUOTE characters of the prompt (the parser's message quotes all of it)."""
     from chronotope.world.parser import parse_prompt  # the World's text -> spec parser
 
     try:
         spec = parse_prompt(prompt)
     except ValueError as err:
-        return None, str(err)
+        reason = str(err)
+        if len(prompt) > QUOTE:
+            reason = reason.replace(repr(prompt), f"the prompt ({len(prompt):,} characters)")
+        return None, reason if len(reason) <= 4 * QUOTE else reason[: 4 * QUOTE] + "..."
     if not spec or not spec.get("objects"):
         return None, "no World object found"
     return spec, ""

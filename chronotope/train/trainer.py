@@ -113,6 +113,7 @@ def seed_everything(seed: int) -> None:
 
 
 SCHEDULES = ("constant", "cosine", "wsd")
+MAX_BUDGET_S = 30 * 86400.0  # a time budget past 30 days is a typo, not a run anyone waits for
 
 
 class Trainer:
@@ -170,10 +171,11 @@ class Trainer:
                             ("max_bad_steps", max_bad_steps), ("grad_accum", grad_accum)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        if lr <= 0:
-            raise ValueError(f"lr must be > 0, got {lr}")
-        if time_budget_s is not None and not time_budget_s > 0:
-            raise ValueError(f"time_budget_s must be a positive number of seconds, got {time_budget_s}")
+        if not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {lr}")
+        if time_budget_s is not None and not 0 < time_budget_s <= MAX_BUDGET_S:  # refuses nan and inf alike
+            raise ValueError(f"time_budget_s must be a number of seconds > 0 and at most {MAX_BUDGET_S:g} (30 days), "
+                             f"got {time_budget_s}")
         if not 0 < decay_frac <= 1:
             raise ValueError(f"decay_frac (the cooldown's share of the time budget) must be in (0, 1], got {decay_frac}")
         if samples_at not in (None, "checkpoint", "end"):

@@ -22,6 +22,7 @@ The budget covers vae + data + text + dit; export and the quick bench come after
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from contextlib import contextmanager
@@ -33,6 +34,8 @@ import torch
 from tqdm.auto import tqdm
 
 from chronotope.atomic import atomic_write_json, swap_in_folder
+from chronotope.request import arg, check_device, check_range, memory_limit
+from chronotope.train.trainer import MAX_BUDGET_S
 from chronotope.pipeline import DEFAULT_TEXT_ENCODER
 from chronotope.world.mix import WorldMix
 
@@ -41,6 +44,26 @@ _FREE = ("threads", "progress", "workers", "encode_batch", "text_batch", "ckpt_m
          "bench_prompts")  # options a resumed run may change; every other one must match the run in OUT
 # options added after runs were recorded, left out of the record at these defaults
 _LATER = {"shot_embed": 0, "few_step": False, "shortcut_share": 0.5, "guidance": None}
+
+
+MAX_MINUTES = MAX_BUDGET_S / 60
+ITEM_BYTES = 2048  # an item's row of the cache index (caption, spec, shapes) in memory, with a margin
+# (low, high, why) of the recipe's other counts: each is held in memory at once or costs time per unit
+COUNTS = {
+    "workers": (1, 4 * (os.cpu_count() or 1), f" (4 render processes per CPU core, {os.cpu_count() or 1} here)"),
+    "shard_size": (1, 65_536, " (items per shard file, written whole from memory)"),
+    "encode_batch": (1, 4_096, " (clips in one VAE call, held in memory at once)"),
+    "text_batch": (1, 65_536, " (captions in one text-encoder call)"),
+    "token_budget": (1, 1 << 22, " (tokens of one pack; attention memory grows with its square)"),
+    "max_steps": (1, 100_000_000, ""),
+    "bench_prompts": (0, 10_000, " (World-bench prompts after training; 10,000 take hours)"),
+    "warmup": (0, 100_000_000, ""),
+}
+
+
+def _flag(name: str) -> str:
+    """The recipe's field as `train world-model` spells it (its fields are named after the options)."""
+    return "--" + name.replace("_", "-")
 
 
 @dataclass
@@ -87,9 +110,9 @@ class WorldModelRecipe:
 
     def resolved(self) -> WorldModelRecipe:
         """A copy with the device's defaults filled in; ValueError for options that cannot work."""
-        device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = check_device(self.device)  # before OUT is made: a CPU-only PyTorch asked for cuda writes nothing
         if device not in ("cpu", "cuda"):
-            raise ValueError(f"--device must be cpu or cuda, got {device!r}")
+            raise ValueError(f"{arg('device', device)}: must be cpu or cuda")
         gpu = device == "cuda"
         pick = lambda value, cpu, cuda: value if value is not None else (cuda if gpu else cpu)  # noqa: E731
         r = WorldModelRecipe(**{f.name: getattr(self, f.name) for f in fields(self)})
@@ -98,19 +121,25 @@ class WorldModelRecipe:
         r.text_batch, r.token_budget = pick(r.text_batch, 64, 1024), pick(r.token_budget, 2048, 32768)
         r.lr, r.bf16 = pick(r.lr, 3e-4, 5e-4), pick(r.bf16, False, True)
         r.workers = pick(r.workers, 1, max(1, min(16, (os.cpu_count() or 2) - 1)))
-        for name in ("minutes", "ckpt_minutes", "lr", "time_shift"):
-            if not getattr(r, name) > 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(r, name)}")
+        month = " (30 days: a budget past that is a typo, not a run anyone waits for)"
+        for name, hi, why in (("minutes", MAX_MINUTES, month), ("ckpt_minutes", MAX_MINUTES, month),
+                              ("lr", 1.0, " (AdamW diverges long before)"), ("time_shift", 100.0, "")):
+            check_range(_flag(name), getattr(r, name), 0.0, hi, open_low=True, why=why)
         for name in ("data_share", "vae_share", "decay_frac"):
-            if not 0 < getattr(r, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} is a share of the budget in (0, 1), got {getattr(r, name)}")
-        if r.items is not None and r.items < 1:
-            raise ValueError(f"--items must be >= 1, got {r.items}")
+            value = getattr(r, name)
+            if not (math.isfinite(value) and 0 < value < 1):
+                raise ValueError(f"{_flag(name)} {value}: is a share of the budget, greater than 0 and less than 1")
+        if r.items is not None:
+            check_range(_flag("items"), r.items, 1, memory_limit(ITEM_BYTES), integer=True,
+                        why=f" (the cache's index, about {ITEM_BYTES // 1000} kB per item, is held in memory)")
+        for name, value in (("workers", r.workers), ("shard_size", r.shard_size), ("encode_batch", r.encode_batch),
+                            ("text_batch", r.text_batch), ("token_budget", r.token_budget),
+                            ("max_steps", r.max_steps), ("bench_prompts", r.bench_prompts), ("warmup", r.warmup)):
+            lo, hi, why = COUNTS[name]
+            check_range(_flag(name), value, lo, hi, integer=True, why=why)
         if r.shot_embed < 0 or r.shot_embed == 1:
             raise ValueError(f"--shot-embed is 0 (off) or the rows of the shot embedding, at least 2 (3 tells the "
                              f"new shot and both context shots apart), got {r.shot_embed}")
-        if r.bench_prompts < 0 or r.warmup < 0:
-            raise ValueError(f"--bench-prompts and --warmup must be >= 0, got {r.bench_prompts}, {r.warmup}")
         if len(r.patch) != 3 or min(r.patch) < 1:
             raise ValueError(f"--patch takes three positive sizes PT,PH,PW such as 1,1,1, got {list(r.patch)}")
         if r.few_step and not r.init:

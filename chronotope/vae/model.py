@@ -40,11 +40,14 @@ from chronotope.vae.layers import (
 )
 from chronotope.vae.tiling import tiled_call
 
+Tile = int | tuple[int, int] | None  # spatial tile in pixels: one side, (height, width), or None (whole frames)
+
 
 class DiagonalGaussian:
     """Posterior N(mean, exp(logvar)) from moments [B, 2C, t, h, w] (mean first, then logvar)."""
 
     def __init__(self, moments: torch.Tensor) -> None:
+        self.moments = moments
         self.mean, logvar = moments.chunk(2, dim=1)  # 2 x [B, C, t, h, w]
         self.logvar = logvar.clamp(-30.0, 20.0)
         self.std = torch.exp(0.5 * self.logvar)
@@ -191,10 +194,10 @@ class CausalVAE(nn.Module):
                 f"expected latents [B, {self.config.latent_channels}, t, h, w], got shape {tuple(z.shape)}"
             )
 
-    def _check_tiling(self, tile_size: int | None, tile_overlap: int) -> None:
+    def _check_tiling(self, tile_size: Tile, tile_overlap: int) -> None:
         sf = self.config.spatial_factor
-        if tile_size is not None and (tile_size < 2 * sf or tile_size % sf or tile_overlap % sf
-                                      or not 0 <= tile_overlap < tile_size):
+        sides = () if tile_size is None else (tile_size,) * 2 if isinstance(tile_size, int) else tuple(tile_size)
+        if any(t < 2 * sf or t % sf or not 0 <= tile_overlap < t for t in sides) or tile_overlap % sf:
             raise ValueError(
                 f"tile_size must be a multiple of {sf} (>= {2 * sf}) and tile_overlap a multiple of {sf} "
                 f"smaller than tile_size, got tile_size={tile_size}, tile_overlap={tile_overlap}"
@@ -206,37 +209,47 @@ class CausalVAE(nn.Module):
         self,
         x: torch.Tensor,
         chunk_frames: int | None = 16,
-        tile_size: int | None = None,
+        tile_size: Tile = None,
         tile_overlap: int = 16,
     ) -> DiagonalGaussian:
         """x: [B, 3, T, H, W] in [-1, 1] -> posterior over raw latents [B, C, 1 + (T-1)/tf, H/sf, W/sf].
 
         chunk_frames: code the first frame, then chunk_frames frames at a time (a multiple of
         temporal_factor) with a causal cache, so memory does not grow with length; None codes the
-        whole clip at once (what training does: same numbers, one pass). tile_size /
-        tile_overlap (pixels, multiples of spatial_factor): code overlapping spatial tiles.
+        whole clip at once (what training does: same numbers, one pass). tile_size (one side, or
+        (height, width)) / tile_overlap (pixels, multiples of spatial_factor): code overlapping spatial tiles.
         """
         self._check_pixels(x)
-        self._check_tiling(tile_size, tile_overlap)
-        tf, sf = self.config.temporal_factor, self.config.spatial_factor
+        tf = self.config.temporal_factor
         if chunk_frames is None:
-            chunks, caches = [x], None
-        else:
-            if chunk_frames < 1 or chunk_frames % tf:
-                raise ValueError(
-                    f"chunk_frames must be a positive multiple of temporal_factor {tf}, got {chunk_frames}"
-                )
-            rest = x[:, :, 1:].split(chunk_frames, dim=2) if x.shape[2] > 1 else ()
-            chunks, caches = [x[:, :, :1], *rest], {}
-        moments = [self._run(self.encoder, chunk, caches, tile_size, tile_overlap, (1, sf)) for chunk in chunks]
+            self._check_tiling(tile_size, tile_overlap)
+            sf = self.config.spatial_factor
+            return DiagonalGaussian(self._run(self.encoder, x, None, tile_size, tile_overlap, (1, sf)).contiguous())
+        if chunk_frames < 1 or chunk_frames % tf:
+            raise ValueError(f"chunk_frames must be a positive multiple of temporal_factor {tf}, got {chunk_frames}")
+        rest = x[:, :, 1:].split(chunk_frames, dim=2) if x.shape[2] > 1 else ()
+        moments = [p.moments for p in self.encode_chunks([x[:, :, :1], *rest], tile_size, tile_overlap)]
         return DiagonalGaussian(torch.cat(moments, dim=2).contiguous())  # [B, 2C, t, h, w]
+
+    def encode_chunks(
+        self, chunks: Iterable[torch.Tensor], tile_size: Tile = None, tile_overlap: int = 16
+    ) -> Iterator[DiagonalGaussian]:
+        """Encode a clip given as consecutive time chunks [B, 3, n_i, H, W] (the first frame alone, then
+        multiples of temporal_factor), yielding each chunk's posterior [B, C, n_i / tf (1 for the first), h, w].
+        A causal cache carries between chunks (the numbers of `encode`), and chunks are read only as they are
+        needed, so a caller can stream a clip in and its latents out (chronotope reconstruct does)."""
+        self._check_tiling(tile_size, tile_overlap)
+        sf = self.config.spatial_factor
+        caches: dict[int, Cache] = {}
+        for chunk in chunks:
+            yield DiagonalGaussian(self._run(self.encoder, chunk, caches, tile_size, tile_overlap, (1, sf)))
 
     @staticmethod
     def _run(
         net: nn.Module,
         x: torch.Tensor,
         caches: dict[int, Cache] | None,
-        tile: int | None,
+        tile: Tile,
         overlap: int,
         scale: tuple[int, int],
     ) -> torch.Tensor:
@@ -253,31 +266,35 @@ class CausalVAE(nn.Module):
 
     def decode_iter(
         self,
-        z: torch.Tensor,
+        z: torch.Tensor | Iterable[torch.Tensor],
         chunk_latent_frames: int = 1,
-        tile_size: int | None = None,
+        tile_size: Tile = None,
         tile_overlap: int = 16,
         clamp: bool = True,
     ) -> Iterator[torch.Tensor]:
         """Decode raw latents [B, C, t, h, w] chunk by chunk with a causal cache, yielding pixel chunks
         [B, 3, n, H, W] (n = 1 + (k-1)*tf for the first chunk of k latent frames, k*tf after), so a caller
-        that writes frames out as they come holds one chunk at a time. tile_size/tile_overlap in pixels."""
-        self._check_latents(z)
+        that writes frames out as they come holds one chunk at a time. z may also be an iterable of
+        consecutive latent pieces (e.g. from encode_chunks), each split into chunk_latent_frames.
+        tile_size (one side, or (height, width)) / tile_overlap in pixels."""
         self._check_tiling(tile_size, tile_overlap)
         if chunk_latent_frames < 1:
             raise ValueError(f"chunk_latent_frames must be >= 1, got {chunk_latent_frames}")
         sf = self.config.spatial_factor
         caches: dict[int, Cache] = {}
-        tile = None if tile_size is None else tile_size // sf
-        for chunk in z.split(chunk_latent_frames, dim=2):
-            x = self._run(self.decoder, chunk, caches, tile, tile_overlap // sf, (sf, 1)).contiguous()
-            yield x.clamp_(-1.0, 1.0) if clamp else x
+        tile = None if tile_size is None else (
+            tile_size // sf if isinstance(tile_size, int) else (tile_size[0] // sf, tile_size[1] // sf))
+        for piece in [z] if isinstance(z, torch.Tensor) else z:
+            self._check_latents(piece)
+            for chunk in piece.split(chunk_latent_frames, dim=2):
+                x = self._run(self.decoder, chunk, caches, tile, tile_overlap // sf, (sf, 1)).contiguous()
+                yield x.clamp_(-1.0, 1.0) if clamp else x
 
     def decode(
         self,
         z: torch.Tensor,
         chunk_latent_frames: int | None = 4,
-        tile_size: int | None = None,
+        tile_size: Tile = None,
         tile_overlap: int = 16,
         clamp: bool = True,
     ) -> torch.Tensor:

@@ -27,7 +27,8 @@ from ..data.manifest import aspect_ratio_name, write_manifest
 from ..sizes import size_for
 from ..video import IMAGE_FPS, write_video
 from .captions import detailed_caption, short_caption
-from .render import check_frame_size, render
+from ..request import arg
+from .render import check_clip_memory, check_frame_size, render
 from .scene import check_constraints, check_starts, sample_scene
 from .storyboard import check_shots, render_storyboard, sample_storyboard, shot_lengths, storyboard_text
 
@@ -58,7 +59,7 @@ def plan_items(num: int, seed: int, sizes: list[tuple[int, int, str]], num_frame
                fps: float) -> list[WorldItem]:
     """Items 0..num-1 cycling through every (size, num_frames) pair; sizes are (height, width, ratio name)."""
     if num < 1:
-        raise ValueError(f"--num must be at least 1, got {num}")
+        raise ValueError(f"{arg('num', num)}: must be at least 1")
     if not sizes or not num_frames:
         raise ValueError("give at least one size (or aspect ratio) and one frame count")
     for h, w, _ in sizes:
@@ -131,7 +132,7 @@ def plan_storyboards(num: int, seed: int, sizes: list[tuple[int, int, str]], sho
                      num_frames: list[int], fps: float) -> list[StoryboardItem]:
     """Items 0..num-1 cycling through every (size, shot count) pair; shot lengths drawn from `num_frames`."""
     if num < 1:
-        raise ValueError(f"--num must be at least 1, got {num}")
+        raise ValueError(f"{arg('num', num)}: must be at least 1")
     if not sizes or not shots:
         raise ValueError("give at least one size (or aspect ratio) and one shot count, e.g. --shots 2,3")
     for h, w, _ in sizes:
@@ -184,6 +185,36 @@ def resolve_sizes(height: int | None = None, width: int | None = None, resolutio
     return [(*size_for(resolution or "64px", r), r) for r in (aspect_ratios or ["1:1"])]
 
 
+# bytes of memory per item of a run until its manifest is written: the row (caption, spec JSON, short caption)
+# and the planned item, about 1.5 kB measured on 64px clips of 1-3 objects, with a margin
+ROW_BYTES = 2048
+WORKERS_PER_CORE = 4  # render processes past this many per core only wait for a core
+
+
+def check_run(num: int, sizes: list[tuple[int, int, str]], num_frames: list[int], fps: float, workers: int = 1,
+              shots: list[int] | None = None, seed: int = 0) -> None:
+    """Before anything is planned or written: every count of a run within what memory and the machine allow
+    (the error states the limit), every clip renderable within memory, fps finite and positive."""
+    from chronotope.request import available_memory, check_number, check_range, format_bytes, memory_limit
+
+    check_range("num", num, 1, memory_limit(ROW_BYTES), integer=True,
+                why=f" (the manifest's rows, about {ROW_BYTES // 1000} kB each, are held in memory until it is "
+                    f"written: half of the {format_bytes(available_memory())} available)")
+    cores = os.cpu_count() or 1
+    check_range("workers", workers, 1, WORKERS_PER_CORE * cores, integer=True,
+                why=f" ({WORKERS_PER_CORE} render processes per CPU core, {cores} cores here)")
+    check_number("fps", fps)
+    check_number("seed", seed)
+    for t in num_frames:
+        if isinstance(t, bool) or not isinstance(t, int) or t < 1:
+            raise ValueError(f"{arg('num_frames', t)}: frame counts must be whole numbers >= 1; clips for the VAE "
+                             f"have 4k+1 frames (1, 17, 33)")
+    longest = max(num_frames) * (max(check_shots(n) for n in shots) if shots else 1)
+    for h, w, _ in sizes:
+        check_frame_size(h, w)
+        check_clip_memory(h, w, longest, min(workers, num))
+
+
 def write_world(out_dir: str | os.PathLike, num: int, seed: int = 0, sizes: list[tuple[int, int, str]] | None = None,
                 num_frames: list[int] | None = None, fps: float = 8.0, include_heldout: bool = False,
                 workers: int = 1, tracks: bool = True, progress: bool = True, objects: int | None = None,
@@ -194,8 +225,7 @@ def write_world(out_dir: str | os.PathLike, num: int, seed: int = 0, sizes: list
     shots: render storyboards instead, item i with shots[i % len] shots of the same characters and hard cuts
     (world/storyboard.py; each shot's length drawn from num_frames); not with objects / motions."""
     out_dir = os.fspath(out_dir)
-    if not fps > 0:
-        raise ValueError(f"--fps must be positive, got {fps}")
+    check_run(num, sizes or [(64, 64, "1:1")], num_frames or [17], fps, workers, shots, seed)
     if shots is not None:
         if objects is not None or motions is not None:
             raise ValueError("--shots renders storyboards of sampled characters; drop --objects / --motions")

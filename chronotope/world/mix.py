@@ -23,7 +23,7 @@ import numpy as np
 from chronotope.sizes import size_for
 from chronotope.world.captions import detailed_caption, short_caption
 from chronotope.world.generate import WorldItem
-from chronotope.world.render import render
+from chronotope.world.render import check_clip_memory, render
 from chronotope.world.scene import Scene, sample_scene
 from chronotope.world.storyboard import (MIN_SHOT_FRAMES, render_storyboard, sample_storyboard, shot_lengths,
                                          storyboard_text)
@@ -61,8 +61,10 @@ class WorldMix:
                              f"(what the mover shares leave), got {self.storyboards}")
         if self.storyboards > 0 and max(self.num_frames) < MIN_SHOT_FRAMES:
             raise ValueError(f"storyboard shots need a frame count of at least {MIN_SHOT_FRAMES} (e.g. 17)")
+        longest = max(self.num_frames) * (max(STORYBOARD_SHOTS) if self.storyboards else 1)
         for ar in self.aspect_ratios:
-            size_for(self.resolution, ar)  # ValueError for a bad ratio or resolution, now
+            height, width = size_for(self.resolution, ar)  # ValueError for a bad ratio or resolution, now
+            check_clip_memory(height, width, longest)  # and for clips too large to render, not after OUT is made
 
     def to_dict(self) -> dict:
         """The mix as JSON; `storyboards` only when > 0, so caches and runs recorded before it still resume."""
