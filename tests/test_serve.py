@@ -279,7 +279,7 @@ def test_serve_refuses_bad_options_in_one_line(capsys):
     assert main(["serve", "--port", "0"]) == 2
     assert capsys.readouterr().err.strip() == "chronotope serve: error: --port 0: must be from 1 to 65535"
     assert main(["serve", "--max-upload-mb", "-1"]) == 2
-    assert "--max-upload-mb -1.0: must be a positive number of MB" in capsys.readouterr().err
+    assert "--max-upload-mb -1.0: must be a number of MB greater than 0" in capsys.readouterr().err
     assert main(["serve", "--max-queue", "0"]) == 2
     assert "--max-queue 0: must be at least 1" in capsys.readouterr().err
 
