@@ -163,11 +163,11 @@ class DiTConfig:
     # first frame from the last, which "starts right, moves left" needs when the frames are still noise.
     # The shipped World model has them (its recipe, `chronotope train world-model`, adds them by default)
     abs_pos: bool = False
-    # storyboards (issue 28): > 0 adds a zero-initialised learned embedding of each token's shot index (0 = the
+    # storyboards: > 0 adds a zero-initialised learned embedding of each token's shot index (0 = the
     # shot being made, j = the j-th shot before it, capped at shot_embed - 1), so earlier shots given as clean
     # context read as "another shot", not as frames to continue. 0 = off (the shipped model: it loads unchanged)
     shot_embed: int = 0
-    # few-step sampling (issue 30): True adds a zero-initialised embedding of each token's step size d (the interval
+    # few-step sampling: True adds a zero-initialised embedding of each token's step size d (the interval
     # of time the model is asked to cross in one step), summed with the timestep embedding: the model returns the
     # average velocity over [t - d, t] (shortcut models, Frans et al. 2024), d = 0 the instantaneous one.
     # False = off (the shipped model: it loads unchanged)

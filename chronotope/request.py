@@ -479,7 +479,7 @@ def _duration(s: float) -> str:
     return f"{max(s, 1):.0f} s"
 
 
-# --- storyboards: several shots in one video (issue 28) ------------------------------------------
+# --- storyboards: several shots in one video ------------------------------------------
 
 SHOT_KEYS = ("prompt", "num_frames", "duration", "negative_prompt", "seed")
 STORYBOARD_KEYS = ("shots", "carry", "context")

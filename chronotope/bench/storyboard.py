@@ -1,4 +1,4 @@
-"""World-bench storyboard mode (issue 28): a multi-shot video scored shot by shot, across shots, and at its cuts.
+"""World-bench storyboard mode: a multi-shot video scored shot by shot, across shots, and at its cuts.
 
 A storyboard is a list of shots, each {"spec", "num_frames"} (and "start", else the shots run back to back).
 Four metrics in [0, 1], each a mean over the storyboard's shots, characters or cuts:

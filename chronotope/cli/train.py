@@ -246,7 +246,7 @@ def add_train_dit(models: argparse._SubParsersAction) -> None:
                    help="a shot-aware DiT (DiTConfig.shot_embed, N >= 2 rows, zero-initialised; added to an --init "
                         "DiT that lacks it): each storyboard shot of the cache is learned with the last latent frame "
                         "of up to 2 earlier shots as clean context, as generate --storyboard uses it (default 0)")
-    few = p.add_argument_group("few-step distillation (issue 30, chronotope/train/few_step.py)")
+    few = p.add_argument_group("few-step distillation (chronotope/train/few_step.py)")
     few.add_argument("--few-step", action="store_true",
                      help="distil --teacher into a DiT that samples in 1, 2, 4 or 8 steps with its guidance folded in "
                      "(one evaluation per step); the student starts as the teacher (or --init) plus a step embedding")

@@ -17,7 +17,7 @@ drops index lines of a shard that never got recorded (a crash between the two wr
 does this writing for any producer of latents (also the World-model recipe, which encodes in batches).
 `LatentCache(dir)` reads it back as a torch Dataset; `shard_for_rank` splits it for DDP.
 
-Storyboards (a manifest row or World item with a `shots` list, issue 28) are cut at their cuts by
+Storyboards (a manifest row or World item with a `shots` list) are cut at their cuts by
 `storyboard_shots`: each shot is its own causal-VAE clip (4k+1 frames, its first frame coded alone, as
 pipeline/storyboard.py decodes it) with its own caption and spec, linked to its storyboard.
 """

@@ -2,7 +2,7 @@
 
 Written as autograd over the separate ops, RMSNorm -> scale -> RoPE costs ~5 passes over q/k forward and ~12
 backward (autograd decomposes rms_norm's backward into pow/mul/sum/... and RoPE into cat + muls); this
-`torch.autograd.Function` does 3 forward and ~6 backward passes (the previous engineer's profile: about
+`torch.autograd.Function` does 3 forward and ~6 backward passes (a profile of the CPU step: about
 10% of the DiT step was these passes). Numerically it is the same function (tests/test_dit.py checks
 values and gradients against the unfused ops).
 

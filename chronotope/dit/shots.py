@@ -1,4 +1,4 @@
-"""What a shot-aware DiT sees of earlier shots (storyboards, issue 28): one layout for sampling and training.
+"""What a shot-aware DiT sees of earlier shots (storyboards): one layout for sampling and training.
 
 A model with DiTConfig.shot_embed > 0 makes shot s of a storyboard as one sequence: the last
 CONTEXT_LATENT_FRAMES latent frames of each of up to CONTEXT_SHOTS earlier shots (oldest first, clean, t = 0,

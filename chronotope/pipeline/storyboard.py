@@ -1,4 +1,4 @@
-"""Storyboards: several shots in one video, hard cuts at the requested frames, characters kept across cuts (issue 28).
+"""Storyboards: several shots in one video, hard cuts at the requested frames, characters kept across cuts.
 
 A storyboard is a list of shots, each a prompt and a length (request.check_storyboard). Every shot is its own
 clip for the causal VAE (its first frame coded alone), so a cut falls exactly where the shots meet. Two things

@@ -14,7 +14,7 @@ checkpointed CPU generator, so resume stays exact), its samples are sorted by le
 call per distinct length), and everything the model would otherwise read back from the device is
 handed to it as host values (`PackInfo`). benchmarks/train_step.py measures all three.
 
-Storyboards (issue 28): a DiT with `shot_embed > 0` trains each shot of a cached storyboard as it samples it
+Storyboards: a DiT with `shot_embed > 0` trains each shot of a cached storyboard as it samples it
 (train/shot_context.py, dit/shots.py): the last latent frame of up to two earlier shots as clean context
 (t = 0, out of the loss), then the shot, every token tagged with its shot index. Other DiTs train every shot
 as a clip of its own, as they make it.

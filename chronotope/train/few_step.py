@@ -1,4 +1,4 @@
-"""Few-step sampling by distillation (issue 30): a student DiT that samples in 1, 2, 4 or 8 steps, guidance folded in.
+"""Few-step sampling by distillation: a student DiT that samples in 1, 2, 4 or 8 steps, guidance folded in.
 
 The student is the teacher's weights plus a zero-initialised step-size embedding (`DiT.with_step_embed`), so at
 first it IS the teacher's conditional velocity at every step size. Each pack trains one of two targets:

@@ -1,4 +1,4 @@
-"""Storyboard shots as training samples: each shot with its earlier shots as clean context (issue 28).
+"""Storyboard shots as training samples: each shot with its earlier shots as clean context.
 
 A cache item that is a storyboard's shot (latent_cache.storyboard_shots: `storyboard` and `shot` in its index
 line) is trained, by a model with DiTConfig.shot_embed > 0, as the sequence that model sees when it makes that

@@ -7,7 +7,7 @@ stopped anywhere re-makes exactly the items it had. The default mix is the one o
 one-movers (one object moving left, right, up or down, starting on the side it comes from, section 4d) and
 15% one-movers starting anywhere in view (section 4f). Held-out compositions are left out. `storyboards` > 0
 mixes in World storyboards (world/storyboard.py: 2 or 3 shots of one cast, hard cuts), whose shots the latent
-cache stores as clips of their own, linked to their storyboard, for a shot-aware DiT (issue 28).
+cache stores as clips of their own, linked to their storyboard, for a shot-aware DiT.
 
     mix = WorldMix()
     frames, row = render_item(mix, seed=0, index=7)     # uint8 [T, H, W, 3], caption, short caption, spec

@@ -1,4 +1,4 @@
-"""World storyboards: several shots of one cast of characters, joined by hard cuts (issue 28).
+"""World storyboards: several shots of one cast of characters, joined by hard cuts.
 
 A storyboard keeps its *characters* (objects by color, with a fixed shape and size) from shot to shot and
 changes the rest at every cut: a new background (always different from the shot before, so a cut is a
