@@ -70,3 +70,31 @@ def test_rebase_changes_channels_and_patch_and_refuses_mismatched_maps():
                torch.ones(1, 3, dtype=torch.bool)).shape == patchify(z, (1, 2, 2)).shape
     with pytest.raises(ValueError, match="features"):
         rebase_dit(dit, maps, in_channels=3, patch=(1, 2, 2))
+
+
+def test_world_model_rebases_an_init_on_other_latents_once(tmp_path, monkeypatch):
+    """train world-model --init on a model whose VAE makes other latents: the DiT is re-based (timed as its own
+    stage, its fit recorded) and step 0 kept, so a resumed run loads it instead of fitting again."""
+    from chronotope.config import VAE_PRESETS
+    from chronotope.pipeline import VideoPipeline
+    from chronotope.train import world_model as wm
+    from chronotope.vae.model import CausalVAE
+
+    torch.set_num_threads(1)
+    VideoPipeline.from_presets("debug", "debug").save_pretrained(tmp_path / "init")  # 4 latent channels
+    cfg = VAE_PRESETS["debug"]()
+    cfg.latent_channels = 2
+    CausalVAE(cfg).save_pretrained(tmp_path / "vae2")
+    monkeypatch.setattr(wm, "REBASE_CLIPS", 6)
+    recipe = wm.WorldModelRecipe(out=str(tmp_path / "run"), init=str(tmp_path / "init"), vae=str(tmp_path / "vae2"),
+                                 patch=(1, 2, 2), device="cpu", progress=False, encode_batch=4)
+    run = wm._Run(recipe.resolved())
+    model = wm._dit_model(run, channels=2)
+    assert model.config.in_channels == 2 and model.config.patch == (1, 2, 2)
+    stage = run.state["stages"]["rebase"]
+    assert stage["done"] and stage["tokens"] > 8 and 0 <= stage["r2_new_to_old"] <= 1
+    kept = DiT.from_pretrained(tmp_path / "run" / "rebase" / "dit")
+    again = wm._dit_model(run, channels=2)
+    mine = again.state_dict()  # the recipe's additions (absolute positions) start at zero on top of step 0
+    assert all(torch.equal(mine[k], v) for k, v in kept.state_dict().items())
+    assert all(torch.equal(mine[k], v) for k, v in model.state_dict().items())

@@ -10,6 +10,8 @@ OUT/state.json; kill -9 and the same command continues where it stopped):
           latent cache OUT/cache (chronotope/train/world_data.py), until --data-share of the budget is
           spent (at a shard boundary) or 200,000 items; --items N for exactly N
   text    caption embeddings of the cache on the device (TextEmbeddings)
+  rebase  only when --init takes other latents than this run's VAE: its DiT moved onto them by transfer
+          (chronotope/train/transfer.py: trunk kept, input and output layers mapped by least squares)
   dit     the DiT for the time left (--few-step: --init distilled into a 1-8-step sampler, train/few_step.py) (Trainer(time_budget_s=...)): warmup in steps, then a constant lr and
           a cooldown over the last --decay-frac of the time, ending at the budget; checkpoints about every
           --ckpt-minutes (the step interval comes from the speed of the first 20 steps)
