@@ -18,7 +18,7 @@ is learned by fine-tuning.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -107,19 +107,14 @@ def rebase_dit(dit: DiT, maps: LatentMaps, in_channels: int, patch: Patch) -> Di
     if tuple(a.weight.shape) != (old_dim, new_dim) or tuple(b.weight.shape) != (new_dim, old_dim):
         raise ValueError(f"the maps are {tuple(a.weight.shape)} / {tuple(b.weight.shape)}, but the DiT's tokens have "
                          f"{old_dim} features and the new latent's {new_dim}")
-    model = DiT(replace(cfg, in_channels=in_channels, patch=tuple(patch)))
-    fresh = ("x_embedder.", "final_layer.linear.")
-    kept = {k: v for k, v in dit.state_dict().items() if not k.startswith(fresh)}
-    missing, unexpected = model.load_state_dict(kept, strict=False)
-    if unexpected or any(not k.startswith(fresh) for k in missing):
-        raise RuntimeError(f"re-basing the DiT: missing {missing}, unexpected {unexpected}")
+    model = dit._rebuilt(fresh=("x_embedder.", "final_layer.linear."), in_channels=in_channels, patch=tuple(patch))
     w_in, c_in = dit.x_embedder.weight, dit.x_embedder.bias  # [D, old], [D]
     model.x_embedder.weight.copy_(w_in @ a.weight)  # [D, new]
     model.x_embedder.bias.copy_(w_in @ a.bias + c_in)
     w_out, c_out = dit.final_layer.linear.weight, dit.final_layer.linear.bias  # [old, D], [old]
     model.final_layer.linear.weight.copy_(b.weight @ w_out)  # [new, D]
     model.final_layer.linear.bias.copy_(b.weight @ c_out - b.bias)  # v = eps - x0: the map's offset enters negated
-    return model.train(dit.training)
+    return model
 
 
 __all__ = ["LatentMaps", "LinearMap", "fit_latent_maps", "paired_tokens", "rebase_dit"]
