@@ -74,7 +74,7 @@ def compile_blocks(blocks: torch.nn.ModuleList) -> None:
 def ours_step(compile: bool = False):
     """(training step function, analytic forward FLOPs) of our DiT at the matched config."""
     cfg = DiTConfig(in_channels=CH, patch=(1, 2, 2), width=WIDTH, depth=DEPTH, heads=HEADS, mlp_ratio=FFN / WIDTH,
-                    text_dim=TEXT_DIM, attention="sdpa")
+                    text_dim=TEXT_DIM, attention="sdpa", abs_pos=False)  # as the peer: RoPE alone
     torch.manual_seed(0)
     model = DiT(cfg)
     if compile:

@@ -77,7 +77,7 @@ def main() -> None:
     if args.student:
         student = VideoPipeline.from_pretrained(args.student, text_encoder=teacher.text_encoder)
     else:
-        student = VideoPipeline(teacher.vae, teacher.dit.with_step_embed().eval(), teacher.text_encoder,
+        student = VideoPipeline(teacher.vae, teacher.dit.extended(step_embed=True).eval(), teacher.text_encoder,
                                 teacher.text_encoder_name, {**teacher.defaults, "sampler": "shortcut",
                                                             "num_inference_steps": 4, "guidance_scale": 5.0})
     teacher.text_encoder.cache_size = 0  # no prompt cache (the student shares the encoder): text is timed as new

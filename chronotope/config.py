@@ -14,8 +14,11 @@ def config_from_dict(cls, data: dict):
     """Build a config dataclass from a dict (e.g. a config.json), rejecting unknown keys clearly.
 
     A key the class has retired (`cls.RETIRED`: name -> the value it always had by default) is dropped when the
-    dict holds that value, so folders saved before its removal still load; any other value is refused."""
+    dict holds that value, so folders saved before its removal still load; any other value is refused. A key the
+    dict lacks takes `cls.ABSENT`'s value when it has one (the value folders saved before the key existed were
+    made with, where today's default differs), else the default."""
     names = {f.name for f in fields(cls)}
+    data = {**getattr(cls, "ABSENT", {}), **data}
     retired = getattr(cls, "RETIRED", {})
     for key in set(data) & set(retired):
         if data[key] != retired[key]:
@@ -161,8 +164,8 @@ class DiTConfig:
     # also add sinusoidal features of each token's (t, h, w) position to its embedding (zero-initialised
     # projection): RoPE gives attention only relative offsets, so without them a token cannot tell the
     # first frame from the last, which "starts right, moves left" needs when the frames are still noise.
-    # The shipped World model has them (its recipe, `chronotope train world-model`, adds them by default)
-    abs_pos: bool = False
+    # The shipped World model has them, and so has every preset but debug and the DiT paper's sizes
+    abs_pos: bool = True
     # storyboards: > 0 adds a zero-initialised learned embedding of each token's shot index (0 = the
     # shot being made, j = the j-th shot before it, capped at shot_embed - 1), so earlier shots given as clean
     # context read as "another shot", not as frames to continue. 0 = off (the shipped model: it loads unchanged)
@@ -172,9 +175,13 @@ class DiTConfig:
     # average velocity over [t - d, t] (shortcut models, Frans et al. 2024), d = 0 the instantaneous one.
     # False = off (the shipped model: it loads unchanged)
     step_embed: bool = False
+    # per-frame conditions besides the shot index (dit/conditioning.py FRAME_CONDITIONS): name -> embedder size
+    conditions: dict[str, int] = field(default_factory=dict)
     attention: str = "auto"  # "auto" | "sdpa" | "flex" | "flash"
     # removed options and the value they always had in the folders that still hold them (config_from_dict)
     RETIRED: ClassVar[dict[str, object]] = {"pooled_text": False}
+    # what a folder saved before an option existed was made with, where the default has changed since
+    ABSENT: ClassVar[dict[str, object]] = {"abs_pos": False}
 
     def __post_init__(self) -> None:
         self.patch = tuple(self.patch)
@@ -192,13 +199,14 @@ def _dit(**kw) -> DiTConfig:
 
 
 DIT_PRESETS = {
-    # every test runs on this one, on CPU, in seconds
-    "debug": lambda: _dit(in_channels=4, width=64, depth=2, heads=4, pos_ref=4.0),
-    # 64px World clips with an 8x VAE: a 17-frame clip is 5 x 4 x 4 = 80 tokens at patch (1, 2, 2)
+    # every test runs on this one, on CPU, in seconds (no absolute positions: its outputs stay what tests pinned)
+    "debug": lambda: _dit(in_channels=4, width=64, depth=2, heads=4, pos_ref=4.0, abs_pos=False),
+    # 64px World clips with an 8x VAE: a 17-frame clip is 5 x 4 x 4 = 80 tokens at patch (1, 2, 2); the shipped
+    # model is this one at patch (1, 1, 1)
     "world-s": lambda: _dit(in_channels=16, width=256, depth=6, heads=4, pos_ref=4.0),
-    # the DiT paper's sizes (Peebles & Xie 2023, Table 1), text-conditioned here
-    "S": lambda: _dit(width=384, depth=12, heads=6),
-    "B": lambda: _dit(width=768, depth=12, heads=12),
-    "L": lambda: _dit(width=1024, depth=24, heads=16),
-    "XL": lambda: _dit(width=1152, depth=28, heads=16),
+    # the DiT paper's sizes (Peebles & Xie 2023, Table 1), text-conditioned here, without absolute positions as there
+    "S": lambda: _dit(width=384, depth=12, heads=6, abs_pos=False),
+    "B": lambda: _dit(width=768, depth=12, heads=12, abs_pos=False),
+    "L": lambda: _dit(width=1024, depth=24, heads=16, abs_pos=False),
+    "XL": lambda: _dit(width=1152, depth=28, heads=16, abs_pos=False),
 }

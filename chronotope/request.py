@@ -2,8 +2,9 @@
 command line and the web app: every number finite and in range, no value silently replaced, and a cost
 estimate (memory and time) checked before anything that takes minutes starts.
 
-Errors name a parameter through `arg()`, so each caller shows the names its user typed: the Python API
-says `num_frames=6`, the command line (which wraps its verbs in `spelled(FLAGS)`) says `--num-frames 6`.
+Errors name a parameter through `arg()` (spelling.py), so each caller shows the names its user typed: the Python
+API says `num_frames=6`, the command line (which wraps its verbs in `spelled(FLAGS)`) says `--num-frames 6`. The
+modes and what each takes, and what a storyboard takes, are written here once.
 
     check_request(num_frames=6, fps=8.0, guidance_scale=5.0, ...)   # ValueError naming the nearest valid value
     cost = estimate_cost(pipe, batch=1, latent=(16, 5, 8, 8), steps=30, guidance_passes=2)
@@ -12,20 +13,44 @@ says `num_frames=6`, the command line (which wraps its verbs in `spelled(FLAGS)`
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import sys
-from collections.abc import Callable, Iterator
-from contextvars import ContextVar
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-# every generation mode (chronotope/pipeline/modes.py builds each one's conditioning; VideoPipeline runs it)
-MODES: tuple[str, ...] = ("t2v", "t2i", "i2v", "extend", "connect", "loop", "edit", "long")
+from chronotope.cost import (RATES, Cost, available_memory, format_bytes, format_duration, memory_limit,  # noqa: F401
+                             sampling_cost, vae_flops)  # memory_limit: still imported from here by train/world_model
+from chronotope.spelling import arg, spelled
 
-# how callers spell parameters: None = as Python keywords; the CLI installs its flag table with spelled()
-_SPELLING: ContextVar[dict[str, str] | None] = ContextVar("chronotope_request_spelling", default=None)
+
+@dataclass(frozen=True)
+class ModeFacts:
+    """What a generation mode is to its user: the inputs a request must give, the ones it may give (`needs`
+    included), and one line for --help and the web app. pipeline/modes.py keys each one's conditioning by name."""
+
+    needs: tuple[str, ...]
+    uses: tuple[str, ...]
+    description: str
+
+
+# every generation mode, the one list (pipeline/modes.py builds each one's conditioning; VideoPipeline runs it)
+MODES: dict[str, ModeFacts] = {
+    "t2v": ModeFacts((), (), "text to video"),
+    "t2i": ModeFacts((), (), "text to image (one frame)"),
+    "i2v": ModeFacts(("image",), ("image",), "image to video (the image first, or last)"),
+    "extend": ModeFacts(("video",), ("video",), "a video continued forward (or backward)"),
+    "connect": ModeFacts(("video", "video_end"), ("video", "video_end"), "new frames between the end of one video and "
+                    "the start of another"),
+    "loop": ModeFacts((), (), "a seamless loop (the last frame leads back into the first)"),
+    "edit": ModeFacts(("video",), ("video", "strength"), "a video redrawn after the prompt (strength: how much)"),
+    "long": ModeFacts((), ("image",), "a long video made window by window, each continuing the last (from an image, if "
+                 "given)"),
+}
+# frames per latent frame after the first: the causal VAE's temporal factor (its config's temporal_factor), for
+# checks made where no VAE is at hand. Clips have TEMPORAL_FACTOR k + 1 frames
+TEMPORAL_FACTOR = 4
 
 # ranges of the numbers of a request: (low, high), both inclusive unless named in OPEN_LOW. The highs of
 # frame counts keep a request's arithmetic sane (100,001 frames is 3.5 hours at 8 fps); below them memory and
@@ -61,32 +86,6 @@ WHY = {"height": " (the largest frame side H.264 writes)", "width": " (the large
 
 LONG_SECONDS = 60.0  # estimated runs longer than this get a note with the estimate before they start
 MAX_SECONDS = 86_400.0  # and runs estimated past a day are refused: nobody waits that long for a clip by mistake
-PROMPT_ECHO = 200  # characters of a prompt echoed back to a terminal
-
-
-@contextlib.contextmanager
-def spelled(names: dict[str, str]) -> Iterator[None]:
-    """Within the block, arg() spells parameters as `names` maps them (e.g. num_frames -> --num-frames)."""
-    token = _SPELLING.set(names)
-    try:
-        yield
-    finally:
-        _SPELLING.reset(token)
-
-
-_MISSING = object()
-
-
-def arg(param: str, value: Any = _MISSING) -> str:
-    """A parameter as the caller wrote it: `num_frames` / `num_frames=6`, or `--num-frames` / `--num-frames 6`."""
-    names = _SPELLING.get()
-    if param.startswith("-"):  # already a flag (a command's own option, e.g. train world-model's --minutes)
-        flag = param
-    elif names is None or param not in names:
-        return param if value is _MISSING else f"{param}={value!r}"
-    else:
-        flag = names[param]
-    return flag if value is _MISSING else f"{flag} {value}"
 
 
 def _number(x: float, integer: bool) -> str:
@@ -123,10 +122,11 @@ def check_number(param: str, value: Any, *, valid: str = "") -> None:
 def check_clip_frames(param: str, value: int) -> None:
     """num_frames-like counts: 4k+1 (the causal VAE codes the first frame alone, then 4 frames per latent)."""
     check_number(param, value)
-    if (value - 1) % 4:
-        lo = (value - 1) // 4 * 4 + 1
-        raise ValueError(f"{arg(param, value)}: clips have 4k+1 frames (the causal VAE codes the first frame "
-                         f"alone, then 4 at a time); nearest valid: {lo} or {lo + 4}")
+    tf = TEMPORAL_FACTOR
+    if (value - 1) % tf:
+        lo = (value - 1) // tf * tf + 1
+        raise ValueError(f"{arg(param, value)}: clips have {tf}k+1 frames (the causal VAE codes the first frame "
+                         f"alone, then {tf} at a time); nearest valid: {lo} or {lo + tf}")
 
 
 def check_request(**params: Any) -> list[str]:
@@ -140,17 +140,18 @@ def check_request(**params: Any) -> list[str]:
         if value is None or param not in RANGES:
             continue
         if param == "num_frames" and params.get("mode") == "loop":  # a loop's length: a multiple of 4 (modes.py)
-            check_range(param, value, 4, RANGES[param][1], integer=True, hint=False)
+            check_range(param, value, TEMPORAL_FACTOR, RANGES[param][1], integer=True, hint=False)
         elif param in ("num_frames", "window_frames"):
             check_clip_frames(param, value)
         elif param in ("height", "width") and isinstance(value, int) and not isinstance(value, bool) and value < 1:
             continue  # below the model's step: pipeline.resolve_size refuses it, naming the nearest multiple
         elif param == "gap_frames":
             check_number(param, value)
-            if (value + 1) % 4:
-                lo = max(3, (value + 1) // 4 * 4 - 1)
-                raise ValueError(f"{arg(param, value)}: a connecting gap has 4m-1 frames (3, 7, 11, ...); "
-                                 f"nearest valid: {lo} or {lo + 4}")
+            tf = TEMPORAL_FACTOR
+            if (value + 1) % tf:
+                lo = max(tf - 1, (value + 1) // tf * tf - 1)
+                raise ValueError(f"{arg(param, value)}: a connecting gap has {tf}m-1 frames ({tf - 1}, {2 * tf - 1}, "
+                                 f"{3 * tf - 1}, ...); nearest valid: {lo} or {lo + tf}")
         else:
             check_number(param, value)
     prompt = params.get("prompt")
@@ -161,63 +162,13 @@ def check_request(**params: Any) -> list[str]:
     return warnings
 
 
-def lora_scales(paths: list[str], scales: list[float] | None) -> list[tuple[str, float]]:
-    """LoRA adapters with their scales: one scale for all, one per adapter, or none (1 = as trained)."""
-    if not paths:
-        if scales is not None:
-            raise ValueError(f"{arg('lora_scale')} scales LoRA adapters: name them with {arg('lora')} DIR")
-        return []
-    scales = [1.0] if scales is None else list(scales)
-    if len(scales) not in (1, len(paths)):
-        raise ValueError(f"{arg('lora_scale', ','.join(f'{s:g}' for s in scales))}: {len(scales)} scales for "
-                         f"{len(paths)} adapters; give one scale for all or one per {arg('lora')}")
-    for s in scales:
-        check_number("lora_scale", s)
-    return list(zip(paths, scales * len(paths) if len(scales) == 1 else scales))
+# --- cost: this machine's load, and the cost model's estimate checked before starting (the model: cost.py) ----
 
-
-def echo(text: str, limit: int = PROMPT_ECHO) -> str:
-    """`text` for a terminal line: whole when short, else its start and how much was left out."""
-    text = " ".join(text.split())
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}... ({len(text)} characters in all; the whole text is in the sidecar)"
-
-
-# --- cost: memory and time, before starting ------------------------------------------------------
-
-
-@dataclass
-class Cost:
-    """Rough peak memory (bytes) and run time (seconds) of a request, and what they were derived from."""
-
-    memory: float
-    seconds: float
-    tokens: int  # DiT tokens per sample
-    pixels: int  # output pixels (frames x height x width) per sample
-    device: str
-    frames: int = 0  # output frames per sample
-    # the same request at another frame count (one window of 4k+1 frames), for check_cost to name what fits
-    at_frames: Callable[[int], Cost] | None = field(default=None, repr=False)
-
-    def describe(self) -> str:
-        return (f"about {_bytes(self.memory)} of memory and {_duration(self.seconds)} on {self.device} "
-                f"({self.tokens:,} tokens per video, {self.pixels:,} output pixels)")
-
-
-# effective float32 rates (FLOP/s) of one torch thread, fitted to the shipped model's CPU time measured on the
-# project's 2-core machines (one torch thread; README "What things cost"): a DiT call of 2 x 320 tokens took
-# 0.21 s, of 2 x 5,120 tokens 10.5 s (linear layers and attention both ~40 GFLOP/s); the VAE decoded in 2.7-3.3 us
-# and encoded in 1.2-1.7 us per pixel (~25 GFLOP/s). GPU: a conservative fraction of an H100/H200-class card.
-RATES = {"cpu": {"linear": 40e9, "attention": 40e9, "conv": 25e9},
-         "cuda": {"linear": 40e12, "attention": 40e12, "conv": 40e12}}
 # More torch threads than idle cores (another job runs; torch's default takes every core) made the same DiT call
 # 3-4x slower than one thread on that busy machine (1.0-1.5 s against 0.31-0.40 s): the estimate's factor then.
 OVERSUBSCRIBED = 3.5
 # each further thread on an idle core: assumed, not measured here (the 2-core machines were never idle)
 THREAD_GAIN = 0.6
-# model evaluations per sampler step (heun's last step into t = 0 is a plain Euler step)
-EVALUATIONS = {"heun": 2, "midpoint": 2}
 
 
 def cpu_load() -> tuple[float, int]:
@@ -296,23 +247,6 @@ def set_threads(threads: int | None) -> None:
         print(f"note: {text}", file=sys.stderr)
 
 
-def vae_flops(vae, frames: int, height: int, width: int, encode: bool = False,
-              tile: tuple[int, int] | None = None) -> float:
-    """FLOPs of decoding (or encoding) `frames` frames of height x width with a VAE of config `vae`, coded in
-    spatial tiles of `tile` pixels (vae.tiling.auto_tile) or whole frames."""
-    # 2 FLOP x 9 spatial taps x time_kernel x width^2 per conv per pixel of each level (1/4 the pixels per level
-    # down); each res block has 2 convs, the decoder num_res_blocks + 1 per level, the encoder num_res_blocks
-    blocks = vae.num_res_blocks + (0 if encode else 1)
-    per_pixel = sum(36 * vae.time_kernel * blocks * c * c / 4**i for i, c in enumerate(vae.widths))
-    flops = frames * height * width * per_pixel
-    if vae.mid_attention:  # single-head attention over each latent frame's (or tile's) positions, width top
-        th, tw = tile or (height, width)
-        tiles = math.ceil(height / th) * math.ceil(width / tw)
-        positions = th * tw / vae.spatial_factor**2
-        flops += (frames / vae.temporal_factor + 1) * tiles * 4 * positions**2 * vae.widths[-1]
-    return flops
-
-
 def vae_seconds(vae, frames: int, height: int, width: int, tile: tuple[int, int] | int | None = None,
                 threads: int | None = None) -> float:
     """Time on this CPU of encoding and decoding `frames` frames of height x width (chronotope reconstruct) with a
@@ -320,43 +254,6 @@ def vae_seconds(vae, frames: int, height: int, width: int, tile: tuple[int, int]
     tile = (tile, tile) if isinstance(tile, int) else tile
     flops = vae_flops(vae, frames, height, width, True, tile) + vae_flops(vae, frames, height, width, False, tile)
     return flops / RATES["cpu"]["conv"] * thread_slowdown(threads)
-
-
-def format_duration(seconds: float) -> str:
-    """"40 s", "14 minutes", "3 hours": a time in a note."""
-    return _duration(seconds)
-
-
-def available_memory(device: str = "cpu") -> float:
-    """Bytes this process may still allocate on `device` (CPU: MemAvailable; GPU: free device memory)."""
-    if device == "cuda":
-        import torch
-
-        free, _ = torch.cuda.mem_get_info()
-        return float(free)
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return float(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return float("inf")
-
-
-def memory_limit(per_item: float, share: float = 0.5, device: str = "cpu") -> int:
-    """How many items of `per_item` bytes fit in `share` of the memory available on `device` (at least 1): the
-    limit of a count whose items are all held at once, so that a typo of a few zeros is refused, not swapped."""
-    available = available_memory(device)
-    return max(1, int(min(available * share / per_item, 2**62)))
-
-
-def format_bytes(n: float) -> str:
-    """1.2 GB, 350.0 MB, 12 kB: memory in an error message."""
-    return _bytes(n)
 
 
 def check_device(device: str | None) -> str:
@@ -380,55 +277,25 @@ def check_device(device: str | None) -> str:
 def estimate_cost(pipe, batch: int, latent: tuple[int, int, int, int], steps: int, guidance_passes: int,
                   frames: int, windows: int = 1, *, sampler: str = "euler", encode_frames: int = 0,
                   decode_frames: int | None = None, threads: int | None = None) -> Cost:
-    """Peak memory and time of sampling `batch` videos of latent (C, n, h, w): `windows` sampler calls of `steps`
-    steps each (EVALUATIONS model calls per step of `sampler`), `guidance_passes` samples per call (1, 2 with CFG,
-    3 with image guidance), then decoding `frames` frames per window (or `decode_frames` in all) and encoding
-    `encode_frames` given frames. A model of the costs with rates measured on the project's CPU (RATES),
-    scaled by the threads and the machine's load (thread_slowdown): within 2x of the measured time on the
-    2-core machines, which is what a refusal of a 50 GB request or a note before a 14-minute one needs."""
-    from chronotope.vae.tiling import auto_tile
-
+    """Peak memory and time of a request to `pipe` (cost.sampling_cost says what of), its VAE coding in the tiles
+    the pipeline codes in (pipe._tile), scaled by the threads and the machine's load (thread_slowdown): within 2x
+    of the measured time on the 2-core machines, which is what a refusal of a 50 GB request or a note before a
+    14-minute one needs."""
     C, n, h, w = latent
-    dit, vae = pipe.dit.config, pipe.vae.config
-    pt, ph, pw = dit.patch
-    tokens = max(1, n // pt) * max(1, h // ph) * max(1, w // pw)
-    L = batch * guidance_passes * tokens
-    D, depth = dit.width, dit.depth
-    # DiT, per block: (4 + 2) D^2 weights of self- and cross-attention and 2 mlp_ratio D^2 of the MLP at 2 FLOP per
-    # weight per token; attention scores and values 4 L_i^2 D per sample (block-diagonal: each sample alone)
-    linear = depth * 2 * (6 + 2 * dit.mlp_ratio) * D * D * L
-    attention = depth * 4 * batch * guidance_passes * tokens * tokens * D
-    evaluations = steps * EVALUATIONS.get(sampler, 1) - (sampler == "heun")
-    # activations of one block held at once: x, qkv, attention out, MLP hidden (~12 D floats per token)
-    dit_memory = 4.0 * 12 * D * L
-    H, W = h * vae.spatial_factor, w * vae.spatial_factor
-    pixels = frames * H * W
-    tile = auto_tile(H, W, vae.spatial_factor)
-    decoded = windows * frames if decode_frames is None else decode_frames
-    conv = batch * (vae_flops(vae, decoded, H, W, tile=tile) + vae_flops(vae, encode_frames, H, W, True, tile))
-    # decoding holds one latent frame's 4 output frames of a tile at every level (a few buffers each) plus the
-    # causal cache; its attention's SDPA takes PyTorch's math path on CPU: (h*w)^2 scores per tile, ~2 copies
-    th, tw = tile or (H, W)
-    vae_memory = 4.0 * batch * 4 * th * tw * sum(3 * c / 4**i for i, c in enumerate(vae.widths))
-    if vae.mid_attention:
-        vae_memory += 2 * 4.0 * batch * (th * tw / vae.spatial_factor**2) ** 2
-    latents_memory = 4.0 * batch * C * n * h * w * 4
-    device = str(getattr(pipe, "device", "cpu"))
-    kind = "cuda" if device.startswith("cuda") else "cpu"
-    rate = RATES[kind]
-    seconds = (windows * evaluations * (linear / rate["linear"] + attention / rate["attention"])
-               + conv / rate["conv"])
+    vae = pipe.vae.config
+    kind = "cuda" if str(getattr(pipe, "device", "cpu")).startswith("cuda") else "cpu"
+    parameters = sum(p.numel() for p in pipe.dit.parameters()) + sum(p.numel() for p in pipe.vae.parameters())
+    cost = sampling_cost(pipe.dit.config, vae, parameters, kind, batch, latent, steps, guidance_passes, frames,
+                         windows, sampler=sampler, encode_frames=encode_frames, decode_frames=decode_frames,
+                         tile=pipe.tile(h * vae.spatial_factor, w * vae.spatial_factor))
     if kind == "cpu":
-        seconds *= thread_slowdown(threads)
-    model_memory = 4.0 * sum(p.numel() for p in pipe.dit.parameters()) + 4.0 * sum(
-        p.numel() for p in pipe.vae.parameters())
-    memory = model_memory + latents_memory + max(dit_memory, vae_memory)
-    tf, at_frames = vae.temporal_factor, None
+        cost.seconds *= thread_slowdown(threads)
+    tf = vae.temporal_factor
     if windows == 1 and frames == tf * (n - 1) + 1 and decode_frames is None:  # t2v, i2v, edit: frames are n's
-        at_frames = lambda f: estimate_cost(pipe, batch, (C, (f - 1) // tf + 1, h, w), steps,  # noqa: E731
-                                            guidance_passes, f, sampler=sampler, encode_frames=min(encode_frames, f),
-                                            threads=threads)
-    return Cost(memory, seconds, tokens, pixels, kind, frames, at_frames)
+        cost.at_frames = lambda f: estimate_cost(pipe, batch, (C, (f - 1) // tf + 1, h, w), steps,  # noqa: E731
+                                                 guidance_passes, f, sampler=sampler,
+                                                 encode_frames=min(encode_frames, f), threads=threads)
+    return cost
 
 
 def check_cost(cost: Cost, available: float | None = None) -> str | None:
@@ -437,10 +304,10 @@ def check_cost(cost: Cost, available: float | None = None) -> str | None:
     available = available_memory(cost.device) if available is None else available
     fits = lambda c: c.memory <= 0.8 * available and c.seconds <= MAX_SECONDS  # noqa: E731
     if cost.memory > 0.8 * available:
-        raise ValueError(f"this request needs {cost.describe()}, more than the {_bytes(available)} available; "
+        raise ValueError(f"this request needs {cost.describe()}, more than the {format_bytes(available)} available; "
                          f"ask for a smaller size (height x width) or fewer frames{_most_frames(cost, fits)}")
     if cost.seconds > MAX_SECONDS:
-        raise ValueError(f"this request would take {cost.describe()}, past the {_duration(MAX_SECONDS)} limit; "
+        raise ValueError(f"this request would take {cost.describe()}, past the {format_duration(MAX_SECONDS)} limit; "
                          f"ask for a smaller size (height x width) or fewer frames or steps{_most_frames(cost, fits)}")
     if cost.seconds > LONG_SECONDS:
         return f"this request will take {cost.describe()}; a smaller size or fewer frames or steps is faster"
@@ -453,30 +320,12 @@ def _most_frames(cost: Cost, fits: Callable[[Cost], bool]) -> str:
     even one frame fits."""
     if cost.at_frames is None or cost.frames <= 1 or not fits(cost.at_frames(1)):
         return ""
-    lo, hi = 0, (cost.frames - 1) // 4  # 4 lo + 1 frames fit, 4 hi + 1 do not
+    step = cost.frame_step
+    lo, hi = 0, (cost.frames - 1) // step  # step lo + 1 frames fit, step hi + 1 do not
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if fits(cost.at_frames(4 * mid + 1)) else (lo, mid)
-    return f"; at this size at most {4 * lo + 1} frames fit ({arg('num_frames', 4 * lo + 1)})"
-
-
-def _bytes(n: float) -> str:
-    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n / 1e3:.0f} kB"
-
-
-def _duration(s: float) -> str:
-    if s >= 365 * 86400:
-        return "more than a year"
-    if s >= 2 * 86400:
-        return f"{s / 86400:.0f} days"
-    if s >= 2 * 3600:
-        return f"{s / 3600:.0f} hours"
-    if s >= 120:
-        return f"{s / 60:.0f} minutes"
-    return f"{max(s, 1):.0f} s"
+        lo, hi = (mid, hi) if fits(cost.at_frames(step * mid + 1)) else (lo, mid)
+    return f"; at this size at most {step * lo + 1} frames fit ({arg('num_frames', step * lo + 1)})"
 
 
 # --- storyboards: several shots in one video ------------------------------------------
@@ -486,6 +335,10 @@ STORYBOARD_KEYS = ("shots", "carry", "context")
 CARRY = ("characters", "none")  # characters: objects named again keep the attributes an earlier shot gave them
 CONTEXT = ("auto", "none")  # auto: earlier shots as clean context when the model can use them; none: independent
 MAX_STORYBOARD_SHOTS = 256
+# what a storyboard request takes besides its shots: the settings all its shots share (each shot names its own prompt,
+# length, seed and negative prompt; a per-video input such as an image or a mode is refused)
+STORYBOARD_SETTINGS = ("negative_prompt", "height", "width", "resolution", "aspect_ratio", "fps", "num_inference_steps",
+                       "guidance_scale", "seed", "sampler", "shift", "expand_prompt", "output_path", "progress")
 
 
 def check_storyboard(board: Any) -> dict:

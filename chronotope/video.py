@@ -20,22 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from chronotope.atomic import atomic_write, publish, temp_beside
+from chronotope.atomic import atomic_write
+from chronotope.mp4 import Mp4Writer, av, check_frames  # noqa: F401 (Mp4Writer: streamed writes, read from here too)
 
-
-class _LazyAV:
-    """PyAV, imported on first use: importing this module (as the World, the latent cache and the pipeline
-    do) must work on machines without PyAV, where only reading and writing media files needs it."""
-
-    def __getattr__(self, name: str):
-        try:
-            import av as module
-        except ImportError as err:
-            raise ImportError("reading or writing video and image files needs PyAV: pip install av") from err
-        return getattr(module, name)
-
-
-av = _LazyAV()
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".webm", ".mov", ".mkv", ".avi", ".gif")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -176,6 +163,18 @@ def _decode_indexed(container, stream, start: int, fps: float) -> Iterator[tuple
         yield index, frame
 
 
+def check_sampling(stride: int, fps: float | None, fps_name: str = "fps") -> None:
+    """How frames are taken in time, as read_video and the datasets take it: every `stride`-th frame (>= 1), or
+    resampled to a finite `fps` > 0, not both; ValueError naming `fps_name` as the caller calls it."""
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    if fps is not None and stride != 1:
+        raise ValueError(f"give either stride or {fps_name}, not both ({fps_name} resamples in time, stride skips "
+                         "frames)")
+    if fps is not None and not (math.isfinite(fps) and fps > 0):
+        raise ValueError(f"{fps_name} must be a finite number > 0, got {fps}")
+
+
 def read_video(
     path: str | os.PathLike,
     start: int = 0,
@@ -198,12 +197,7 @@ def read_video(
         raise ValueError(f"start must be >= 0, got {start}")
     if end is not None and end <= start:
         raise ValueError(f"end must be > start (got start={start}, end={end}); use end=None for the rest")
-    if stride < 1:
-        raise ValueError(f"stride must be >= 1, got {stride}")
-    if fps is not None and stride != 1:
-        raise ValueError("give either stride or fps, not both (fps resamples in time, stride skips frames)")
-    if fps is not None and not (math.isfinite(fps) and fps > 0):
-        raise ValueError(f"fps must be a finite number > 0, got {fps}")
+    check_sampling(stride, fps)
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be >= 1, got {max_frames}")
 
@@ -251,18 +245,6 @@ def read_video(
 
 
 # --- writing -----------------------------------------------------------------------------------
-
-
-def _check_frames(frames: np.ndarray) -> np.ndarray:
-    if not isinstance(frames, np.ndarray) or frames.ndim != 4 or frames.shape[-1] != 3:
-        shape = getattr(frames, "shape", type(frames).__name__)
-        raise ValueError(f"frames must be a uint8 array [T, H, W, 3], got {shape}")
-    if frames.dtype != np.uint8:
-        raise ValueError(f"frames must be uint8 (0..255), got {frames.dtype}; convert float [-1, 1] "
-                         "with ((x + 1) * 127.5).round().clip(0, 255).astype(np.uint8)")
-    if min(frames.shape[:3]) < 1:
-        raise ValueError(f"frames must hold at least one 1x1 frame, got shape {frames.shape}")
-    return np.ascontiguousarray(frames)
 
 
 def _encode_png(frame: np.ndarray) -> bytes:
@@ -345,7 +327,7 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, *, crf:
     .png: a single frame; for several frames use write_frames(folder, frames) or .mp4/.gif.
     """
     path = os.fspath(path)
-    frames = _check_frames(frames)
+    frames = check_frames(frames)
     ext = os.path.splitext(path)[1].lower()
     if ext not in WRITE_EXTENSIONS:
         raise ValueError(f"cannot write {path!r}: extension must be one of {', '.join(WRITE_EXTENSIONS)}")
@@ -363,72 +345,6 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, *, crf:
         if pad_h or pad_w:
             frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
     atomic_write(path, lambda tmp: _write_av(tmp, frames, float(fps), ext[1:], crf), fsync=False)
-
-
-class Mp4Writer:
-    """Stream frames into an H.264 mp4 as they come (long videos never sit in memory), atomically:
-    frames go to a temp file beside `path`, renamed onto it by close(); close(ok=False), or leaving a
-    `with` block by an exception, removes it. Odd sizes are padded as in write_video.
-
-        with Mp4Writer("long.mp4", fps=8) as out:
-            for chunk in chunks:        # uint8 [n, H, W, 3], same H, W every time
-                out.write(chunk)
-    """
-
-    def __init__(self, path: str | os.PathLike, fps: float, *, crf: int = 18):
-        if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
-            raise ValueError(f"fps must be a positive number, got {fps!r}")
-        self.path, self.fps, self.crf = Path(path), float(fps), crf
-        self.container = self.stream = self.tmp = None
-        self.size: tuple[int, int] | None = None
-        self.count = 0
-
-    def _open(self, height: int, width: int) -> None:
-        self.tmp = temp_beside(self.path.with_suffix(".mp4"))
-        rate = Fraction(self.fps).limit_denominator(1001)
-        self.container = av.open(self.tmp, mode="w", format="mp4")
-        self.stream = self.container.add_stream("libx264", rate=rate)
-        self.stream.pix_fmt, self.stream.options = "yuv420p", {"crf": str(self.crf), "preset": "medium"}
-        self.stream.height, self.stream.width = height + height % 2, width + width % 2
-        self.size = (height, width)
-
-    def write(self, frames: np.ndarray) -> None:
-        frames = _check_frames(frames)
-        if self.container is None:
-            self._open(*frames.shape[1:3])
-        if frames.shape[1:3] != self.size:
-            raise ValueError(f"{self.path}: frames of {frames.shape[1:3]} after frames of {self.size}; "
-                             "one video has one size")
-        pad_h, pad_w = self.size[0] % 2, self.size[1] % 2
-        if pad_h or pad_w:
-            frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-        for f in frames:
-            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")
-            vf.pts = self.count
-            self.count += 1
-            self.container.mux(self.stream.encode(vf))
-
-    def close(self, ok: bool = True) -> None:
-        if self.container is None:
-            if ok:
-                raise ValueError(f"{self.path}: no frames were written")
-            return
-        try:
-            if ok:
-                self.container.mux(self.stream.encode(None))
-        finally:
-            self.container.close()
-            self.container = None
-        if ok:
-            publish(self.tmp, self.path)
-        elif os.path.exists(self.tmp):
-            os.remove(self.tmp)
-
-    def __enter__(self) -> "Mp4Writer":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self.close(ok=exc_type is None)
 
 
 def grid(videos: list[np.ndarray], columns: int = 4, pad: int = 2) -> np.ndarray:
@@ -451,7 +367,7 @@ def grid(videos: list[np.ndarray], columns: int = 4, pad: int = 2) -> np.ndarray
 
 def write_frames(folder: str | os.PathLike, frames: np.ndarray) -> list[str]:
     """Write uint8 RGB frames [T, H, W, 3] as folder/000000.png, 000001.png, ...; returns the paths."""
-    frames = _check_frames(frames)
+    frames = check_frames(frames)
     folder = os.fspath(folder)
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise ValueError(f"{folder}: exists and is not a folder; give a folder path for write_frames")

@@ -12,7 +12,8 @@ from chronotope.bench import check_spec, classify_motion, detect, run_bench, sco
 from pathlib import Path
 
 from chronotope.bench.corrupt import CORRUPTIONS, corruption_scores, ground_truth_scores, small_scene, soften
-from chronotope.bench.detect import BACKGROUND_NAMES, COLOR_NAMES, classify_pixels, label_components
+from chronotope.bench.detect import label_components
+from chronotope.bench.palette import BACKGROUND_NAMES, COLOR_NAMES, classify_pixels
 from chronotope.world import render, sample_scene, scene_from_spec
 from chronotope.world.vocab import BACKGROUNDS, COLORS
 
@@ -197,7 +198,7 @@ def test_corruption_breaks_its_attribute_only(name):
 
 
 def test_noise_estimate_and_median_filter():
-    from chronotope.bench.detect import estimate_noise, median3
+    from chronotope.bench.templates import estimate_noise, median3
 
     rng = np.random.default_rng(0)
     clean = _draw("square", 30, 30, 19.2, "green", bg="gray", T=3)

@@ -13,15 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from chronotope.bench.generate import (
-    BenchConfig,
-    Job,
-    plan_jobs,
-    plan_prompts,
-    psnr,
-    run_generate_and_score,
-    seam_ratio,
-)
+from chronotope.bench.generate import BenchConfig, Job, plan_jobs, plan_prompts, run_generate_and_score
+from chronotope.bench.modes import BENCH, psnr, seam_ratio
 from chronotope.bench.generate_report import TARGETS, aggregate
 from chronotope.cli import main
 from chronotope.pipeline import PipelineOutput, VideoPipeline
@@ -228,6 +221,12 @@ def test_psnr_and_seam_ratio():
     assert seam_ratio(jump, [5]) == pytest.approx(6.0)  # a 60-level step against 10-level ones
     with pytest.raises(ValueError):
         psnr(a, a[:1])
+
+
+def test_every_benched_mode_is_a_mode():
+    from chronotope.request import MODES
+
+    assert set(BENCH) == set(MODES) - {"edit"}  # edit needs a user's video to edit
 
 
 def test_targets_pass_and_miss_on_synthetic_records():

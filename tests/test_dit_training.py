@@ -137,10 +137,10 @@ def test_train_dit_init_and_time_shift_reach_the_model_folder(cache, tmp_path, c
                expand_prompt=False)
     assert out.params["shift"] == pytest.approx(3.0)  # 3 x the rule's 1.0 for a few tokens
 
-    # --patch with --init: a finer patch, the input and output layers resized (DiT.with_patch), the body kept
+    # --patch with --init: a finer patch, the input and output layers resized (DiT.extended), the body kept
     assert main(common + ["--steps", "1", "--init", str(tmp_path / "init"), "--patch", "1,1,1",
                           "--out", str(tmp_path / "fine")]) == 0
-    fine, want = DiT.from_pretrained(str(tmp_path / "fine" / "dit")), init.with_patch((1, 1, 1))
+    fine, want = DiT.from_pretrained(str(tmp_path / "fine" / "dit")), init.extended(patch=(1, 1, 1))
     assert fine.config.patch == (1, 1, 1)
     for (name, a), b in zip(fine.state_dict().items(), want.state_dict().values()):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)

@@ -42,7 +42,7 @@ def _packed(seed: int = 0, cond_first: bool = False):
 
 def test_step_embedding_starts_as_the_teacher_and_then_reads_the_step():
     teacher = _randomised(DiT(DIT_PRESETS["debug"]()))
-    student = teacher.with_step_embed().eval()
+    student = teacher.extended(step_embed=True).eval()
     packed, text, mask = _packed()
     with torch.no_grad():
         v = teacher(packed, text, mask)
@@ -53,11 +53,11 @@ def test_step_embedding_starts_as_the_teacher_and_then_reads_the_step():
     assert not torch.allclose(a, b) and torch.allclose(per_token, b, atol=1e-6)
     assert torch.equal(student(packed, text, mask), a)  # no step = d = 0
     with pytest.raises(ValueError, match="already has a step"):
-        student.with_step_embed()
+        student.extended(step_embed=True)
 
 
 def test_clean_tokens_take_no_step():
-    student = _randomised(DiT(DIT_PRESETS["debug"]()).with_step_embed())
+    student = _randomised(DiT(DIT_PRESETS["debug"]()).extended(step_embed=True))
     packed, text, mask = _packed(cond_first=True)
     given = packed.timestep == 0
     step = torch.where(given, 0.0, 0.25)
@@ -81,10 +81,10 @@ def test_shortcut_sampler_with_the_exact_average_velocity_is_exact_in_one_step()
     def std(t):
         return torch.sqrt((1 - t) ** 2 * s**2 + t**2)
 
-    def avg(x, t, d):  # (x_t - x_{t-d}) / d along the straight-line coupling's ODE: x_r = mu (1-r) + std(r) z
+    def avg(x, t, step):  # (x_t - x_{t-d}) / d along the straight-line coupling's ODE: x_r = mu (1-r) + std(r) z
         z = (x - mu * (1 - t)) / std(t)
-        r = t - d
-        return (x - (mu * (1 - r) + std(r) * z)) / d
+        r = t - step
+        return (x - (mu * (1 - r) + std(r) * z)) / step
 
     x1 = torch.randn(1000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     for n in FEW_STEPS:
@@ -103,7 +103,7 @@ def test_shortcut_sampler_with_the_exact_average_velocity_is_exact_in_one_step()
 def few() -> VideoPipeline:
     torch.set_num_threads(1)
     pipe = VideoPipeline.from_presets("debug", "debug", defaults=dict(height=32, width=32, num_frames=5, **FEW))
-    pipe.dit = _randomised(pipe.dit.with_step_embed(), seed=2)
+    pipe.dit = _randomised(pipe.dit.extended(step_embed=True), seed=2)
     return pipe
 
 
@@ -193,7 +193,7 @@ def cache(tmp_path_factory):
 
 def _task(cache, share: float, probs=None) -> tuple[FewStepTask, DiT, DiT]:
     teacher = _randomised(DiT(DIT_PRESETS["debug"]()))
-    student = teacher.with_step_embed().train()
+    student = teacher.extended(step_embed=True).train()
     text = TextEmbeddings.build(cache, DebugTextEncoder(), progress=False)
     return FewStepTask(student, cache, text, teacher, shortcut_share=share, token_budget=4096, cond_probs=probs), student, teacher
 
@@ -279,10 +279,10 @@ def test_train_dit_few_step_cli_resumes_and_exports_a_few_step_folder(cache, tmp
 
 
 def test_world_model_few_step_needs_a_teacher(tmp_path):
-    from chronotope.train.world_model import WorldModelRecipe, _defaults
+    from chronotope.train.world_model import WorldModelRecipe
 
     with pytest.raises(ValueError, match="--init"):
         WorldModelRecipe(out=str(tmp_path), few_step=True).resolved()
     r = WorldModelRecipe(out=str(tmp_path), few_step=True, init="chronotope/assets/world-model").resolved()
-    assert _defaults(r) == {"time_shift": 3.0, "sampler": "shortcut", "num_inference_steps": 4, "guidance_scale": 5.0}
+    assert r.pipeline_defaults() == {"time_shift": 3.0, "sampler": "shortcut", "num_inference_steps": 4, "guidance_scale": 5.0}
     assert "few_step" not in WorldModelRecipe(out=str(tmp_path)).fixed()  # runs from before it resume

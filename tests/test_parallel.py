@@ -310,12 +310,12 @@ def test_options_checked_with_clear_errors(tmp_path):
 
 def test_cli_options_and_plot_verb(tmp_path, capsys):
     from chronotope.cli import build_parser, main
-    from chronotope.cli.train import trainer_kwargs
+    from chronotope.cli.trainer_options import trainer_options
 
     args = build_parser().parse_args(["train", "dit", "--data", "c", "--out", str(tmp_path / "r"), "--parallel", "ddp",
                                       "--activation-checkpointing", "--compile", "--grad-accum", "3",
                                       "--global-token-budget", "4096"])
-    kw = trainer_kwargs(args)
+    kw = trainer_options(args)
     assert kw["parallel_mode"] == "ddp" and kw["activation_checkpointing"] and kw["compile"] and kw["grad_accum"] == 3
     assert args.global_token_budget == 4096 and not kw["bf16"]
     regression_trainer(8, tmp_path / "run", steps=2).fit()

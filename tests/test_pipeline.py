@@ -203,7 +203,7 @@ def test_cli_writes_video_and_sidecar_and_fails_cleanly(pipe, tmp_path, capsys):
 def test_cost_estimate_counts_the_work_each_mode_does(pipe, monkeypatch):
     """The estimate sees what runs: an edit's strength x steps, every window of a long video, two model calls per
     heun step, and the frames given images and videos cost to encode."""
-    import chronotope.pipeline.pipeline as pipeline_module
+    import chronotope.pipeline.prepare as pipeline_module
 
     seen = []
     real = pipeline_module.estimate_cost

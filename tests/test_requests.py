@@ -18,8 +18,9 @@ import torch
 from chronotope.atomic import atomic_write_json
 from chronotope.cli import main
 from chronotope.dit.model import DiT
+from chronotope.cli.options import echo
 from chronotope.pipeline import VideoPipeline
-from chronotope.request import MAX_SECONDS, arg, check_cost, check_request, echo, estimate_cost, spelled
+from chronotope.request import MAX_SECONDS, MODES, arg, check_cost, check_request, estimate_cost, spelled
 from chronotope.train.lora import add_lora, save_adapter
 from chronotope.video import read_video, write_video
 
@@ -394,6 +395,24 @@ def test_zero_and_non_finite_are_refused_not_replaced(pipe, name, value):
         kw["width"] = 32
     with pytest.raises(ValueError, match=name):
         pipe("a red circle", **kw)
+
+
+def test_one_table_of_modes():
+    """request.MODES says what each mode takes; pipeline/modes.py keys each one's conditioning by the same names."""
+    from chronotope.pipeline.modes import MODES as BEHAVIOUR
+    from chronotope.pipeline.resolve import infer_mode
+
+    assert list(BEHAVIOUR) == list(MODES)
+    for name, mode in MODES.items():
+        assert set(mode.needs) <= set(mode.uses) and mode.description
+        given = {k: k in mode.needs for k in ("image", "video", "video_end", "strength")}
+        assert infer_mode(name, 5, given) == name  # what a mode needs is enough
+        for missing in mode.needs:
+            with pytest.raises(ValueError, match=f"needs {missing}"):
+                infer_mode(name, 5, {**given, missing: False})
+        for unused in {"image", "video", "video_end", "strength"} - set(mode.uses):
+            with pytest.raises(ValueError, match=f"does not use {unused}"):
+                infer_mode(name, 5, {**given, unused: True})
 
 
 def test_check_request_in_range_passes_and_warns_on_empty_prompt():

@@ -11,7 +11,7 @@ from chronotope.diffusion.samplers import SAMPLERS, cfg_velocity, get_sampler
 MU, S = 2.0, 0.3
 
 
-def gaussian_field(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def gaussian_field(x: torch.Tensor, t: torch.Tensor, **_) -> torch.Tensor:
     """Exact marginal rectified-flow velocity from N(0, 1) noise to N(MU, S^2) data (1-D, linear in x).
 
     x_t keeps its z-score along the flow: x_t = (1 - t) MU + sd(t) z, sd^2 = (1 - t)^2 S^2 + t^2,
@@ -33,7 +33,7 @@ def test_point_target_reached_exactly(name):
     g = torch.Generator().manual_seed(0)
     x0 = torch.randn(2, 4, 3, generator=g, dtype=torch.float64)
     x1 = torch.randn(2, 4, 3, generator=g, dtype=torch.float64)
-    out = SAMPLERS[name](lambda x, t: (x - x0) / t, x1, timesteps(7, 3.0).double(), progress=False)
+    out = SAMPLERS[name](lambda x, t, **_: (x - x0) / t, x1, timesteps(7, 3.0).double(), progress=False)
     torch.testing.assert_close(out, x0, atol=1e-9, rtol=0)
 
 
@@ -63,7 +63,7 @@ def test_conditioning_positions_stay_exactly_clean(name):
     cond_mask = torch.tensor([True, False, False, False, True]).view(1, 1, T)  # first and last frame
     seen_t = []
 
-    def field(x, t):
+    def field(x, t, **_):
         seen_t.append(t.clone())
         assert t.shape == (B, 1, T)  # per sample and per frame, broadcastable to x
         return torch.tanh(x) + t  # elementwise, so free positions do not depend on cond ones
@@ -73,7 +73,7 @@ def test_conditioning_positions_stay_exactly_clean(name):
     assert torch.equal(out[..., 0], x_cond[..., 0]) and torch.equal(out[..., -1], x_cond[..., -1])
     assert all(bool((t[..., 0] == 0).all() and (t[..., -1] == 0).all()) for t in seen_t)
     assert all(bool((t[..., 1:4] > 0).all()) for t in seen_t)
-    free = SAMPLERS[name](lambda x, t: torch.tanh(x) + t, x1, ts, progress=False)
+    free = SAMPLERS[name](lambda x, t, **_: torch.tanh(x) + t, x1, ts, progress=False)
     torch.testing.assert_close(out[..., 1:4], free[..., 1:4])
     assert not torch.allclose(out[..., 0], free[..., 0])
 
@@ -85,7 +85,7 @@ def test_conditioning_on_packed_tokens():
     cond = torch.zeros(L, dtype=torch.bool)
     cond[:3] = True  # the first latent frame's tokens
 
-    def field(x, t):
+    def field(x, t, **_):
         assert t.shape == (L, 1)  # per token
         return x * t
 
@@ -99,7 +99,7 @@ def test_conditioning_on_packed_tokens():
 def test_deterministic_for_a_seed(name):
     def run(seed):
         x = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(seed))
-        return SAMPLERS[name](lambda x, t: torch.sin(3 * x) * t - x, x, timesteps(5, 3.0), progress=False)
+        return SAMPLERS[name](lambda x, t, **_: torch.sin(3 * x) * t - x, x, timesteps(5, 3.0), progress=False)
 
     assert torch.equal(run(0), run(0))
     assert not torch.equal(run(0), run(1))
@@ -108,14 +108,14 @@ def test_deterministic_for_a_seed(name):
 def test_timesteps_validation_and_lookup(capsys):
     x = torch.zeros(1, 2)
     with pytest.raises(ValueError, match="decrease"):
-        SAMPLERS["euler"](lambda x, t: x, x, torch.tensor([0.0, 1.0]), progress=False)
+        SAMPLERS["euler"](lambda x, t, **_: x, x, torch.tensor([0.0, 1.0]), progress=False)
     with pytest.raises(ValueError, match="at least 2"):
-        SAMPLERS["euler"](lambda x, t: x, x, torch.tensor([1.0]), progress=False)
+        SAMPLERS["euler"](lambda x, t, **_: x, x, torch.tensor([1.0]), progress=False)
     with pytest.raises(ValueError, match="unknown sampler"):
         get_sampler("rk45")
     # SDEdit-style partial schedules (start below 1) are allowed
-    SAMPLERS["heun"](lambda x, t: x, x, torch.tensor([0.6, 0.3, 0.0]), progress=False)
-    SAMPLERS["euler"](lambda x, t: x, x, timesteps(3), progress=True)
+    SAMPLERS["heun"](lambda x, t, **_: x, x, torch.tensor([0.6, 0.3, 0.0]), progress=False)
+    SAMPLERS["euler"](lambda x, t, **_: x, x, timesteps(3), progress=True)
     assert "euler" in capsys.readouterr().err  # tqdm progress bar
 
 
@@ -175,3 +175,33 @@ def test_cfg_image_guidance_drops_conditioning_frames():
     assert not torch.allclose(more, text_only)
     with pytest.raises(ValueError, match="needs x_cond"):
         cfg_velocity(_model, 3.0, cond, uncond, image_guidance_scale=2.0)
+
+
+@pytest.mark.parametrize("name", ["euler", "heun", "midpoint", "shortcut"])
+def test_per_frame_noise_levels_are_a_schedule_not_a_loop(name):
+    """A rolling schedule ([S, 1, 1, n]: later frames noisier, a finished frame held at 0) through the same
+    sampler: on the straight-line field v = (x - x0) / t every frame lands on x0 when its own schedule reaches 0,
+    a frame whose schedule stays at 0 never moves, and one schedule for all frames gives what [S] gives."""
+    torch.manual_seed(0)
+    x0 = torch.randn(2, 3, 4, 5, 5, dtype=torch.float64)  # [B, C, n, h, w]
+    x1 = torch.randn_like(x0)
+    field = lambda x, t, **_: (x - x0) / t.clamp_min(1e-12)  # noqa: E731
+    # frame 0 finished (0 throughout), frames 1..3 start at rising levels and all reach 0 at the last step
+    ts = torch.tensor([[0.0, 0.4, 0.7, 1.0], [0.0, 0.2, 0.45, 0.7], [0.0, 0.0, 0.2, 0.4], [0.0, 0.0, 0.0, 0.0]],
+                      dtype=torch.float64)[:, None, None, :]  # [S=4, 1, 1, n=4]
+    start = x1.clone()
+    start[:, :, 0] = x0[:, :, 0]  # a finished frame holds its clean value
+    out = SAMPLERS[name](field, start, ts, progress=False)
+    assert torch.allclose(out, x0, atol=1e-9)
+    assert torch.equal(out[:, :, 0], x0[:, :, 0])
+    shared = timesteps(5, 2.0).double()
+    same = SAMPLERS[name](field, x1, shared[:, None, None, None].expand(-1, 1, 1, 4), progress=False)
+    assert torch.allclose(same, SAMPLERS[name](field, x1, shared, progress=False), atol=1e-12)
+
+
+def test_per_frame_schedules_are_checked():
+    x = torch.zeros(1, 2, 3, 4, 4)
+    with pytest.raises(ValueError, match="never rise"):
+        SAMPLERS["euler"](lambda x, t, **_: x, x, torch.tensor([[0.5, 0.5, 0.5], [0.6, 0.2, 0.0]])[:, None, None], progress=False)
+    with pytest.raises(ValueError, match="one schedule for every position"):
+        SAMPLERS["dpm++2m"](lambda x, t, **_: x, x, torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]])[:, None, None], progress=False)

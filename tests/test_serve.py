@@ -16,7 +16,7 @@ import torch
 
 from chronotope.cli import main
 from chronotope.pipeline import VideoPipeline
-from chronotope.request import check_request, spelled
+from chronotope.request import STORYBOARD_SETTINGS, check_request, spelled
 from chronotope.serve import forms
 from chronotope.serve.forms import LABELS, build_request, check_upload
 from chronotope.serve.studio import OutputFolder, Studio
@@ -77,6 +77,7 @@ def test_modes_and_storyboards_from_the_form():
     kind, kw = build_request(form(mode="storyboard", storyboard='[{"prompt": "a red circle", "num_frames": 5}]'))
     assert kind == "storyboard" and kw["storyboard"]["shots"] == [{"prompt": "a red circle", "num_frames": 5}]
     assert "prompt" not in kw and "num_frames" not in kw
+    assert set(kw) - {"storyboard"} <= set(STORYBOARD_SETTINGS)  # the settings request.py says a storyboard takes
     with spelled(LABELS):
         with pytest.raises(ValueError, match="^Mode sing: not one of auto, t2v"):
             build_request(form(prompt="x", mode="sing"))

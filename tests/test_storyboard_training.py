@@ -68,7 +68,8 @@ def test_the_cache_holds_each_shot_as_a_clip_linked_to_its_storyboard(cache):
 
 def test_a_pack_gives_earlier_shots_as_clean_context_laid_out_as_sampling_does(cache):
     from chronotope.dit.patches import Sample, pack
-    from chronotope.pipeline.storyboard import shot_plan
+    from chronotope.dit.shots import frame_shots
+    from chronotope.pipeline.plan import plan_context
 
     model = shot_dit()
     text = TextEmbeddings.build(cache, DebugTextEncoder(), progress=False)
@@ -77,21 +78,22 @@ def test_a_pack_gives_earlier_shots_as_clean_context_laid_out_as_sampling_does(c
     packed, target, emb, mask = task.make_pack([2], torch.Generator().manual_seed(0))
     # the pipeline's plan for shot 3 of storyboard 0: the last latent frame of shots 1 and 2, then shot 3
     z = [cache[i]["latent"] for i in (0, 1, 2)]
-    plan = shot_plan([z[0][:, -1:], z[1][:, -1:]], tuple(z[2].shape))
+    shot = torch.from_numpy(frame_shots([1, 1], z[2].shape[1]))
+    plan = plan_context([z[0][:, -1:], z[1][:, -1:]], tuple(z[2].shape), {"shot": shot})
     window = torch.cat([plan.latents[:, :2], z[2]], dim=1)  # [C, 2 + 2, h, w]
-    ref = pack([Sample(window, timestep=plan.mask.logical_not().float(), is_cond=plan.mask, shot=plan.shot)],
-               model.config.patch)
-    assert torch.equal(packed.ids, ref.ids) and torch.equal(packed.shot, ref.shot)
+    ref = pack([Sample(window, timestep=plan.mask.logical_not().float(), is_cond=plan.mask,
+                       conditions=plan.conditions)], model.config.patch)
+    assert torch.equal(packed.ids, ref.ids) and torch.equal(packed.conditions["shot"], ref.conditions["shot"])
     assert torch.equal(packed.is_cond, ref.is_cond) and packed.grids == ref.grids == [(4, 2, 2)]
     cond = packed.is_cond
     assert cond.sum() == 8 and (packed.timestep[cond] == 0).all() and (packed.timestep[~cond] > 0).all()
     assert torch.equal(packed.tokens[cond], ref.tokens[cond])  # the context enters exactly clean
     assert not packed.loss_mask[cond].any() and packed.loss_mask[~cond].all()  # and is never in the loss
-    assert packed.shot.tolist() == [2] * 4 + [1] * 4 + [0] * 8
+    assert packed.conditions["shot"].tolist() == [2] * 4 + [1] * 4 + [0] * 8
     # a model without a shot embedding trains every shot alone, as it makes it
     plain = DiTTask(DiT(DIT_PRESETS["debug"]()), cache, text, token_budget=4096, cond_probs={"none": 1.0})
     alone = plain.make_pack([2], torch.Generator().manual_seed(0))[0]
-    assert plain.context == [[]] * 6 and alone.shot is None and not alone.is_cond.any() and alone.grids == [(2, 2, 2)]
+    assert plain.context == [[]] * 6 and not alone.conditions and not alone.is_cond.any() and alone.grids == [(2, 2, 2)]
 
 
 def test_a_trained_shot_aware_dit_makes_storyboards_with_context(cache, tmp_path):
@@ -199,18 +201,19 @@ def test_world_model_trains_a_shot_aware_dit_on_a_mix_with_storyboards(tmp_path,
     assert "shot_embed" in capsys.readouterr().err
 
 
-def test_with_shot_embed_adds_a_zero_embedding_that_changes_nothing_until_trained():
+def test_a_shot_embedding_added_is_zero_and_changes_nothing_until_trained():
     from chronotope.dit.patches import Sample, pack
 
     torch.manual_seed(0)
     model = DiT(DIT_PRESETS["debug"]()).eval()
-    aware = model.with_shot_embed(3)
+    aware = model.extended(shot_embed=3)
     assert aware.config.shot_embed == 3 and not aware.shot_embedder.weight.any()
-    packed = pack([Sample(torch.randn(4, 3, 4, 4), timestep=torch.tensor([0.0, 0.5, 0.5]), shot=torch.tensor([1, 0, 0]))])
+    packed = pack([Sample(torch.randn(4, 3, 4, 4), timestep=torch.tensor([0.0, 0.5, 0.5]),
+                          conditions={"shot": torch.tensor([1, 0, 0])})])
     text, mask = torch.randn(1, 3, 384), torch.ones(1, 3, dtype=torch.bool)
     with torch.no_grad():
         assert torch.equal(model(packed, text, mask), aware(packed, text, mask))
     with pytest.raises(ValueError, match="already has a shot embedding"):
-        aware.with_shot_embed(3)
+        aware.extended(shot_embed=3)
     with pytest.raises(ValueError, match="at least 2 rows"):
-        model.with_shot_embed(1)
+        model.extended(shot_embed=1)

@@ -238,3 +238,62 @@ def test_expansion_note_names_a_long_prompt_instead_of_echoing_it():
     assert len(out.note) < 400 and "12,000 characters" in out.note
     short = expand("一只红色的圆圈 🔴", seed=0)
     assert not short.expanded and "一只红色的圆圈 🔴" in short.note  # a short prompt is quoted as written
+
+
+class _Fruit:
+    """A toy data source's language: "N apples" names how many; the caption writer fills a missing colour."""
+
+    name, character, traits = "fruit", "kind", ("color",)
+    words = {"size": (), "color": ("red", "green"), "shape": (), "motion": (), "speed": (), "background": ()}
+
+    def parse(self, prompt):
+        words = prompt.split()
+        if "apple" not in words:
+            return None, "no fruit named"
+        color = next((w for w in words if w in self.words["color"]), None)
+        return {"objects": [{"kind": "apple", "color": color}]}, ""
+
+    def unspecified(self, spec):
+        return [f"objects[{i}].color" for i, o in enumerate(spec["objects"]) if o["color"] is None]
+
+    def caption(self, spec, seed):
+        objects = [{**o, "color": o["color"] or self.words["color"][seed % 2]} for o in spec["objects"]]
+        return " and ".join(f"a {o['color']} {o['kind']}" for o in objects), {"objects": objects}
+
+
+FRUIT = _Fruit()
+
+
+def test_expansion_speaks_the_vocabulary_it_is_given():
+    from chronotope.text.characters import carry_characters
+    from chronotope.text.vocabulary import Vocabulary, load_vocabulary, model_vocabulary
+
+    out = expand("an apple", 1, vocabulary=FRUIT)
+    assert out.expanded and out.text == "a green apple" and out.missing == ["objects[0].color"]
+    assert "not a fruit prompt" in expand("a red circle", 0, vocabulary=FRUIT).note
+    kept = expand("a red circle", 0, vocabulary=None)  # a model trained on other data: prompts as written
+    assert kept.text == "a red circle" and not kept.expanded and kept.spec is None and "no vocabulary" in kept.note
+    # a storyboard's apple keeps the colour an earlier shot gave it (then nothing is open: the prompt is kept)
+    carried = carry_characters(["a red apple", "an apple"], [0, 1], True, "characters", FRUIT)
+    assert carried[1] == ("an apple", {"objects": [{"kind": "apple", "color": "red"}]})
+    assert carry_characters(["a red apple", "an apple"], [0, 1], True, "none", FRUIT)[1][0] == "a green apple"
+    assert carry_characters(["a red circle"], [0], True, "characters", None) == [("a red circle", None)]
+    # a model folder names its vocabulary; one that names none speaks the World's
+    world = model_vocabulary({})
+    assert isinstance(world, Vocabulary) and world is load_vocabulary("chronotope.world.vocabulary:WORLD")
+    assert model_vocabulary({"vocabulary": None}) is None
+    assert model_vocabulary({"vocabulary": "tests.test_text:FRUIT"}).name == "fruit"  # any importable one
+    for bad in ("chronotope.world.vocabulary", "chronotope.world.vocabulary:NOTHING", "chronotope.request:MODES"):
+        with pytest.raises(ValueError, match="vocabulary"):
+            load_vocabulary(bad)
+
+
+def test_carried_characters_match_the_world_expander():
+    from chronotope.text.characters import carry_characters
+
+    prompts = ["a large red circle moves left", "a red circle on a white background", "a cat", "a blue square"]
+    shots = carry_characters(prompts, [0, 1, 2, 3], True, "characters")
+    assert shots[1][1]["objects"][0]["size"] == "large" and shots[1][1]["background"] == "white"
+    assert shots[2] == ("a cat", None)
+    assert shots[3][0] == expand_prompt("a blue square", 3)  # nothing carried: the expander's own caption
+    assert carry_characters(prompts, [0, 1, 2, 3], False, "characters")[1][0] == prompts[1]  # expansion off

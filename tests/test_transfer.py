@@ -88,13 +88,13 @@ def test_world_model_rebases_an_init_on_other_latents_once(tmp_path, monkeypatch
     monkeypatch.setattr(wm, "REBASE_CLIPS", 6)
     recipe = wm.WorldModelRecipe(out=str(tmp_path / "run"), init=str(tmp_path / "init"), vae=str(tmp_path / "vae2"),
                                  patch=(1, 2, 2), device="cpu", progress=False, encode_batch=4)
-    run = wm._Run(recipe.resolved())
-    model = wm._dit_model(run, channels=2)
+    run = wm.WorldRun(recipe.resolved())
+    model = wm._dit_model(run, channels=2).model
     assert model.config.in_channels == 2 and model.config.patch == (1, 2, 2)
     stage = run.state["stages"]["rebase"]
     assert stage["done"] and stage["tokens"] > 8 and 0 <= stage["r2_new_to_old"] <= 1
     kept = DiT.from_pretrained(tmp_path / "run" / "rebase" / "dit")
-    again = wm._dit_model(run, channels=2)
+    again = wm._dit_model(run, channels=2).model
     mine = again.state_dict()  # the recipe's additions (absolute positions) start at zero on top of step 0
     assert all(torch.equal(mine[k], v) for k, v in kept.state_dict().items())
     assert all(torch.equal(mine[k], v) for k, v in model.state_dict().items())

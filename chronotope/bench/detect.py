@@ -19,6 +19,9 @@ matched templates instead of its rim: the per-pixel coverage is compared with a 
 triangle of the component's area at its centroid, and the best fit gives the shape and the extent.
 Residual noise makes the bbox and rim of a component ragged; the sum of squared errors over a template
 averages it out. Flicker, which must report the noise, is measured by score.py on the raw frames.
+
+The palette's classification is palette.py; the shapes' geometry and the noisy path's filter and templates are
+templates.py.
 """
 
 from __future__ import annotations
@@ -27,20 +30,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from chronotope.world.vocab import BACKGROUNDS, COLORS, PILLAR_COLOR
+from chronotope.bench.palette import COLOR_NAMES, PILLAR_CLASS, REFS, SHADE_MIN, classify_pixels, nearest_background
+from chronotope.bench.templates import NOISY_OBJECT, NOISY_SIGMA, estimate_noise, median3, template_measure
 
-COLOR_NAMES: tuple[str, ...] = tuple(COLORS)  # class ids 0..7
-BACKGROUND_NAMES: tuple[str, ...] = tuple(BACKGROUNDS)  # class ids 8..10
-PILLAR_CLASS = len(COLORS) + len(BACKGROUNDS)  # 11
-_REFS = np.array(
-    [COLORS[c] for c in COLOR_NAMES] + [BACKGROUNDS[b] for b in BACKGROUND_NAMES] + [PILLAR_COLOR],
-    dtype=np.float32,
-)  # [12, 3]
-
-# The fill ratio (area / bbox area) and the vertical skewness of the area (SKEW) of each shape in the continuum;
-# shape_of splits between them. World triangles stand apex up: 2/3 of their area lies in the lower half.
-FILL: dict[str, float] = {"circle": np.pi / 4, "square": 1.0, "triangle": 0.5}
-SKEW: dict[str, float] = {"circle": 0.0, "square": 0.0, "triangle": -2 * np.sqrt(2) / 5}  # -0.566
 SKEW_SPLIT = -0.2  # skewness below which a component is an (apex-up) triangle
 
 
@@ -122,58 +114,7 @@ class Detections:
         return (self.x1 >= p0 - 1 - margin) & (self.x0 <= p1 + 1 + margin)
 
 
-SHADE_MIN = 0.45  # an object color mixed with the background down to this share still classifies as that color ...
-SHADE_DIST = 40.0  # ... within this distance of the mix (a mix of two other colors, e.g. the pillar's edge, is not)
 BLEED_PLATEAU = 0.95  # a component fainter than this that touches a larger object is a color bleed of it
-_LUT: dict[tuple[float, int | None], np.ndarray] = {}
-
-
-def _lut(max_dist: float, background: int | None = None) -> np.ndarray:
-    """Class of every color quantised to 6 bits per channel (bin centres), int8 [64**3]; built once per key.
-
-    background None: the nearest reference color. An index into BACKGROUND_NAMES: each object color is also
-    the segment from itself to its mix with that background at SHADE_MIN (b + a (c - b), a in [SHADE_MIN, 1]);
-    a pixel that holds at least SHADE_MIN of the color (its projection a) and lies within SHADE_DIST of the
-    segment takes that color, so a component ends near where the object covers half a pixel. A slightly dark or
-    washed-out shade, as blur or a generator leave it, keeps its hue: (182, 159, 49), inside the shipped model's
-    small yellow triangle on black, lies 68 levels from orange and 79 from yellow, but 24 from yellow's segment
-    (at a = 0.75).
-    """
-    key = (max_dist, background)
-    if key not in _LUT:
-        q = (np.arange(64, dtype=np.float32) * 4 + 1.5)
-        grid = np.stack(np.meshgrid(q, q, q, indexing="ij"), -1).reshape(-1, 3)  # [64**3, 3]
-        d2 = ((grid[:, None, :] - _REFS) ** 2).sum(-1)  # [64**3, 12]
-        if background is not None:
-            K = len(COLOR_NAMES)
-            b = _REFS[K + background]  # [3]
-            v = _REFS[:K] - b  # [8, 3]
-            a = ((grid - b) @ v.T) / (v * v).sum(-1)  # [64**3, 8] share of the color along its line from b
-            shade = ((grid[:, None, :] - b - np.minimum(a, 1.0)[..., None] * v) ** 2).sum(-1)  # [64**3, 8]
-            d2[:, :K] = np.where((a >= SHADE_MIN) & (shade <= SHADE_DIST**2), shade, d2[:, :K])
-        cls = d2.argmin(-1).astype(np.int8)
-        cls[d2.min(-1) > max_dist**2] = -1
-        _LUT[key] = cls
-    return _LUT[key]
-
-
-def classify_pixels(frames: np.ndarray, max_dist: float = 90.0, background: np.ndarray | None = None) -> np.ndarray:
-    """frames uint8 [T, H, W, 3] -> class map int8 [T, H, W]: nearest reference color id, -1 if none is within max_dist.
-
-    background: int [T], each frame's index into BACKGROUND_NAMES; object colors then also match their shades
-    mixed with it (see _lut). A lookup table over colors quantised to 6 bits per channel (error <= 2 levels).
-    """
-    q = (frames >> 2).astype(np.int32)  # [T, H, W, 3]
-    code = (q[..., 0] << 12) | (q[..., 1] << 6) | q[..., 2]  # [T, H, W]
-    if background is None:
-        return _lut(float(max_dist))[code]
-    out = np.empty(code.shape, dtype=np.int8)
-    for b in np.unique(background):
-        on = background == b
-        out[on] = _lut(float(max_dist), int(b))[code[on]]
-    return out
-
-
 def label_components(cls: np.ndarray) -> np.ndarray:
     """Connected components of equal class, 4-connectivity within each frame.
 
@@ -274,7 +215,7 @@ def _soft_measure(
     grown &= ~((o >= 0) & (o != k) & body[ya:yb, xa:xb])  # never another object (its rim included)
     if pillar is not None:  # nor the pillar and its anti-aliased columns
         grown[:, max(pillar[0] - 1 - xa, 0):max(pillar[1] + 2 - xa, 0)] = False
-    v = _REFS[k] - bg  # [3]
+    v = REFS[k] - bg  # [3]
     n2 = float(v @ v)
     if n2 < 30.0**2:  # color too close to the background to unmix: hard mask
         alpha = own.astype(np.float32)
@@ -286,95 +227,69 @@ def _soft_measure(
     return float(alpha.sum()), float(alpha.max(0).sum()), float(alpha.max(1).sum()), _skew(alpha), plateau
 
 
-NOISY_SIGMA = 6.0  # noise std (0-255 levels) above which detection denoises; World renders estimate 0
-NOISY_OBJECT = 1.5  # ... where a solid component must be this many times larger to count as an object
-_SCALES = (0.8, 0.9, 1.0, 1.1, 1.2)  # template sizes tried, relative to the component's area
+def _best_components(obj: np.ndarray, lab: np.ndarray, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The components of the object classes obj int8 [T, H, W] (labels `lab`, flat): their statistics, and which is
+    the best of each (frame, color), most interior pixels then largest area, whose statistics fill `out` [T, K]."""
+    T, H, W = obj.shape
+    K = len(COLOR_NAMES)
+    inner = _interior(obj).reshape(-1)
+    flat_cls = obj.reshape(-1)
+    pix = np.flatnonzero(flat_cls >= 0)
+    order = np.argsort(lab[pix], kind="stable")
+    pix = pix[order]
+    roots, starts = np.unique(lab[pix], return_index=True)
+    t, rem = np.divmod(pix, H * W)
+    y, x = np.divmod(rem, W)
+    area = np.diff(np.append(starts, pix.size)).astype(np.float64)
+    interior = np.add.reduceat(inner[pix].astype(np.float64), starts)
+    cy = np.add.reduceat(y.astype(np.float64), starts) / area
+    cx = np.add.reduceat(x.astype(np.float64), starts) / area
+    y0, y1 = np.minimum.reduceat(y, starts), np.maximum.reduceat(y, starts)
+    x0, x1 = np.minimum.reduceat(x, starts), np.maximum.reduceat(x, starts)
+    ct = t[starts]
+    ck = flat_cls[roots].astype(np.int64)
+    # best component per (frame, color): most interior pixels, then largest area
+    best = np.lexsort((area, interior, ct * K + ck))
+    key = (ct * K + ck)[best]
+    last = np.append(key[1:] != key[:-1], True)
+    sel = best[last]
+    for name, val in (("area", area), ("interior", interior), ("cy", cy), ("cx", cx),
+                      ("y0", y0), ("y1", y1), ("x0", x0), ("x1", x1)):
+        out[name][ct[sel], ck[sel]] = val[sel]
+    return dict(pix=pix, starts=starts, roots=roots, area=area, interior=interior, ct=ct, ck=ck, sel=sel,
+                y0=y0, y1=y1, x0=x0, x1=x1)
 
 
-def estimate_noise(frames: np.ndarray, max_frames: int = 8) -> float:
-    """Robust per-pixel noise std of frames uint8 [T, H, W, 3] in 0-255 levels (0 for flat synthetic renders).
-
-    Median absolute difference of horizontally neighbouring pixels / (0.6745 * sqrt 2): flat regions,
-    which are most pixels of a World video, give 0 without noise; edges are too few to move the median.
-    """
-    f = frames[:: max(1, frames.shape[0] // max_frames)].astype(np.int16)  # a sample of <= ~max_frames frames
-    if f.shape[2] < 2:
-        return 0.0
-    return float(np.median(np.abs(f[:, :, 1:] - f[:, :, :-1]))) / (0.6745 * np.sqrt(2.0))
-
-
-def median3(frames: np.ndarray) -> np.ndarray:
-    """Exact 3x3 spatial median of each frame and channel, frames uint8 [T, H, W, C] -> same (edges replicated).
-
-    Sort every horizontal triple (lo <= mid <= hi), then the median of the 9 is the median of
-    (max of the 3 lo's, median of the 3 mid's, min of the 3 hi's) over the vertical triple: 19 min/max ops.
-    """
-    p = np.pad(frames, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")  # [T, H+2, W+2, C]
-    a, b, c = p[:, :, :-2], p[:, :, 1:-1], p[:, :, 2:]  # [T, H+2, W, C] each
-
-    def sort3(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        lo, hi = np.minimum(a, b), np.maximum(a, b)
-        mid = np.maximum(lo, np.minimum(hi, c))
-        return np.minimum(lo, c), mid, np.maximum(hi, c)
-
-    lo, mid, hi = sort3(a, b, c)
-    lo = np.maximum(np.maximum(lo[:, :-2], lo[:, 1:-1]), lo[:, 2:])  # [T, H, W, C]
-    hi = np.minimum(np.minimum(hi[:, :-2], hi[:, 1:-1]), hi[:, 2:])
-    mid = sort3(mid[:, :-2], mid[:, 1:-1], mid[:, 2:])[1]
-    return sort3(lo, mid, hi)[1]
-
-
-def _template(shape: str, d: float, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
-    """Coverage [h, w] of a shape of size d (diameter / side / base = height) whose centroid is at offsets 0.
-
-    dx [1, w], dy [h, 1]: pixel-centre offsets from the centroid. Same edges as world.render's coverage.
-    """
-    half = d / 2
-    if shape == "circle":
-        return np.clip(half + 0.5 - np.sqrt(dx * dx + dy * dy), 0.0, 1.0)
-    if shape == "square":
-        return np.clip(half + 0.5 - np.abs(dx), 0.0, 1.0) * np.clip(half + 0.5 - np.abs(dy), 0.0, 1.0)
-    dy = dy + half / 3  # offsets from the box centre: a triangle's centroid lies d/6 below it
-    rows = np.clip(half + 0.5 - np.abs(dy), 0.0, 1.0)
-    return rows * np.clip(0.5 - (2 * np.abs(dx) - dy - half) / np.sqrt(5.0), 0.0, 1.0)
-
-
-def _template_measure(
-    frame: np.ndarray, obj: np.ndarray, body: np.ndarray, lab: np.ndarray, root: int, k: int,
-    bg: np.ndarray, box: tuple[int, int, int, int], pillar: tuple[int, int] | None,
-) -> tuple[float, float, float, float, float]:
-    """(area, width, height, skew, plateau 1) of one component of a denoised frame from its best-fitting template.
-
-    The coverage alpha (projection on color - background, as in _soft_measure) over the box grown by 3 px
-    is compared with each shape of the component's area at its centroid; the returned (area, w, h) have
-    the best shape's fill ratio, size and skew, so Detections.fill / extent / skew read as for clean videos.
-    """
-    H, W = obj.shape
-    y0, y1, x0, x1 = box
-    ya, yb, xa, xb = max(y0 - 3, 0), min(y1 + 4, H), max(x0 - 3, 0), min(x1 + 4, W)
-    own = lab[ya:yb, xa:xb] == root  # [h, w]
-    o = obj[ya:yb, xa:xb]
-    weight = ~((o >= 0) & (o != k) & body[ya:yb, xa:xb])  # other objects may cover this one: no evidence
-    if pillar is not None:
-        weight[:, max(pillar[0] - 1 - xa, 0):max(pillar[1] + 2 - xa, 0)] = False
-    v = _REFS[k] - bg  # [3]
-    n2 = float(v @ v)
-    if n2 < 30.0**2:
-        alpha = own.astype(np.float32)
-    else:
-        alpha = np.clip((frame[ya:yb, xa:xb].astype(np.float32) - bg) @ v / n2, 0.0, 1.0)
-    area = float(own.sum())
-    ys, xs = np.nonzero(own)
-    dy = (np.arange(ya, yb, dtype=np.float32) - (ys.mean() + ya))[:, None]  # [h, 1]
-    dx = (np.arange(xa, xb, dtype=np.float32) - (xs.mean() + xa))[None, :]  # [1, w]
-    best, best_d, best_err = "circle", 0.0, np.inf
-    for shape, fill in FILL.items():
-        for scale in _SCALES:  # the component's area is itself noisy (ragged rim): search the size too
-            d = scale * np.sqrt(area / fill)
-            err = float((weight * (alpha - _template(shape, d, dx, dy)) ** 2).sum())
-            if err < best_err:
-                best, best_d, best_err = shape, d, err
-    return FILL[best] * best_d * best_d, best_d, best_d, SKEW[best], 1.0
+def _measure_objects(frames: np.ndarray, obj: np.ndarray, lab: np.ndarray, c: dict[str, np.ndarray],
+                     out: dict[str, np.ndarray], soft: dict[str, np.ndarray], bleed: np.ndarray, measure,
+                     noisy: bool, border_color: np.ndarray, pillar: tuple[int, int] | None) -> None:
+    """Each best component with an interior measured from its coverage (`measure`: _soft_measure, or
+    templates.template_measure for a noisy video) into `soft` [T, K]; `bleed` [T, K] marks a faint one that clings
+    to a larger object; a noisy video's bbox in `out` becomes the fitted template's."""
+    T, H, W = obj.shape
+    pix, starts, interior, area, roots = c["pix"], c["starts"], c["interior"], c["area"], c["roots"]
+    ct, ck, sel = c["ct"], c["ck"], c["sel"]
+    # pixels of components with an interior (real objects, not anti-aliasing fringes), [T, H, W]
+    body = np.zeros(T * H * W, dtype=bool)
+    body[pix] = np.repeat(interior >= 1, np.diff(np.append(starts, pix.size)))
+    lab3, body3 = lab.reshape(T, H, W), body.reshape(T, H, W)
+    for i in sel[out["interior"][ct[sel], ck[sel]] >= 1]:
+        ti, ki = int(ct[i]), int(ck[i])
+        box = (int(c["y0"][i]), int(c["y1"][i]), int(c["x0"][i]), int(c["x1"][i]))
+        a, w, h, sk, plateau = measure(frames[ti], obj[ti], body3[ti], lab3[ti], int(roots[i]), ki,
+                                       border_color[ti], box, pillar)
+        for name, val in (("soft_area", a), ("soft_w", w), ("soft_h", h), ("skew", sk), ("plateau", plateau)):
+            soft[name][ti, ki] = val
+        if plateau < BLEED_PLATEAU:  # faint: a bleed when it clings to a larger object
+            hosts = _neighbours(obj[ti], body3[ti], lab3[ti], int(roots[i]), ki, box)
+            bleed[ti, ki] = bool((area[np.searchsorted(roots, hosts)] > area[i]).any())
+        if noisy and h > 0:  # the fitted template's box: the raw bbox of a noisy component is ragged
+            cyc, cxc = out["cy"][ti, ki] + 0.5, out["cx"][ti, ki] + 0.5  # continuous centroid
+            top = cyc - (2 * h / 3 if sk < SKEW_SPLIT else h / 2)
+            out["x0"][ti, ki] = max(np.floor(cxc - w / 2 + 0.25), 0)
+            out["x1"][ti, ki] = min(np.ceil(cxc + w / 2 - 0.25) - 1, W - 1)
+            out["y0"][ti, ki] = max(np.floor(top + 0.25), 0)
+            out["y1"][ti, ki] = min(np.ceil(top + h - 0.25) - 1, H - 1)
 
 
 def detect(frames: np.ndarray, max_dist: float = 90.0, min_object: float = 0.001,
@@ -390,7 +305,7 @@ def detect(frames: np.ndarray, max_dist: float = 90.0, min_object: float = 0.001
     noisy = sigma > NOISY_SIGMA if denoise is None else bool(denoise)
     if noisy:
         frames = median3(frames)
-    measure = _template_measure if noisy else _soft_measure
+    measure = template_measure if noisy else _soft_measure
     K = len(COLOR_NAMES)
     border = np.concatenate(
         [frames[:, 0], frames[:, -1], frames[:, 1:-1, 0], frames[:, 1:-1, -1]], axis=1
@@ -402,59 +317,15 @@ def detect(frames: np.ndarray, max_dist: float = 90.0, min_object: float = 0.001
     obj = cls.copy()
     obj[(obj < 0) | (obj >= K)] = -1  # only object colors form components
     lab = label_components(obj)
-    inner = _interior(obj).reshape(-1)
-    flat_cls = obj.reshape(-1)
-    pix = np.flatnonzero(flat_cls >= 0)
     out = {k: np.zeros((T, K), dtype=np.float64) for k in ("area", "interior", "cy", "cx", "y0", "y1", "x0", "x1")}
-    if pix.size:
-        order = np.argsort(lab[pix], kind="stable")
-        pix = pix[order]
-        roots, starts = np.unique(lab[pix], return_index=True)
-        t, rem = np.divmod(pix, H * W)
-        y, x = np.divmod(rem, W)
-        area = np.diff(np.append(starts, pix.size)).astype(np.float64)
-        interior = np.add.reduceat(inner[pix].astype(np.float64), starts)
-        cy = np.add.reduceat(y.astype(np.float64), starts) / area
-        cx = np.add.reduceat(x.astype(np.float64), starts) / area
-        y0, y1 = np.minimum.reduceat(y, starts), np.maximum.reduceat(y, starts)
-        x0, x1 = np.minimum.reduceat(x, starts), np.maximum.reduceat(x, starts)
-        ct = t[starts]
-        ck = flat_cls[roots].astype(np.int64)
-        # best component per (frame, color): most interior pixels, then largest area
-        best = np.lexsort((area, interior, ct * K + ck))
-        key = (ct * K + ck)[best]
-        last = np.append(key[1:] != key[:-1], True)
-        sel = best[last]
-        for name, val in (("area", area), ("interior", interior), ("cy", cy), ("cx", cx),
-                          ("y0", y0), ("y1", y1), ("x0", x0), ("x1", x1)):
-            out[name][ct[sel], ck[sel]] = val[sel]
+    c = _best_components(obj, lab, out) if (obj >= 0).any() else None
     m = min(H, W)
     significant = out["interior"] >= max(2.0, min_object * m * m * (NOISY_OBJECT if noisy else 1.0))
     pillar = find_pillar(cls)
     soft = {k: np.zeros((T, K), dtype=np.float64) for k in ("soft_area", "soft_w", "soft_h", "skew", "plateau")}
     bleed = np.zeros((T, K), dtype=bool)
-    if pix.size:
-        # pixels of components with an interior (real objects, not anti-aliasing fringes), [T, H, W]
-        body = np.zeros(T * H * W, dtype=bool)
-        body[pix] = np.repeat(interior >= 1, np.diff(np.append(starts, pix.size)))
-        lab3, body3 = lab.reshape(T, H, W), body.reshape(T, H, W)
-        for i in sel[out["interior"][ct[sel], ck[sel]] >= 1]:
-            ti, ki = int(ct[i]), int(ck[i])
-            box = (int(y0[i]), int(y1[i]), int(x0[i]), int(x1[i]))
-            a, w, h, sk, plateau = measure(frames[ti], obj[ti], body3[ti], lab3[ti], int(roots[i]), ki,
-                                           border_color[ti], box, pillar)
-            for name, val in (("soft_area", a), ("soft_w", w), ("soft_h", h), ("skew", sk), ("plateau", plateau)):
-                soft[name][ti, ki] = val
-            if plateau < BLEED_PLATEAU:  # faint: a bleed when it clings to a larger object
-                hosts = _neighbours(obj[ti], body3[ti], lab3[ti], int(roots[i]), ki, box)
-                bleed[ti, ki] = bool((area[np.searchsorted(roots, hosts)] > area[i]).any())
-            if noisy and h > 0:  # the fitted template's box: the raw bbox of a noisy component is ragged
-                cyc, cxc = out["cy"][ti, ki] + 0.5, out["cx"][ti, ki] + 0.5  # continuous centroid
-                top = cyc - (2 * h / 3 if sk < SKEW_SPLIT else h / 2)
-                out["x0"][ti, ki] = max(np.floor(cxc - w / 2 + 0.25), 0)
-                out["x1"][ti, ki] = min(np.ceil(cxc + w / 2 - 0.25) - 1, W - 1)
-                out["y0"][ti, ki] = max(np.floor(top + 0.25), 0)
-                out["y1"][ti, ki] = min(np.ceil(top + h - 0.25) - 1, H - 1)
+    if c is not None:
+        _measure_objects(frames, obj, lab, c, out, soft, bleed, measure, noisy, border_color, pillar)
     return Detections(
         **{k: v for k, v in out.items()},
         **soft,
@@ -467,12 +338,6 @@ def detect(frames: np.ndarray, max_dist: float = 90.0, min_object: float = 0.001
         noise_sigma=sigma,
         denoised=noisy,
     )
-
-
-def nearest_background(rgb: np.ndarray) -> np.ndarray:
-    """rgb float [..., 3] -> index into BACKGROUND_NAMES of the nearest background color, [...]."""
-    refs = _REFS[len(COLOR_NAMES):PILLAR_CLASS]  # [3, 3]
-    return ((rgb[..., None, :] - refs) ** 2).sum(-1).argmin(-1)
 
 
 def shape_of(fill: np.ndarray, skew: np.ndarray) -> np.ndarray:

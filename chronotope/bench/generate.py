@@ -25,15 +25,16 @@ import numpy as np
 from tqdm import tqdm
 
 from chronotope.atomic import atomic_write_json
+from chronotope.bench.modes import BENCH, run_job
 from chronotope.bench.score import ATTRIBUTES, SCORER_VERSION, score_video
-from chronotope.pipeline.modes import head_frames, loop_closure
-from chronotope.request import MODES
+from chronotope.pipeline.pipeline import SAMPLING
+from chronotope.request import MODES, TEMPORAL_FACTOR
 from chronotope.sizes import parse_aspect_ratio, size_for
-from chronotope.world import detailed_caption, is_heldout, render, sample_scene
+from chronotope.world import detailed_caption, is_heldout, sample_scene
 from chronotope.world.vocab import COLORS, HELDOUT, SHAPES
 
-BENCH_MODES: tuple[str, ...] = tuple(m for m in MODES if m != "edit")  # edit needs a user's video to edit
-PSNR_CAP = 100.0  # dB reported for identical frames (an infinite PSNR is not JSON)
+BENCH_MODES: tuple[str, ...] = tuple(m for m in MODES if m in BENCH)  # in request.MODES' order
+BENCH_STEPS = 20  # sampling steps of a model whose folder names none (the pipeline's own default is SAMPLING's)
 
 
 @dataclass
@@ -48,10 +49,10 @@ class BenchConfig:
     num_frames: list[int] = field(default_factory=lambda: [17, 33])
     resolution: str = "64px"
     modes: list[str] = field(default_factory=lambda: list(BENCH_MODES))
-    steps: int | None = None  # None: the model's (model_index.json num_inference_steps), else 20
-    guidance: float | None = None  # None: the model's default (model_index.json), else 5.0
+    steps: int | None = None  # None: the model's (model_index.json num_inference_steps), else BENCH_STEPS
+    guidance: float | None = None  # None: the model's default (model_index.json), else the pipeline's (SAMPLING)
     time_shift: float | None = None  # scale of the sampler's token-count shift; None: the model's (model_index.json)
-    sampler: str | None = None  # None: the model's (a few-step folder declares shortcut), else euler
+    sampler: str | None = None  # None: the model's (a few-step folder declares shortcut), else SAMPLING's
     steps_table: list[int] | None = None  # None: 5, 10, 20, 50; 1, 2, 4, 8 for a few-step model
     steps_table_prompts: int = 20
     heldout_fraction: float = 0.15
@@ -77,7 +78,7 @@ class BenchConfig:
             raise ValueError("give at least one frame count (--num-frames 17,33)")
         least = 9 if "connect" in self.modes else 5
         for t in self.num_frames:
-            if t < least or (t - 1) % 4:
+            if t < least or (t - 1) % TEMPORAL_FACTOR:
                 raise ValueError(f"--num-frames entries must be 4k+1 and >= {least} (the modes need video; "
                                  f"t2i makes the images), got {t}; e.g. 17,33")
         if (self.steps is not None and self.steps < 1) or any(s < 1 for s in self.steps_table or []):
@@ -175,137 +176,14 @@ def plan_jobs(cfg: BenchConfig, prompts: list[BenchPrompt]) -> list[Job]:
     return list(jobs.values())
 
 
-# --- measures ---------------------------------------------------------------------------------------
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of uint8 arrays of one shape (capped at PSNR_CAP for identical inputs)."""
-    if a.shape != b.shape:
-        raise ValueError(f"psnr needs arrays of one shape, got {a.shape} and {b.shape}")
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return PSNR_CAP if mse == 0 else min(PSNR_CAP, 10.0 * math.log10(255.0**2 / mse))
-
-
-def seam_ratio(frames: np.ndarray, seams: list[int]) -> float:
-    """Mean |frame[s] - frame[s-1]| over the seams s (where given and generated frames meet) against the
-    mean frame-to-frame change elsewhere, in uint8 levels: ~1 means a seam looks like any other step."""
-    steps = np.abs(np.diff(frames.astype(np.float32), axis=0)).mean(axis=(1, 2, 3))  # [T-1]
-    at = [s - 1 for s in seams if 1 <= s < len(frames)]
-    rest = np.delete(steps, at) if len(at) < len(steps) else steps
-    return float(steps[at].mean() / max(float(rest.mean()), 1e-6)) if at else float("nan")
-
-
-def _attrs(scores: dict) -> dict:
-    return {k: scores.get(k) for k in ("overall",) + ATTRIBUTES}
-
-
-def _plain(x):
-    """numpy scalars / arrays -> JSON-ready Python values (NaN -> None)."""
-    if isinstance(x, dict):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _plain(x.tolist())
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
-def ceilings(pipe, gt: np.ndarray, spec: dict, fps: float) -> dict:
-    """What a perfect generator would score on a prompt: its scene's ground-truth render, and that render
-    through the model's VAE (encode, decode; when the model has one), the most a DiT can reach with it.
-    gt: uint8 [T, H, W, 3]. Separates what the VAE loses from what the DiT gets wrong."""
-    out = {"ground_truth": _attrs(score_video(gt, spec, fps=fps))}
-    if hasattr(pipe, "encode_video"):
-        recon = pipe.decode(pipe.encode_video(gt)[None])[0]  # [T, H, W, 3]
-        out["vae_reconstruction"] = _attrs(score_video(recon, spec, fps=fps))
-        out["vae_psnr"] = psnr(recon, gt)
-    return out
-
-
-# --- one job ----------------------------------------------------------------------------------------
-
-
-def run_job(pipe, job: Job, cfg: BenchConfig, fps: float, guidance: float) -> tuple[np.ndarray, dict]:
-    """Generate one job's video, score it and measure its mode; returns (frames uint8 [T, H, W, 3], record)."""
-    p, mode = job.prompt, job.mode
-    H, W, T = p.height, p.width, p.num_frames
-    kw = dict(mode=mode, height=H, width=W, num_inference_steps=job.steps, guidance_scale=guidance,
-              sampler=cfg.sampler, seed=p.scene_seed, fps=fps, expand_prompt=False, progress=False)
-    scene = sample_scene(p.scene_seed, include_heldout=p.heldout)
-    metrics: dict = {}
-    t0 = time.perf_counter()
-    if mode == "t2v":
-        out = pipe(p.caption, num_frames=T, **kw)
-    elif mode == "t2i":
-        out = pipe(p.caption, num_frames=1, **kw)
-    elif mode == "i2v":
-        gt = render(scene, H, W, T, fps).frames
-        out = pipe(p.caption, num_frames=T, image=gt[:1], **kw)
-    elif mode == "extend":
-        gt = render(scene, H, W, T, fps).frames  # the given video, extended forward
-        out = pipe(p.caption, num_frames=T, video=gt, **kw)
-    elif mode == "connect":
-        gt = render(scene, H, W, T, fps).frames  # start and end of one render; the model fills the middle
-        n = (T - 1) // 4 + 1
-        k = max(1, min(2, (n - 1) // 2))
-        head, tail = head_frames(k), 4 * k + 1
-        out = pipe(p.caption, num_frames=T, video=gt[:head], video_end=gt[T - tail:], **kw)
-    elif mode == "loop":
-        out = pipe(p.caption, num_frames=T - 1, **kw)  # a loop of T - 1 frames: frame T would be frame 0
-    elif mode == "long":
-        window = cfg.long_window or int(pipe.defaults["num_frames"])
-        out = pipe(p.caption, num_frames=4 * (window - 1) + 1, window_frames=window, **kw)
-    else:
-        raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(BENCH_MODES)}")
-    seconds = time.perf_counter() - t0
-    frames = out.frames[0]
-    scores = score_video(frames, p.spec, fps=fps)
-
-    if mode == "t2v" and job.steps == cfg.steps:
-        metrics["ceilings"] = ceilings(pipe, render(scene, H, W, T, fps).frames, p.spec, fps)
-    elif mode == "i2v":
-        metrics["psnr_first"] = psnr(frames[0], gt[0])
-    elif mode == "extend":
-        # the output keeps the given frames verbatim (exact); the window's own decode of them (what the
-        # model was conditioned on, through the VAE) is the honest measure, and the seam the continuity
-        k = int(out.params["cond_latent_frames"])
-        K = head_frames(k)
-        window = pipe.decode(out.latents[:1])[0]  # [T_w, H, W, 3]
-        metrics["psnr_given"] = psnr(window[:K], gt[-K:])
-        metrics["psnr_kept"] = psnr(frames[:T], gt)
-        metrics["seam_ratio"] = seam_ratio(frames, [T])
-    elif mode == "connect":
-        gap = slice(head, T - tail)
-        metrics["seam_ratio"] = seam_ratio(frames, [head, T - tail])
-        metrics["psnr_middle_vs_gt"] = psnr(frames[gap], gt[gap]) if gap.stop > gap.start else None
-    elif mode == "loop":
-        metrics.update(loop_closure(frames))
-    elif mode == "long":
-        q = (len(frames) - 1) // 4 + 1  # a quarter, as a 4k+1 clip
-        ref = render(scene, H, W, len(frames), fps).frames
-        first, last = _attrs(score_video(frames[:q], p.spec)), _attrs(score_video(frames[-q:], p.spec))
-        gt_first, gt_last = _attrs(score_video(ref[:q], p.spec)), _attrs(score_video(ref[-q:], p.spec))
-        metrics.update(first=first, last=last, gt_first=gt_first, gt_last=gt_last, quarter_frames=q)
-    record = {"name": job.name, "mode": mode, "index": p.index, "scene_seed": p.scene_seed, "prompt": p.caption,
-              "spec": p.spec, "heldout": p.heldout, "aspect_ratio": p.aspect_ratio, "trained_ar": p.trained_ar,
-              "height": H, "width": W, "num_frames": int(len(frames)), "steps": job.steps,
-              "guidance_scale": guidance, "sampler": cfg.sampler, "seed": p.scene_seed, "seconds": seconds,
-              "scores": scores, "metrics": metrics}
-    return frames, _plain(record)
-
-
 def score_t2v(pipe, num: int, steps: int | None = None, progress: bool = True) -> dict:
     """World-bench t2v on its first `num` prompts (the published sizes and seeds), generated and scored in
     memory: no video files, no PyAV (a quick score where only the number is wanted, e.g. at the end of
     `chronotope train world-model`). Returns t2v_overall (the mean over all its prompts, held-out ones included) and
-    each attribute's mean. steps: None = the model's (model_index.json), else 20."""
-    steps = steps if steps is not None else int(pipe.defaults.get("num_inference_steps", 20))
+    each attribute's mean. steps: None = the model's (model_index.json), else BENCH_STEPS."""
+    steps = steps if steps is not None else int(pipe.defaults.get("num_inference_steps", BENCH_STEPS))
     prompts = plan_prompts(BenchConfig(out="", num=num, modes=["t2v"], steps_table=[]))
-    fps, guidance = float(pipe.defaults.get("fps", 8.0)), float(pipe.defaults.get("guidance_scale", 5.0))
+    fps, guidance = float(pipe.defaults["fps"]), model_guidance(pipe)
     scores, t0 = [], time.perf_counter()
     for p in tqdm(prompts, desc="world-bench t2v", unit="video", disable=not progress):
         out = pipe(p.caption, num_frames=p.num_frames, height=p.height, width=p.width, num_inference_steps=steps,
@@ -360,21 +238,27 @@ def run_generate_and_score(pipe, cfg: BenchConfig, model: str = "") -> dict:
     grid.gif and plots. Returns the results dict; `generated` / `skipped` count this run's jobs."""
     cfg = with_model_sampling(cfg, pipe)
     cfg.check()
-    guidance = float(cfg.guidance if cfg.guidance is not None else pipe.defaults.get("guidance_scale", 5.0))
+    guidance = float(cfg.guidance) if cfg.guidance is not None else model_guidance(pipe)
     if cfg.time_shift is not None:  # every mode's schedule reads the shift rule's scale from the defaults
         pipe = pipe.with_defaults(time_shift=float(cfg.time_shift))  # the caller's pipeline is left as it came
     return _run_jobs(pipe, cfg, model, guidance)
 
 
+def model_guidance(pipe) -> float:
+    """The guidance scale the model folder declares (model_index.json), else the pipeline's default (SAMPLING)."""
+    return float(pipe.defaults.get("guidance_scale", SAMPLING["guidance_scale"]))
+
+
 def with_model_sampling(cfg: BenchConfig, pipe) -> BenchConfig:
     """cfg with the steps, sampler and steps table it leaves None taken from the model folder (model_index.json):
-    a few-step model is benched at its own steps (4) with a 1, 2, 4, 8 table, any other at 20 with 5, 10, 20, 50."""
+    a few-step model is benched at its own steps (4) with a 1, 2, 4, 8 table, any other at BENCH_STEPS with 5, 10,
+    20, 50."""
     from dataclasses import replace
 
     d = pipe.defaults
     few = "folded_guidance" in d or (cfg.sampler or d.get("sampler")) == "shortcut"
-    return replace(cfg, steps=cfg.steps if cfg.steps is not None else int(d.get("num_inference_steps", 20)),
-                   sampler=cfg.sampler or str(d.get("sampler", "euler")),
+    steps = cfg.steps if cfg.steps is not None else int(d.get("num_inference_steps", BENCH_STEPS))
+    return replace(cfg, steps=steps, sampler=cfg.sampler or str(d.get("sampler", SAMPLING["sampler"])),
                    steps_table=cfg.steps_table if cfg.steps_table is not None else ([1, 2, 4, 8] if few else [5, 10, 20, 50]))
 
 
@@ -384,7 +268,7 @@ def _run_jobs(pipe, cfg: BenchConfig, model: str, guidance: float) -> dict:
     from chronotope.pipeline.lora import merged
     from chronotope.video import write_video
 
-    fps = float(pipe.defaults.get("fps", 8.0))
+    fps = float(pipe.defaults["fps"])
     videos_dir = os.path.join(cfg.out, "videos")
     os.makedirs(videos_dir, exist_ok=True)
     prompts = plan_prompts(cfg)
@@ -420,5 +304,5 @@ def _run_jobs(pipe, cfg: BenchConfig, model: str, guidance: float) -> dict:
     return result
 
 
-__all__ = ["BENCH_MODES", "BenchConfig", "BenchPrompt", "Job", "ceilings", "plan_jobs", "plan_prompts", "psnr",
-           "run_generate_and_score", "run_job", "score_t2v", "seam_ratio"]
+__all__ = ["BENCH_MODES", "BenchConfig", "BenchPrompt", "Job", "plan_jobs", "plan_prompts", "run_generate_and_score",
+           "score_t2v"]

@@ -39,8 +39,10 @@ from itertools import permutations
 
 import numpy as np
 
-from chronotope.bench.detect import BACKGROUND_NAMES, COLOR_NAMES, Detections, detect, nearest_background
+from chronotope.bench.detect import Detections, detect
+from chronotope.bench.palette import BACKGROUND_NAMES, COLOR_NAMES, nearest_background
 from chronotope.bench.motion import classify_motion
+from chronotope.mp4 import check_frames
 from chronotope.world.vocab import MAX_OBJECTS, MOTIONS, SHAPES, SIZES
 
 # The scorer's version: raised whenever a change to the detector or the scores moves results, so that runs
@@ -63,22 +65,6 @@ def _ramp(x: float, lo: float, hi: float) -> float:
 def _mean(values: list[float | None]) -> float | None:
     vals = [v for v in values if v is not None]
     return float(np.mean(vals)) if vals else None
-
-
-def check_frames(frames: np.ndarray) -> np.ndarray:
-    """Validate a video array: uint8 [T, H, W, 3] with T, H, W >= 1; raise ValueError saying how to fix it."""
-    if not isinstance(frames, np.ndarray):
-        raise ValueError(f"frames must be a numpy array uint8 [T, H, W, 3], got {type(frames).__name__}")
-    if frames.ndim == 3 and frames.shape[-1] == 3:
-        raise ValueError(f"frames must be [T, H, W, 3], got {frames.shape}; an image is frames[None]")
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"frames must be RGB [T, H, W, 3], got shape {frames.shape}")
-    if frames.dtype != np.uint8:
-        raise ValueError(f"frames must be uint8 (0-255), got {frames.dtype}; convert with "
-                         "((x + 1) * 127.5).round().clip(0, 255).astype(np.uint8) for [-1, 1] floats")
-    if min(frames.shape[:3]) < 1:
-        raise ValueError(f"frames has an empty axis: {frames.shape}")
-    return frames
 
 
 def check_spec(spec: dict) -> dict:

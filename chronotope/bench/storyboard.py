@@ -29,7 +29,8 @@ import os
 
 import numpy as np
 
-from chronotope.bench.detect import COLOR_NAMES, Detections, detect
+from chronotope.bench.detect import Detections, detect
+from chronotope.bench.palette import COLOR_NAMES
 from chronotope.bench.score import SIZE_SPLIT, _Track, check_frames, check_spec, score_video
 from chronotope.world.storyboard import characters
 from chronotope.world.vocab import SHAPES

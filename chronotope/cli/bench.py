@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from chronotope.cli.options import float_list, int_list, str_list
+from chronotope.cli.options import float_list, int_list, lora_scales, str_list
 
 # --- bench -------------------------------------------------------------------------------------
 
@@ -175,7 +175,6 @@ def run_bench_generate(args: argparse.Namespace) -> int:
 
     from chronotope.bench.generate import BenchConfig, run_generate_and_score
     from chronotope.pipeline import VideoPipeline, default_model_dir
-    from chronotope.request import lora_scales
 
     cfg = BenchConfig(out=args.out, num=args.num, seed=args.seed, aspect_ratios=args.aspect_ratios,
                       untrained_aspect_ratios=args.untrained_aspect_ratios, num_frames=args.num_frames,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from chronotope.cli.options import float_list
+from chronotope.cli.options import echo, float_list, lora_scales, name_value
 from chronotope.request import MODES
 
 # --- generate ----------------------------------------------------------------------------------
@@ -28,8 +28,9 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
                    "left\", \"num_frames\": 17}, ...] (or {\"shots\": [...], \"carry\": \"characters\", \"context\": "
                    "\"auto\"}); writes OUT.mp4 with cuts where the shots meet and OUT.json with each shot's settings")
     p.add_argument("--mode", choices=MODES, default=None,
-                   help="default: from the inputs (image: i2v, video: extend, + --video-end: connect, "
-                   "+ --strength: edit; else t2v, or t2i for one frame)")
+                   help="; ".join(f"{name}: {mode.description}" for name, mode in MODES.items()) + ". Default: from "
+                   "the inputs (image: i2v, video: extend, + --video-end: connect, + --strength: edit; else t2v, or "
+                   "t2i for one frame)")
     p.add_argument("--image", metavar="PATH", default=None, help="image for i2v (and the first window of long)")
     p.add_argument("--video", metavar="PATH", default=None, help="video to extend, connect from, or edit")
     p.add_argument("--video-end", metavar="PATH", default=None, help="video to connect to (mode connect)")
@@ -74,6 +75,8 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gif", action="store_true", help="write a gif instead of an mp4")
     p.add_argument("--no-expand", action="store_true", help="encode the prompt as written (no prompt expansion)")
     p.add_argument("--negative-prompt", default=None, help="what to steer away from (default: the empty caption)")
+    p.add_argument("--condition", metavar="NAME=VALUE", type=name_value, action="append", default=[],
+                   help="a per-frame condition the model was trained with (chronotope/dit/conditioning.py); repeatable")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice, every core; on a busy machine 1 is often faster: "
@@ -86,7 +89,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
     from chronotope.pipeline.files import check_files, generate_to_file, read_prompts
     from chronotope.pipeline import VideoPipeline, default_model_dir
-    from chronotope.request import echo, lora_scales, set_threads, user_errors
+    from chronotope.request import set_threads, user_errors
 
     set_threads(args.threads)  # --threads, or a note when a busy CPU makes torch's default slow
     if (args.prompt is not None) + (args.prompts is not None) + (args.storyboard is not None) != 1:
@@ -101,7 +104,7 @@ def run_generate(args: argparse.Namespace) -> int:
                 cond_latent_frames=args.cond_latent_frames, num_inference_steps=args.steps,
                 guidance_scale=args.guidance, image_guidance_scale=args.image_guidance, sampler=args.sampler,
                 seed=args.seed, expand_prompt=not args.no_expand, negative_prompt=args.negative_prompt,
-                progress=not args.no_progress)
+                progress=not args.no_progress, conditions=dict(args.condition) or None)
     _check_request(base)  # before the model loads: what needs no model fails in a moment
     if args.prompt is not None:
         check_files(args.out or "generated", args.gif, **base)
@@ -169,7 +172,8 @@ def _check_request(request: dict) -> None:
 
     given = {k: request.get(k) is not None for k in ("image", "video", "video_end", "strength")}
     mode = infer_mode(request.get("mode"), request.get("num_frames"), given) if "mode" in request else None
-    numbers = {k: v for k, v in request.items() if k not in ("mode", "sampler", "direction", "image_position")}
+    numbers = {k: v for k, v in request.items() if k not in ("mode", "sampler", "direction", "image_position",
+                                                             "conditions")}
     check_request(mode=mode, **numbers)
     check_choices(**{k: request[k] for k in ("sampler", "direction", "image_position") if request.get(k) is not None})
 

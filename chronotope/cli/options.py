@@ -1,10 +1,13 @@
-"""What the verbs share: the parser class, argument types (comma-separated lists) and the one table that
-spells the library's parameter names as the flags a user typed (chronotope.request.arg uses it)."""
+"""What the verbs share: the parser class, argument types (comma-separated lists), the one table that spells the
+library's parameter names as the flags a user typed (chronotope.request.arg uses it), LoRA adapters with their
+scales, and a prompt echoed to a terminal."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+from chronotope.request import arg, check_number
 
 # library parameter -> the flag that sets it; errors raised with request.arg() show these on the command line
 FLAGS = {
@@ -16,7 +19,7 @@ FLAGS = {
     "num_inference_steps": "--steps", "guidance_scale": "--guidance", "image_guidance_scale": "--image-guidance",
     "sampler": "--sampler", "seed": "--seed", "output_path": "--out", "max_pixels": "--max-pixels",
     "storyboard": "--storyboard", "lora": "--lora", "lora_scale": "--lora-scale", "device": "--device",
-    "num": "--num", "workers": "--workers", "prompts": "--prompts", "out_csv": "--out",
+    "num": "--num", "workers": "--workers", "prompts": "--prompts", "out_csv": "--out", "conditions": "--condition",
 }
 
 # the files of every verb, by argparse dest -> how its errors name it ("" for a positional path): main() refuses,
@@ -54,6 +57,14 @@ def float_list(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.8,0.5, got {text!r}")
 
 
+def name_value(text: str) -> tuple[str, str]:
+    """NAME=VALUE (e.g. camera=pan-left) -> (name, value); the pipeline checks both against the model."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip() or not value.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE such as camera=pan-left, got {text!r}")
+    return name.strip(), value.strip()
+
+
 def str_list(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
@@ -75,3 +86,29 @@ def cond_probs(text: str) -> dict[str, float]:
         return check_cond_probs(out)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e))
+
+
+PROMPT_ECHO = 200  # characters of a prompt echoed back to a terminal
+
+
+def lora_scales(paths: list[str], scales: list[float] | None) -> list[tuple[str, float]]:
+    """LoRA adapters with their scales: one scale for all, one per adapter, or none (1 = as trained)."""
+    if not paths:
+        if scales is not None:
+            raise ValueError(f"{arg('lora_scale')} scales LoRA adapters: name them with {arg('lora')} DIR")
+        return []
+    scales = [1.0] if scales is None else list(scales)
+    if len(scales) not in (1, len(paths)):
+        raise ValueError(f"{arg('lora_scale', ','.join(f'{s:g}' for s in scales))}: {len(scales)} scales for "
+                         f"{len(paths)} adapters; give one scale for all or one per {arg('lora')}")
+    for s in scales:
+        check_number("lora_scale", s)
+    return list(zip(paths, scales * len(paths) if len(scales) == 1 else scales))
+
+
+def echo(text: str, limit: int = PROMPT_ECHO) -> str:
+    """`text` for a terminal line: whole when short, else its start and how much was left out."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters in all; the whole text is in the sidecar)"

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from chronotope.data.manifest import read_manifest
-from chronotope.video import VideoReadError, is_image_path, read_video
+from chronotope.video import VideoReadError, check_sampling, is_image_path, read_video
 
 log = logging.getLogger(__name__)
 
@@ -97,12 +97,7 @@ class VideoDataset(torch.utils.data.Dataset):
     ):
         if num_frames is not None:
             check_num_frames(num_frames)
-        if stride < 1:
-            raise ValueError(f"stride must be >= 1, got {stride}")
-        if target_fps is not None and stride != 1:
-            raise ValueError("give either stride or target_fps, not both")
-        if target_fps is not None and not (math.isfinite(target_fps) and target_fps > 0):
-            raise ValueError(f"target_fps must be a finite number > 0, got {target_fps}")
+        check_sampling(stride, target_fps, "target_fps")
         if not 0 <= max_failure_fraction <= 1:
             raise ValueError(f"max_failure_fraction must be in [0, 1], got {max_failure_fraction}")
         budget_size(16, 16, max_pixels)  # validates max_pixels

@@ -41,7 +41,7 @@ from chronotope.atomic import atomic_write, atomic_write_text
 from chronotope.video import VideoReadError
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-_META_KEYS = ("text", "short_text", "spec", "path", "fps")
+_META_KEYS = ("text", "short_text", "spec", "path", "fps", "conditions")  # conditions: per-frame values by name
 
 
 def _read_index(path: Path) -> list[dict[str, Any]]:

@@ -7,7 +7,8 @@ Token dropping: tokens with `packed.is_dropped` are removed from the input seque
 the output keeps the full packed layout with zeros at dropped tokens, so the loss is simply
 `((v - target)**2)[packed.loss_mask].mean()` and `unpack(packed, v)` works unchanged.
 Null caption (classifier-free guidance): a sample whose text_mask row is all False gets one valid
-learned token instead (an all-False mask makes SDPA return NaN).
+learned token instead (an all-False mask makes SDPA return NaN). Per-frame conditions (the shot index of
+storyboards, ...) are entries of dit/conditioning.py: each adds its zero-initialised embedding to its tokens.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch import Tensor
 
 from chronotope.config import DiTConfig, config_from_dict
 from chronotope.dit.attention import segments
+from chronotope.dit.conditioning import FRAME_CONDITIONS, model_conditions
 from chronotope.dit.embeddings import (RoPE3D, TimestepEmbedder, default_rope_axes, position_features,
                                        rope_positions)
 from chronotope.dit.layers import Context, DiTBlock, FinalLayer
@@ -40,39 +42,41 @@ class DiT(nn.Module):
         head_dim = cfg.width // cfg.heads
         self.x_embedder = nn.Linear(self.patch_dim, cfg.width)
         self.t_embedder = TimestepEmbedder(cfg.width, cfg.freq_dim)
-        self.class_conditional = cfg.num_classes > 0
-        if self.class_conditional:
-            self.y_embedder = nn.Embedding(cfg.num_classes + 1, cfg.width)  # last row: the null class (CFG)
-        else:
-            # caption projection as PixArt / Wan: Linear -> GELU -> Linear (exact GELU: faster on CPU, see Mlp)
-            self.text_embedder = nn.Sequential(nn.Linear(cfg.text_dim, cfg.width), nn.GELU(),
-                                               nn.Linear(cfg.width, cfg.width))
-            self.null_text = nn.Parameter(torch.randn(cfg.width) * 0.02)
+        if cfg.num_classes:
+            raise ValueError(f"num_classes={cfg.num_classes}: the DiT is text-conditioned; a class-conditional "
+                             "config only describes the DiT paper's model to dit/flops.py")
+        # caption projection as PixArt / Wan: Linear -> GELU -> Linear (exact GELU: faster on CPU, see Mlp)
+        self.text_embedder = nn.Sequential(nn.Linear(cfg.text_dim, cfg.width), nn.GELU(),
+                                           nn.Linear(cfg.width, cfg.width))
+        self.null_text = nn.Parameter(torch.randn(cfg.width) * 0.02)
         axes = cfg.rope_axes or default_rope_axes(head_dim)
         if sum(axes) != head_dim:
             raise ValueError(f"rope_axes {axes} must sum to the head dim {head_dim} (width / heads)")
         self.rope = RoPE3D(axes, cfg.rope_theta) if cfg.rope else None
         self.pos_embedder = nn.Linear(3 * POS_FEATURES, cfg.width) if cfg.abs_pos else None
-        self.shot_embedder = nn.Embedding(cfg.shot_embed, cfg.width) if cfg.shot_embed > 0 else None
+        self.conditions = model_conditions(cfg)  # name -> size; each embedder zero at the start, `{name}_embedder`
+        for name, size in self.conditions.items():
+            self.add_module(f"{name}_embedder", FRAME_CONDITIONS[name].build(size, cfg.width))
         self.step_embedder = TimestepEmbedder(cfg.width, cfg.freq_dim) if cfg.step_embed else None
         self.blocks = nn.ModuleList(
-            DiTBlock(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.qk_norm, cross_attention=not self.class_conditional)
+            DiTBlock(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.qk_norm, cross_attention=True)
             for _ in range(cfg.depth))
         self.final_layer = FinalLayer(cfg.width, self.out_dim)
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        """DiT's init: xavier linears, N(0, 0.02) embedders, adaLN-Zero: modulation and final linear zero."""
+        """DiT's init: xavier linears, N(0, 0.02) embedders, adaLN-Zero: modulation and final linear zero.
+        Per-frame condition embedders keep their own (zero) init."""
+        own = {id(m) for name in self.conditions for m in self.get_submodule(f"{name}_embedder").modules()}
+
         def _basic(m: nn.Module) -> None:
-            if isinstance(m, nn.Linear):
+            if isinstance(m, nn.Linear) and id(m) not in own:
                 nn.init.xavier_uniform_(m.weight)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
         self.apply(_basic)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-        if self.class_conditional:
-            nn.init.normal_(self.y_embedder.weight, std=0.02)
         for block in self.blocks:  # zero gates: every block starts as the identity
             nn.init.zeros_(block.adaLN_modulation[-1].weight)
             nn.init.zeros_(block.adaLN_modulation[-1].bias)
@@ -83,8 +87,6 @@ class DiT(nn.Module):
         if self.pos_embedder is not None:  # starts as a no-op, so it can be added to a trained model
             nn.init.zeros_(self.pos_embedder.weight)
             nn.init.zeros_(self.pos_embedder.bias)
-        if self.shot_embedder is not None:  # the same: a model gains shot awareness by fine-tuning on storyboards
-            nn.init.zeros_(self.shot_embedder.weight)
         if self.step_embedder is not None:  # zero output: a student starts as its teacher's velocity at every d
             nn.init.normal_(self.step_embedder.mlp[0].weight, std=0.02)
             nn.init.zeros_(self.step_embedder.mlp[2].weight)
@@ -111,14 +113,14 @@ class DiT(nn.Module):
 
 
     def forward(self, packed: PackedBatch, text: Tensor | None = None, text_mask: Tensor | None = None,
-                class_labels: Tensor | None = None, step: Tensor | float | None = None) -> Tensor:
+                step: Tensor | float | None = None) -> Tensor:
         """Velocity for every packed token.
 
         packed: PackedBatch with tokens [L, C*pt*ph*pw], per-token timestep [L] (0 = clean conditioning), and
-        optionally per-token shot indices [L] (storyboards; read only when config.shot_embed > 0; None = shot 0)
+        per-token values [L] of the per-frame conditions the model takes (packed.conditions, e.g. "shot"; a
+        condition the pack does not give reads as its null value, e.g. shot 0)
         text: [Nt, Lt, text_dim] caption token embeddings; text_mask: [Nt, Lt] bool (True = valid token,
         an all-False row = the null caption); sample i uses caption packed.text_idx[i].
-        class_labels: [N] long, only for a class-conditional config (num_classes = null label).
         step: the step size d, a float or per token [L] (read only when config.step_embed; None = 0): the model
         then returns the average velocity over [t - d, t]. Clean tokens (t = 0) take no step: d = 0 there.
         Returns [L, out_channels*pt*ph*pw]; zeros at dropped tokens.
@@ -127,86 +129,86 @@ class DiT(nn.Module):
         if packed.tokens.shape[1] != self.patch_dim or tuple(packed.patch) != cfg.patch:
             raise ValueError(f"packed tokens {tuple(packed.tokens.shape)} with patch {packed.patch} do not match the "
                              f"model (patch {cfg.patch}, {cfg.in_channels} channels -> dim {self.patch_dim})")
-        info = packed.info
-        keep, inv_table = None, None
-        cu, max_len = packed.cu_seqlens, packed.max_seqlen
-        x, t, sample_idx, ids = packed.tokens, packed.timestep, packed.sample_idx, packed.ids
-        if info is not None:  # host facts of the pack: nothing below reads the device
-            keep, seg, max_len = info.keep, info.seg, info.max_seqlen
-            if keep is not None:
-                cu = info.keep_cu
-            if info.t_table is not None:
-                inv_table = (info.t_table, info.t_inv if keep is None else info.t_inv[keep])
-        elif bool(packed.is_dropped.any()):
-            keep = (~packed.is_dropped).nonzero().squeeze(1)  # [L']
-        if keep is not None:  # remove dropped tokens from the sequence entirely
-            x, t, sample_idx, ids = x[keep], t[keep], sample_idx[keep], ids[keep]
-            if info is None:
-                lengths = torch.bincount(sample_idx, minlength=packed.num_samples)  # [N]
-                cu = torch.nn.functional.pad(torch.cumsum(lengths, 0), (1, 0)).to(torch.int32)
-                max_len = int(lengths.max())
-        if info is None:
-            seg = segments(cu)
-
-        # distinct conditions (timestep [, class]) -> embed once, gather per token
-        if self.class_conditional:
-            if class_labels is None:
-                raise ValueError("this DiT is class-conditional: pass class_labels [N]")
-            key = torch.stack([t.to(torch.float64), class_labels[sample_idx].to(torch.float64)], dim=1)  # [L, 2]
-            uniq, inv = torch.unique(key, dim=0, return_inverse=True)
-            c = self.t_embedder(uniq[:, 0].float()) + self.y_embedder(uniq[:, 1].long())  # [U, D]
-            text_ctx, mask = None, None
-        else:
-            if text is None:
-                raise ValueError("this DiT is text-conditional: pass text [N, Lt, text_dim] and text_mask [N, Lt]")
-            text_ctx, mask = self._text(text, text_mask, packed.text_idx, info.text_rows if info else None)
-            if self.step_embedder is not None:  # distinct (t, d) pairs, each embedded once
-                d = torch.as_tensor(0.0 if step is None else step, dtype=t.dtype, device=t.device)
-                if d.dim() and keep is not None:
-                    d = d[keep]
-                d = torch.where(t == 0, 0.0, d.expand_as(t))  # [L]
-                uniq, inv = torch.unique(torch.stack([t, d], dim=1), dim=0, return_inverse=True)  # [U, 2], [L]
-                c = self.t_embedder(uniq[:, 0].contiguous()) + self.step_embedder(uniq[:, 1].contiguous())  # [U, D]
-                inv_table = None  # the pack's timestep table does not know the steps
-            else:
-                uniq, inv = inv_table if inv_table is not None else torch.unique(t, return_inverse=True)
-                c = self.t_embedder(uniq)  # [U, D]
+        if text is None:
+            raise ValueError("the DiT is text-conditional: pass text [N, Lt, text_dim] and text_mask [N, Lt]")
+        seq = _Sequence(packed)  # the tokens that enter the model (dropped ones removed), host facts of the pack
+        text_ctx, mask = self._text(text, text_mask, packed.text_idx, packed.info.text_rows if packed.info else None)
+        c, inv, one_cond = self._modulation(seq, step)  # [U, D] distinct conditions, [L] each token's row
 
         rope, pos = None, None
         if self.rope is not None or self.pos_embedder is not None:
-            pos = rope_positions(ids, sample_idx, packed.grids, cfg.pos_scaling, cfg.pos_ref)  # [L, 3]
+            pos = rope_positions(seq.ids, seq.sample_idx, packed.grids, cfg.pos_scaling, cfg.pos_ref)  # [L, 3]
         if self.rope is not None:
             rope = self.rope(pos)
-        one_cond = info.one_cond if info is not None and inv_table is not None else None
-        ctx = Context(cu, max_len, seg, rope, inv, text_ctx, mask, cfg.attention, one_cond)
+        ctx = Context(seq.cu, seq.max_len, seq.seg, rope, inv, text_ctx, mask, cfg.attention, one_cond)
 
-        h = self.x_embedder(x)  # [L, D]
+        h = self.x_embedder(seq.x)  # [L, D]
         if self.pos_embedder is not None:
             h = h + self.pos_embedder(position_features(pos, POS_FEATURES))
-        if self.shot_embedder is not None:
-            if packed.shot is None:  # every token is of the shot being made
-                h = h + self.shot_embedder.weight[0]
-            else:
-                shot = packed.shot if keep is None else packed.shot[keep]  # [L]
-                h = h + self.shot_embedder(shot.clamp(0, cfg.shot_embed - 1))  # [L, D]
+        for name in self.conditions:  # per-frame conditions: each its embedding, added to its tokens
+            entry, embedder = FRAME_CONDITIONS[name], self.get_submodule(f"{name}_embedder")
+            values = packed.conditions.get(name)
+            h = h + (entry.null(embedder) if values is None else entry.embed(embedder, seq.take(values)))  # [L, D]
         for block in self.blocks:
             h = block(h, c, ctx)  # [L, D]
         out = self.final_layer(h, c, ctx)  # [L, out_dim]
-        if keep is not None:
+        if seq.keep is not None:
             full = out.new_zeros(packed.tokens.shape[0], self.out_dim)
-            out = full.index_copy(0, keep, out)  # [L, out_dim], zeros at dropped tokens
+            out = full.index_copy(0, seq.keep, out)  # [L, out_dim], zeros at dropped tokens
         return out
 
-    @torch.no_grad()
-    def with_patch(self, patch: tuple[int, int, int]) -> "DiT":
-        """A copy with a finer patch (each axis of `patch` divides this model's), all else kept (FlexiViT-style).
+    def _modulation(self, seq: "_Sequence", step: Tensor | float | None) -> tuple[Tensor, Tensor, bool | None]:
+        """The distinct conditions of the pack's tokens, each embedded once: (c [U, D], each token's row [L],
+        whether every sample's tokens share one row (the grouped fast path; None: unknown))."""
+        t = seq.t
+        if self.step_embedder is not None:  # distinct (t, d) pairs, each embedded once
+            d = torch.as_tensor(0.0 if step is None else step, dtype=t.dtype, device=t.device)
+            if d.dim():
+                d = seq.take(d)
+            d = torch.where(t == 0, 0.0, d.expand_as(t))  # [L]
+            uniq, inv = torch.unique(torch.stack([t, d], dim=1), dim=0, return_inverse=True)  # [U, 2], [L]
+            c = self.t_embedder(uniq[:, 0].contiguous()) + self.step_embedder(uniq[:, 1].contiguous())  # [U, D]
+            return c, inv, None  # the pack's timestep table does not know the steps
+        uniq, inv = seq.t_table if seq.t_table is not None else torch.unique(t, return_inverse=True)
+        one_cond = seq.info.one_cond if seq.info is not None and seq.t_table is not None else None
+        return self.t_embedder(uniq), inv, one_cond  # [U, D]
 
-        A finer token is treated as the old patch filled by repeating its values over the block it covers:
-        the new input projection sums the old one's weights over that block, and the new output row of a
-        latent element averages the old rows of the block it covers. The transformer body is shared as is,
-        so a model trained at patch (1, 2, 2) starts at (1, 1, 1) knowing what it knew (4x the tokens:
-        finer position and shape detail); with `pos_scaling="min_side"` the positions keep their range.
-        """
+    @torch.no_grad()
+    def extended(self, *, patch: tuple[int, int, int] | None = None, abs_pos: bool = False, shot_embed: int = 0,
+                 step_embed: bool = False, conditions: dict[str, int] | None = None) -> "DiT":
+        """A copy that takes more, computing exactly what this one computes until training moves it: absolute
+        position features (`abs_pos`), a shot-index embedding of `shot_embed` rows (storyboards), a step-size
+        embedding (`step_embed`, few-step sampling), per-frame condition embeddings (`conditions`, name -> size;
+        dit/conditioning.py), each added zero-initialised; or a finer `patch` (each axis dividing this one's).
+
+        A finer token is treated as the old patch filled by repeating its values over the block it covers
+        (FlexiViT-style): the new input projection sums the old one's weights over that block, and the new output
+        row of a latent element averages the old rows of the block it covers. The transformer body is shared, so a
+        model trained at patch (1, 2, 2) starts at (1, 1, 1) knowing what it knew (4x the tokens)."""
+        cfg = self.config
+        model = self if patch is None else self._finer(patch)
+        if abs_pos:
+            if cfg.abs_pos:
+                raise ValueError("this DiT already has absolute position features (abs_pos=True)")
+            model = model._rebuilt(fresh=("pos_embedder.",), abs_pos=True)
+        if shot_embed:
+            if cfg.shot_embed:
+                raise ValueError(f"this DiT already has a shot embedding (shot_embed={cfg.shot_embed})")
+            if isinstance(shot_embed, bool) or not isinstance(shot_embed, int) or shot_embed < 2:
+                raise ValueError(f"a shot embedding needs at least 2 rows (the new shot and one before it), "
+                                 f"got {shot_embed!r}")
+            model = model._rebuilt(fresh=("shot_embedder.",), shot_embed=shot_embed)
+        if step_embed:
+            if cfg.step_embed:
+                raise ValueError("this DiT already has a step-size embedding (step_embed=True)")
+            model = model._rebuilt(fresh=("step_embedder.",), step_embed=True)
+        for name, size in (conditions or {}).items():
+            if name in cfg.conditions:
+                raise ValueError(f"this DiT already has the {name!r} condition")
+            model = model._rebuilt(fresh=(f"{name}_embedder.",), conditions={**model.config.conditions, name: size})
+        return model
+
+    def _finer(self, patch: tuple[int, int, int]) -> "DiT":
         from einops import reduce
 
         old, new = tuple(self.config.patch), tuple(int(p) for p in patch)
@@ -222,30 +224,6 @@ class DiT(nn.Module):
         model.final_layer.linear.weight.copy_(reduce(w_out, "(c rt pt rh ph rw pw) d -> (c pt ph pw) d", "mean", **axes))
         model.final_layer.linear.bias.copy_(reduce(b_out, "(c rt pt rh ph rw pw) -> (c pt ph pw)", "mean", **axes))
         return model
-
-    @torch.no_grad()
-    def with_abs_pos(self) -> "DiT":
-        """A copy with absolute position features (`DiTConfig.abs_pos`) added: zero-initialised, so it computes
-        exactly what this model computes until training moves them."""
-        if self.config.abs_pos:
-            raise ValueError("this DiT already has absolute position features (abs_pos=True)")
-        return self._rebuilt(fresh=("pos_embedder.",), abs_pos=True)
-
-    def with_shot_embed(self, shots: int) -> "DiT":
-        """A copy with a shot-index embedding of `shots` rows (`DiTConfig.shot_embed`, storyboards) added:
-        zero-initialised, so it computes exactly what this model computes until training on storyboards moves it."""
-        if self.config.shot_embed:
-            raise ValueError(f"this DiT already has a shot embedding (shot_embed={self.config.shot_embed})")
-        if isinstance(shots, bool) or not isinstance(shots, int) or shots < 2:
-            raise ValueError(f"a shot embedding needs at least 2 rows (the new shot and one before it), got {shots!r}")
-        return self._rebuilt(fresh=("shot_embedder.",), shot_embed=shots)
-
-    def with_step_embed(self) -> "DiT":
-        """A copy with a step-size embedding (`DiTConfig.step_embed`, few-step sampling) added: zero-initialised,
-        so it computes exactly what this model computes, at every step size, until distillation moves it."""
-        if self.config.step_embed:
-            raise ValueError("this DiT already has a step-size embedding (step_embed=True)")
-        return self._rebuilt(fresh=("step_embedder.",), step_embed=True)
 
     def _rebuilt(self, fresh: tuple[str, ...], **changes) -> "DiT":
         """A new DiT with `changes` to this one's config, holding this one's weights except those whose names
@@ -282,3 +260,36 @@ class DiT(nn.Module):
             model = cls(config_from_dict(DiTConfig, json.load(f)))
         model.load_state_dict(load_weights(folder))
         return model
+
+
+class _Sequence:
+    """The tokens of a pack that enter the model: dropped ones removed (NaViT), with the attention runs and,
+    when the pack carries its host facts (PackInfo), its timestep table, so nothing here reads the device.
+
+    x [L', D_in], t [L'], sample_idx [L'], ids [L', 3]; keep [L'] (None: nothing dropped); cu [N+1], max_len,
+    seg: the attention layout; t_table: (distinct t [U], each token's row [L']) or None."""
+
+    def __init__(self, packed: PackedBatch):
+        info = self.info = packed.info
+        self.keep, self.t_table = None, None
+        cu, max_len = packed.cu_seqlens, packed.max_seqlen
+        if info is not None:  # host facts of the pack: nothing below reads the device
+            self.keep, max_len = info.keep, info.max_seqlen
+            if self.keep is not None:
+                cu = info.keep_cu
+            if info.t_table is not None:
+                self.t_table = (info.t_table, info.t_inv if self.keep is None else info.t_inv[self.keep])
+        elif bool(packed.is_dropped.any()):
+            self.keep = (~packed.is_dropped).nonzero().squeeze(1)  # [L']
+        self.x, self.t = self.take(packed.tokens), self.take(packed.timestep)
+        self.sample_idx, self.ids = self.take(packed.sample_idx), self.take(packed.ids)
+        if self.keep is not None and info is None:
+            lengths = torch.bincount(self.sample_idx, minlength=packed.num_samples)  # [N]
+            cu = torch.nn.functional.pad(torch.cumsum(lengths, 0), (1, 0)).to(torch.int32)
+            max_len = int(lengths.max())
+        self.cu, self.max_len = cu, max_len
+        self.seg = info.seg if info is not None else segments(cu)
+
+    def take(self, values: Tensor) -> Tensor:
+        """Per-token values [L, ...] of the whole pack -> those of the tokens that enter the model [L', ...]."""
+        return values if self.keep is None else values[self.keep]

@@ -15,7 +15,7 @@ Default patch is (1, 2, 2): pt must divide T, and images have T = 1, so pt > 1 e
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from einops import rearrange
@@ -79,15 +79,15 @@ class Sample:
     is_cond:  None (nothing is conditioning) or [T] bool: frames given as clean conditioning (never dropped,
               excluded from the loss)
     text_idx: which row of the text batch conditions this sample
-    shot:     None, an int, or [T] long per latent frame: the shot each frame comes from, counted back from the
-              shot being made (0; storyboards, DiTConfig.shot_embed)
+    conditions: per-frame conditions (dit/conditioning.py), name -> a scalar, [T] per latent frame or [t*h*w] per
+              token, e.g. {"shot": [T] long}: the shot each frame comes from, counted back from the one being made
     """
 
     latent: Tensor
     timestep: float | Tensor = 0.0
     is_cond: Tensor | None = None
     text_idx: int = 0
-    shot: int | Tensor | None = None
+    conditions: dict[str, int | float | Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -145,7 +145,8 @@ class PackedBatch:
     timestep [L] float       is_cond [L] bool            is_dropped [L] bool   text_idx [N] long
     grids: token grid (t, h, w) per sample; patch, channels: what `unpack` needs; info: host-side facts
     (PackInfo) so the model never reads the device (None: it computes them, with host reads).
-    shot [L] long: each token's shot index (0 = the shot being made), or None when no sample gave one.
+    conditions: name -> [L] per-token values of a per-frame condition (dit/conditioning.py), e.g. "shot" [L] long;
+    a condition no sample gave is absent.
 
     Dropped tokens stay in the batch (so `unpack`, targets and losses keep the full layout) but the model
     removes them from its input sequence: they cost no compute and the model returns zeros for them.
@@ -165,7 +166,7 @@ class PackedBatch:
     patch: Patch
     channels: int
     info: PackInfo | None = None
-    shot: Tensor | None = None
+    conditions: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def num_samples(self) -> int:
@@ -187,8 +188,8 @@ class PackedBatch:
         move = {k: getattr(self, k).to(device) for k in
                 ("tokens", "ids", "sample_idx", "timestep", "is_cond", "is_dropped", "text_idx")}
         info = None if self.info is None else self.info.to(device)
-        shot = None if self.shot is None else self.shot.to(device)
-        return replace(self, cu_seqlens=self.cu_seqlens.to(device), info=info, shot=shot, **move)
+        conditions = {k: v.to(device) for k, v in self.conditions.items()}
+        return replace(self, cu_seqlens=self.cu_seqlens.to(device), info=info, conditions=conditions, **move)
 
 
 def _per_token(value: float | Tensor | None, grid: Grid, patch: Patch, name: str, dtype: torch.dtype) -> Tensor:
@@ -267,9 +268,26 @@ def pack(
         patch=tuple(patch),
         channels=channels,
         info=pack_info(lens, kept, text_idx, timestep if on_host else None, is_dropped),
-        shot=(torch.cat([_per_token(s.shot, g, patch, "shot", torch.long) for s, g in zip(samples, grids)])
-              if any(s.shot is not None for s in samples) else None),
+        conditions=_pack_conditions(samples, grids, patch),
     )
+
+
+def frame_tokens(values: list[float | Tensor | None], grids: list[Grid], patch: Patch, name: str,
+                 dtype: torch.dtype) -> Tensor:
+    """Per-sample values of a per-frame condition (a scalar, [T] per latent frame or [t*h*w] per token; None = 0)
+    -> per-token values [L] in pack order: the one layout of conditions for sampling and training packs."""
+    return torch.cat([_per_token(v, g, patch, name, dtype) for v, g in zip(values, grids)])
+
+
+def _pack_conditions(samples: list[Sample], grids: list[Grid], patch: Patch) -> dict[str, Tensor]:
+    """name -> per-token values [L] of every condition some sample gives (0 for samples that give none; the
+    dtype is the first given value's: long for indices, float for measurements)."""
+    out = {}
+    for name in sorted({k for s in samples for k in s.conditions}):
+        given = next(torch.as_tensor(s.conditions[name]) for s in samples if name in s.conditions)
+        dtype = torch.long if not given.is_floating_point() else torch.float32
+        out[name] = frame_tokens([s.conditions.get(name) for s in samples], grids, patch, name, dtype)
+    return out
 
 
 def unpack(packed: PackedBatch, tokens: Tensor | None = None) -> list[Tensor]:

@@ -1,9 +1,12 @@
-"""Generation: text (and images, videos) -> video with one VideoPipeline, every Sora mode through one sampler call.
+"""Generation: text (and images, videos) -> video with one VideoPipeline, every Sora mode as windows of one rollout.
 
-    pipeline.py    VideoPipeline: from_pretrained / save_pretrained / __call__ (the one denoising loop)
+    pipeline.py    VideoPipeline: from_pretrained / save_pretrained / __call__ (resolve -> plan -> rollout), denoise
+    prepare.py     a call resolved before any work: settings, inputs, window, prompts, cost, notes, params
     resolve.py     what a request means: mode, size, frames, inputs fitted to the size, notes
-    modes.py       each mode's conditioning: which latent frames are given clean, and how output is stitched
-    long_video.py  autoregressive windows, streamed out chunk by chunk
+    plan.py        a window's conditioning: which latent frames are given clean, and how its output is stitched
+    modes.py       every mode as a planner of windows (one window; a loop's two; a long video's many)
+    storyboard.py  several shots, each a window seeing the last latents of the shots before
+    rollout.py     the one loop: windows sampled, decoded and streamed, with a bounded memory
     files.py       what `chronotope generate` reads and writes: prompts files, outputs with a sidecar JSON
     lora.py        LoRA adapters (from `chronotope train lora`): read, checked against the DiT, merged into it
 

@@ -131,15 +131,19 @@ def generate_to_file(pipe: VideoPipeline, out: str, model: str, gif: bool = Fals
                              f"{len(frames)}; give a .mp4 or .gif name")
         write_video(path, frames, result.fps)
     side = os.path.splitext(path)[0] + ".json"
-    record = {"output": path, "model": model, **result.params, "expanded_prompt": result.prompts[0],
-              "notes": result.notes}
+    _write_sidecar(path, side, {"output": path, "model": model, **result.params, "expanded_prompt": result.prompts[0],
+                                "notes": result.notes})
+    return path, side
+
+
+def _write_sidecar(path: str, side: str, record: dict) -> None:
+    """The sidecar of the video at `path`, atomically; on failure the video goes too (never one without the other)."""
     try:
         atomic_write_json(side, record, indent=2)
     except BaseException:
         if os.path.exists(path):
             os.remove(path)
         raise
-    return path, side
 
 
 def read_storyboard(path: str) -> dict:
@@ -182,11 +186,6 @@ def storyboard_to_file(pipe: VideoPipeline, out: str, model: str, storyboard: di
     path = check_storyboard_files(out, gif)
     result = pipe(storyboard=storyboard, output_path=path, **kwargs)
     side = os.path.splitext(path)[0] + ".json"
-    record = {"output": path, "model": model, "storyboard": True, **result.params, "notes": result.notes}
-    try:
-        atomic_write_json(side, record, indent=2)
-    except BaseException:
-        if os.path.exists(path):
-            os.remove(path)
-        raise
+    _write_sidecar(path, side, {"output": path, "model": model, "storyboard": True, **result.params,
+                                "notes": result.notes})
     return path, side

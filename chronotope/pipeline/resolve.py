@@ -9,21 +9,14 @@ from __future__ import annotations
 import math
 import os
 import sys
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from chronotope.request import MODES, arg
+from chronotope.request import MODES, TEMPORAL_FACTOR, arg
 from chronotope.sizes import nearest_multiples, size_for
 from chronotope.video import read_video
 
-if TYPE_CHECKING:
-    from chronotope.pipeline.pipeline import VideoPipeline
-
-NEEDS = {"i2v": ("image",), "extend": ("video",), "connect": ("video", "video_end"), "edit": ("video",)}
-USES = {"t2v": (), "t2i": (), "i2v": ("image",), "extend": ("video",), "connect": ("video", "video_end"),
-        "loop": (), "edit": ("video", "strength"), "long": ("image",)}
 # default length of what extend and connect add: extend adds 12 frames in either direction (a 17-frame
 # window forward, 21 backward: the free latent before the given tail costs one), connect fills an 11-frame
 # gap (4m-1 frames: the nearest to 12). Both keep 2 given latent frames (5 frames) from each video.
@@ -32,20 +25,22 @@ CONNECT_GAP = 11
 
 
 def infer_mode(mode: str | None, num_frames: int | None, given: dict[str, bool]) -> str:
-    """The mode asked for, or the one the inputs imply; ValueError for a missing or an unused input."""
+    """The mode asked for, or the one the inputs imply; ValueError for a missing or an unused input (what each mode
+    needs and uses: request.MODES)."""
     if mode is None:
         mode = ("connect" if given["video_end"] else "edit" if given["strength"] else "extend" if given["video"]
                 else "i2v" if given["image"] else "t2i" if num_frames == 1 else "t2v")
     if mode not in MODES:
         raise ValueError(f"{arg('mode', mode)}: unknown mode; valid: {', '.join(MODES)}")
-    missing = [k for k in NEEDS.get(mode, ()) if not given[k]]
+    missing = [k for k in MODES[mode].needs if not given[k]]
     if missing:
         what = " and ".join(arg(k) for k in missing)
         raise ValueError(f"{arg('mode', mode)} needs {what}: {'they are' if len(missing) > 1 else 'it is'} missing")
-    unused = [k for k, v in given.items() if v and k not in USES[mode]]
+    unused = [k for k, v in given.items() if v and k not in MODES[mode].uses]
     if unused:
+        users = "; ".join(f"{k}: {'/'.join(m for m, facts in MODES.items() if k in facts.uses)}" for k in unused)
         raise ValueError(f"{arg('mode', mode)} does not use {', '.join(arg(k) for k in unused)}; drop it or choose "
-                         f"a mode that does (image: i2v/long, video: extend/edit, video + video_end: connect)")
+                         f"a mode that does ({users})")
     return mode
 
 
@@ -55,13 +50,13 @@ def frames_from(num_frames: int | None, duration: float | None, fps: float) -> i
         return num_frames
     if num_frames is not None:
         raise ValueError(f"give {arg('num_frames')} or {arg('duration')}, not both")
-    n = duration * fps
-    if abs(n - round(n)) < 1e-6 and round(n) >= 1 and (round(n) - 1) % 4 == 0:
+    n, tf = duration * fps, TEMPORAL_FACTOR
+    if abs(n - round(n)) < 1e-6 and round(n) >= 1 and (round(n) - 1) % tf == 0:
         return int(round(n))
-    lo = max(1, int((n - 1) // 4) * 4 + 1)
-    near = ", ".join(f"{k} frames ({k / fps:g} s)" for k in (lo, lo + 4))
+    lo = max(1, int((n - 1) // tf) * tf + 1)
+    near = ", ".join(f"{k} frames ({k / fps:g} s)" for k in (lo, lo + tf))
     raise ValueError(f"{arg('duration', duration)}: {duration:g} s at {fps:g} fps is {n:g} frames; clips have "
-                     f"4k+1 frames, nearest valid: {near}")
+                     f"{tf}k+1 frames, nearest valid: {near}")
 
 
 def load_input(source, what: str) -> tuple[np.ndarray, float]:
@@ -94,7 +89,7 @@ def check_choices(**given: str) -> None:
             raise ValueError(f"{arg(name, value)}: not one of {', '.join(valid[name])}")
 
 
-def fit_frames(pipe: "VideoPipeline", frames: np.ndarray, H: int, W: int, what: str, notes: list[str]) -> np.ndarray:
+def fit_frames(pipe, frames: np.ndarray, H: int, W: int, what: str, notes: list[str]) -> np.ndarray:
     """uint8 [T, h0, w0, 3] -> [T, H, W, 3]: resize to cover, center-crop, with a note when the size changes."""
     from chronotope.data.dataset import resize_crop
 
@@ -110,7 +105,7 @@ def note(notes: list[str], text: str) -> None:
     print(f"note: {text}", file=sys.stderr)
 
 
-def resolve_size(pipe: "VideoPipeline", height: int | None, width: int | None, resolution, aspect_ratio,
+def resolve_size(pipe, height: int | None, width: int | None, resolution, aspect_ratio,
                  fallback: tuple[int, int] | None = None) -> tuple[int, int]:
     """(height, width) from height/width, or resolution + aspect_ratio (either alone: the other from the
     model's default size, a square), or the input's size, or the defaults. ValueError names the nearest
@@ -137,6 +132,6 @@ def resolve_size(pipe: "VideoPipeline", height: int | None, width: int | None, r
     return int(height), int(width)
 
 
-def tokens_per_sample(pipe: "VideoPipeline", n: int, h: int, w: int) -> int:
+def tokens_per_sample(pipe, n: int, h: int, w: int) -> int:
     pt, ph, pw = pipe.dit.config.patch
     return (n // pt) * (h // ph) * (w // pw)

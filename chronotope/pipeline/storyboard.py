@@ -12,7 +12,8 @@ carry over from shot to shot:
               frames) placed before the new shot, each token tagged with its shot index; the window is bounded,
               so memory stays flat however many shots there are. Other models make each shot independently.
 
-Frames are decoded shot by shot and streamed to the output (long_video.FrameSink); memory holds one shot.
+Each shot is a window of the one rollout (rollout.py): decoded shot by shot and streamed to the output; memory
+holds one shot and the bounded context.
 
     out = pipe(storyboard=[{"prompt": "a large red circle moves left", "num_frames": 17},
                            {"prompt": "the red circle on a white background", "num_frames": 9}])
@@ -21,55 +22,19 @@ Frames are decoded shot by shot and streamed to the output (long_video.FrameSink
 
 from __future__ import annotations
 
-import secrets
 from collections import deque
+from collections.abc import Iterator
 
-import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from chronotope.diffusion.flow import shift_for_tokens, timesteps
+from chronotope.diffusion.flow import timesteps
 from chronotope.dit.shots import CONTEXT_LATENT_FRAMES, CONTEXT_SHOTS, context_frames, frame_shots
-from chronotope.pipeline import modes
-from chronotope.pipeline.long_video import FrameSink
-from chronotope.pipeline.resolve import check_choices, frames_from, note, resolve_size, tokens_per_sample
-from chronotope.request import check_cost, check_request, check_storyboard, estimate_cost
-
-
-def carry_characters(prompts: list[str], seeds: list[int], expand: bool, carry: str) -> list[tuple[str, dict | None]]:
-    """(text to encode, World spec or None) per shot. With expansion on, a World prompt that leaves attributes
-    open is expanded (text.expand's World expander) after taking, with carry="characters", the shape and size
-    that an earlier shot gave each object of the same color; complete and non-World prompts are kept."""
-    from chronotope.text.expand import unspecified
-    from chronotope.world.captions import detailed_caption
-    from chronotope.world.parser import parse_prompt
-    from chronotope.world.scene import scene_from_spec
-
-    cast: dict[str, dict] = {}
-    out = []
-    for prompt, seed in zip(prompts, seeds):
-        try:
-            spec = parse_prompt(prompt)
-        except ValueError:
-            spec = None
-        if not spec or not spec.get("objects"):
-            out.append((prompt, None))
-            continue
-        if carry == "characters":
-            for o in spec["objects"]:
-                for key in ("shape", "size"):
-                    if o.get("color") in cast and o.get(key) is None:
-                        o[key] = cast[o["color"]][key]
-        if expand and unspecified(spec):
-            scene = scene_from_spec(spec, seed)
-            text, spec = detailed_caption(scene, np.random.default_rng([int(seed), 2])), scene.spec
-        else:
-            text = prompt
-        for o in spec["objects"]:
-            if o.get("color") and o.get("shape") and o.get("size"):
-                cast.setdefault(o["color"], o)
-        out.append((text, spec))
-    return out
+from chronotope.pipeline.plan import plan_context
+from chronotope.pipeline.prepare import Job, settle, shift_for
+from chronotope.pipeline.resolve import frames_from, note
+from chronotope.pipeline.rollout import FrameSink, Memory, Window
+from chronotope.request import STORYBOARD_SETTINGS, arg, check_cost, check_request, check_storyboard, estimate_cost
+from chronotope.text.characters import carry_characters
 
 
 def uses_context(pipe, context: str) -> bool:
@@ -86,19 +51,6 @@ def describe_conditioning(pipe, context: str) -> str:
     return f"independent: each shot is text-to-video from its own prompt ({why})"
 
 
-def shot_plan(context: list[torch.Tensor], shape: tuple[int, int, int, int]) -> modes.Plan:
-    """A window of the earlier shots' context latents ([C, k, h, w] each, oldest first) then the n latent frames
-    of the new shot: latents [C, m + n, h, w], mask [m + n] (True = given), shot [m + n] (j = j shots back).
-    The layout is dit/shots.py's, which training packs use too."""
-    C, n, h, w = shape
-    shot = torch.from_numpy(frame_shots([z.shape[1] for z in context], n))  # [m + n]
-    given = torch.cat(context, dim=1) if context else torch.zeros(C, 0, h, w)
-    m = given.shape[1]
-    latents = torch.cat([given, given.new_zeros(C, n, h, w)], dim=1)
-    mask = torch.cat([torch.ones(m, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)])
-    return modes.Plan(latents, mask, shot=shot)
-
-
 def resolve_shots(pipe, board: dict, fps: float, seed: int, expand: bool) -> list[dict]:
     """Each shot's frames, start, seed, prompt and the text the model sees, in order."""
     shots, start = [], 0
@@ -110,72 +62,71 @@ def resolve_shots(pipe, board: dict, fps: float, seed: int, expand: bool) -> lis
         shots.append({"prompt": shot["prompt"], "num_frames": T, "start": start,
                       "seed": int(shot.get("seed", seed + i - 1)), "negative_prompt": shot.get("negative_prompt")})
         start += T
-    texts = carry_characters([s["prompt"] for s in shots], [s["seed"] for s in shots], expand, board["carry"])
+    texts = carry_characters([s["prompt"] for s in shots], [s["seed"] for s in shots], expand, board["carry"],
+                             pipe.vocabulary)
     for s, (text, spec) in zip(shots, texts):
         s["expanded_prompt"], s["spec"] = text, spec
     return shots
 
 
-def generate_storyboard(pipe, storyboard, negative_prompt: str | None = None, height: int | None = None,
-                        width: int | None = None, resolution: str | None = None, aspect_ratio: str | None = None,
-                        fps: float | None = None, num_inference_steps: int | None = None,
-                        guidance_scale: float | None = None, seed: int | None = None, sampler: str | None = None, shift: float | None = None,
-                        expand_prompt: bool = True, output_path: str | None = None, progress: bool = True):
-    """All shots of `storyboard` into one video (VideoPipeline.__call__(storyboard=...) comes here); returns
-    (frames uint8 [T, H, W, 3], or None when streamed to an mp4; the last shot's latents [1, C, n, h, w]; params
-    with each shot's resolved settings, the cut frames and the conditioning used; notes)."""
+TAKES = (*STORYBOARD_SETTINGS, "generator")  # a call's settings that a storyboard takes (request.py)
+
+
+def storyboard_call(call: dict) -> dict:
+    """A call's arguments (VideoPipeline.__call__'s, by name) -> the settings a storyboard takes; ValueError for a
+    prompt or a per-video input (image, video, mode, num_frames, ...): each shot names its own."""
+    signature = {"direction": "forward", "image_position": "first", "expand_prompt": True, "progress": True}
+    extra = [k for k, v in call.items() if k not in TAKES + ("storyboard",) and v is not None and v != signature.get(k)]
+    if extra:
+        what = ", ".join(arg(k) for k in sorted(extra, key=lambda k: k != "prompt"))
+        raise ValueError(f"a storyboard sets each shot's prompt and length itself; drop {what} (or the storyboard)")
+    return {k: call[k] for k in TAKES}
+
+
+def prepare_storyboard(pipe, storyboard, c: dict) -> Job:
+    """The Job of a storyboard call (c: VideoPipeline.__call__'s arguments by name; the settings a storyboard
+    takes, the rest refused by the caller): every shot a window, seeing the last latent frames of up to
+    CONTEXT_SHOTS earlier shots when the model has a shot embedding."""
     board = check_storyboard(storyboard)
-    notes: list[str] = []
-    num_inference_steps, guidance_scale, sampler = pipe.sampling(num_inference_steps, guidance_scale, sampler,
-                                                                 negative_prompt)  # None: the model's defaults
-    warnings = check_request(fps=fps, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                          seed=seed, shift=shift, height=height, width=width)
-    check_choices(sampler=sampler)
-    seed = int(seed) if seed is not None else secrets.randbelow(2**31)
-    H, W = resolve_size(pipe, height, width, resolution, aspect_ratio)
-    fps = float(fps if fps is not None else pipe.defaults["fps"])
-    shots = resolve_shots(pipe, board, fps, seed, expand_prompt)
+    warnings = check_request(**{k: c[k] for k in ("fps", "num_inference_steps", "guidance_scale", "seed", "shift",
+                                                  "height", "width")})
+    s = settle(pipe, c)
+    shots = resolve_shots(pipe, board, s.fps, s.seed, c["expand_prompt"])
     context = uses_context(pipe, board["context"])
     m = CONTEXT_SHOTS * CONTEXT_LATENT_FRAMES if context else 0
-    longest = max(shots, key=lambda s: s["num_frames"])
-    C, n, h, w = pipe.vae.latent_shape(longest["num_frames"], H, W)
-    cost = estimate_cost(pipe, 1, (C, n + m, h, w), num_inference_steps,
-                         1 if guidance_scale <= 1 or sampler == "shortcut" else 2,
-                         longest["num_frames"], windows=len(shots), sampler=sampler)
+    longest = max(shots, key=lambda shot: shot["num_frames"])
+    C, n, h, w = pipe.vae.latent_shape(longest["num_frames"], s.height, s.width)
+    cost = estimate_cost(pipe, 1, (C, n + m, h, w), s.steps, s.guidance_passes(), longest["num_frames"],
+                         windows=len(shots), sampler=s.sampler)
     for text in warnings + [t for t in [check_cost(cost)] if t]:
-        note(notes, text)
-    if not expand_prompt and board["carry"] == "characters":
-        note(notes, "storyboard: characters carry over through prompt expansion, which is off: prompts as written")
+        note(s.notes, text)
+    if not c["expand_prompt"] and board["carry"] == "characters":
+        note(s.notes, "storyboard: characters carry over through prompt expansion, which is off: prompts as written")
+    negative = c["negative_prompt"]
+    params = dict(mode="storyboard", height=s.height, width=s.width, fps=s.fps,
+                  num_frames=sum(shot["num_frames"] for shot in shots), num_inference_steps=s.steps,
+                  guidance_scale=s.guidance, sampler=s.sampler, seed=s.seed, negative_prompt=negative or "",
+                  expand_prompt=c["expand_prompt"], carry=board["carry"], context=board["context"],
+                  conditioning=describe_conditioning(pipe, board["context"]),
+                  cuts=[shot["start"] for shot in shots[1:]], shots=shots)
 
-    sink = FrameSink(output_path, fps)
-    recent: deque = deque(maxlen=CONTEXT_SHOTS)  # the bounded window of earlier shots' context latents
-    bar = tqdm(total=len(shots), desc="storyboard", unit="shot", disable=not progress)
-    try:
-        for s in shots:
-            shape = pipe.vae.latent_shape(s["num_frames"], H, W)
-            plan = shot_plan(list(recent) if context else [], shape)
-            s["context_shots"] = len(recent) if context else 0
-            generator = torch.Generator().manual_seed(s["seed"])
-            cond, uncond = pipe.encode_prompts([s["expanded_prompt"]], [s["negative_prompt"] or negative_prompt or ""])
-            s["shift"] = float(shift if shift is not None else shift_for_tokens(
-                tokens_per_sample(pipe, shape[1], shape[2], shape[3]), scale=float(pipe.defaults["time_shift"])))
-            noise = pipe.initial_noise((1, shape[0], plan.mask.numel(), shape[2], shape[3]), generator)
-            z = pipe.denoise(noise, timesteps(num_inference_steps, s["shift"]), cond, uncond, plan, sampler=sampler,
-                             guidance_scale=guidance_scale, generator=generator, progress=progress)
-            z = z[:, :, plan.mask.numel() - shape[1]:]  # [1, C, n, h, w]: the new shot, decoded as its own clip
-            for chunk in pipe.iter_frames(z):  # [1, c, H, W, 3]
-                sink.write(chunk[0])
-            recent.append(z[0, :, context_frames(z.shape[2])])
-            bar.update()
-        frames = sink.close(ok=True)
-    except BaseException:
-        sink.close(ok=False)
-        raise
-    finally:
-        bar.close()
-    params = dict(mode="storyboard", height=H, width=W, fps=fps, num_frames=sum(s["num_frames"] for s in shots),
-                  num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, sampler=sampler, seed=seed,
-                  negative_prompt=negative_prompt or "", expand_prompt=expand_prompt, carry=board["carry"],
-                  context=board["context"], conditioning=describe_conditioning(pipe, board["context"]),
-                  cuts=[s["start"] for s in shots[1:]], shots=shots)
-    return frames, z, params, notes
+    def planner(memory: Memory) -> Iterator[Window]:
+        recent: deque = deque(maxlen=CONTEXT_SHOTS)  # the bounded window of earlier shots' context latents
+        for shot in shots:
+            shape = pipe.vae.latent_shape(shot["num_frames"], s.height, s.width)
+            given = list(recent) if context else []
+            plan = plan_context(given, shape, {"shot": torch.from_numpy(frame_shots([z.shape[1] for z in given],
+                                                                                     shape[1]))})
+            shot["context_shots"] = len(given)
+            cond, uncond = pipe.encode_prompts([shot["expanded_prompt"]], [shot["negative_prompt"] or negative or ""])
+            shot["shift"] = shift_for(pipe, shape, c["shift"])
+            new = slice(plan.mask.numel() - shape[1], None)  # the shot's own frames, decoded as their own clip
+            yield Window(plan, timesteps(s.steps, shot["shift"]), cond, uncond,
+                         torch.Generator().manual_seed(shot["seed"]), decode=new, record=new)
+            z = memory.z[0, :, new]  # [C, n, h, w]
+            recent.append(z[:, context_frames(z.shape[1])])
+
+    run = dict(sampler=s.sampler, guidance_scale=s.guidance, image_guidance_scale=None, progress=c["progress"])
+    sink = FrameSink(c["output_path"], s.fps)
+    return Job("storyboard", planner, [sink], run, ("storyboard", "shot", len(shots)),
+               [shot["expanded_prompt"] for shot in shots], s, params)

@@ -39,8 +39,6 @@ FIELDS = ("prompt", "mode", "image", "video", "video_end", "direction", "image_p
           "num_inference_steps", "guidance_scale", "seed", "sampler", "negative_prompt", "expand_prompt")
 UPLOADS = ("image", "video", "video_end")
 CHOICES = {"direction": ("forward", "backward"), "image_position": ("first", "last")}  # the first is the default
-SHARED = ("negative_prompt", "height", "width", "resolution", "aspect_ratio", "fps", "num_inference_steps",
-          "guidance_scale", "sampler", "seed", "expand_prompt")  # what a storyboard request takes besides its shots
 PER_VIDEO = ("image", "video", "video_end", "strength", "num_frames", "gap_frames")  # refused with a storyboard
 
 MAX_UPLOAD_BYTES = 50 * 2**20  # a file larger than this is refused before it is read
@@ -95,7 +93,7 @@ def build_request(values: dict[str, Any]) -> tuple[str, dict]:
             given.insert(0, arg("prompt"))
         if given:
             raise ValueError(f"a storyboard sets each shot's prompt and length itself; clear {', '.join(given)}")
-        return STORYBOARD, {"storyboard": parse_storyboard(v["storyboard"]), **kw}
+        return STORYBOARD, {"storyboard": parse_storyboard(v["storyboard"]), **kw}  # kw: STORYBOARD_SETTINGS
     if (v["storyboard"] or "").strip():
         raise ValueError(f"{arg('storyboard')} is used in mode {STORYBOARD}; choose that mode or clear the field")
     if not isinstance(v["prompt"], str):

@@ -2,19 +2,20 @@
 
 DALL-E 3 and Sora train on long, descriptive re-captions and, at inference, have a language model
 rewrite the user's short prompt into that style, so the text the model sees matches its training
-distribution. Here the training captions come from the World's caption writer, so the default
-expander is exact and needs no language model:
+distribution. Here the training captions come from the data source's caption writer, reached through the
+model's Vocabulary (text/vocabulary.py; the World's by default), so the default expander is exact and needs no
+language model:
 
-    parse_prompt(prompt) -> partial spec (None = unspecified) -> fill the gaps from the seed
-    (scene_from_spec) -> detailed_caption(scene, seed)
+    vocabulary.parse(prompt) -> partial spec (None = unspecified) -> vocabulary.caption(spec, seed): the gaps
+    filled from the seed, the caption written as the training captions were
 
     expand_prompt("a red circle", seed=0)
     -> "A small red circle quickly bounces off the walls. The background is gray."
 
-Prompts outside the World vocabulary (no object the parser recognises) are returned unchanged,
-with `Expansion.note` saying why: inventing attributes for them would only add noise. A language
-model can be plugged in instead: `ChatExpander(url, model)` posts to any OpenAI-compatible
-`{url}/chat/completions` endpoint (a local llama.cpp / vLLM / Ollama server); it is off by default.
+Prompts outside the vocabulary (no object the parser recognises) are returned unchanged, with `Expansion.note`
+saying why: inventing attributes for them would only add noise; so are all prompts of a model without a
+vocabulary (vocabulary=None). A language model can be plugged in instead: `ChatExpander(url, model)` posts to any
+OpenAI-compatible `{url}/chat/completions` endpoint (a local llama.cpp / vLLM / Ollama server); it is off by default.
 """
 
 from __future__ import annotations
@@ -25,9 +26,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
-
-from chronotope.world.vocab import BACKGROUNDS, COLORS, MOTIONS, SHAPES, SIZES, SPEEDS
+from chronotope.text.vocabulary import DEFAULT_VOCABULARY, Vocabulary, resolve_vocabulary
 
 
 @dataclass
@@ -36,7 +35,7 @@ class Expansion:
 
     text: str
     expanded: bool
-    spec: dict | None = None  # the completed World spec when the World expander ran
+    spec: dict | None = None  # the completed spec when the vocabulary's expander ran
     note: str = ""
     missing: list[str] = field(default_factory=list)  # the attributes filled from the seed
 
@@ -44,69 +43,57 @@ class Expansion:
 QUOTE = 60  # characters of a prompt a note may quote; a long prompt is named, not echoed
 
 
-def _parse(prompt: str) -> tuple[dict | None, str]:
-    """(the World parser's partial spec, "") or (None, the parser's reason) for a non-World prompt. The reason
-    quotes at most QUOTE characters of the prompt (the parser's message quotes all of it)."""
-    from chronotope.world.parser import parse_prompt  # the World's text -> spec parser
-
-    try:
-        spec = parse_prompt(prompt)
-    except ValueError as err:
-        reason = str(err)
-        if len(prompt) > QUOTE:
-            reason = reason.replace(repr(prompt), f"the prompt ({len(prompt):,} characters)")
-        return None, reason if len(reason) <= 4 * QUOTE else reason[: 4 * QUOTE] + "..."
-    if not spec or not spec.get("objects"):
-        return None, "no World object found"
-    return spec, ""
+def _parse(prompt: str, vocabulary: Vocabulary) -> tuple[dict | None, str]:
+    """(the vocabulary's partial spec, "") or (None, its reason) for a prompt outside it. The reason quotes at most
+    QUOTE characters of the prompt (a parser's message may quote all of it)."""
+    spec, reason = vocabulary.parse(prompt)
+    if spec is not None:
+        return spec, ""
+    if len(prompt) > QUOTE:
+        reason = reason.replace(repr(prompt), f"the prompt ({len(prompt):,} characters)")
+    return None, reason if len(reason) <= 4 * QUOTE else reason[: 4 * QUOTE] + "..."
 
 
-def unspecified(spec: dict) -> list[str]:
+def unspecified(spec: dict, vocabulary: Vocabulary | str = DEFAULT_VOCABULARY) -> list[str]:
     """Names of the attributes a partial spec leaves open, e.g. ["background", "objects[0].motion"]."""
-    missing = [k for k in ("background",) if spec.get(k) is None]
-    for i, obj in enumerate(spec.get("objects") or []):
-        for key in ("color", "shape", "size", "motion"):
-            if obj.get(key) is None:
-                missing.append(f"objects[{i}].{key}")
-        if obj.get("motion") != "still" and obj.get("speed") is None:
-            missing.append(f"objects[{i}].speed")
-    return missing
+    return resolve_vocabulary(vocabulary).unspecified(spec)
 
 
-def expand_world(prompt: str, seed: int, enabled: bool | None = None) -> Expansion:
-    """Expand a World-vocabulary prompt with the World's own caption writer (deterministic per seed).
+def expand_in_vocabulary(prompt: str, seed: int, enabled: bool | None = None,
+                 vocabulary: Vocabulary | str | None = DEFAULT_VOCABULARY) -> Expansion:
+    """Expand a prompt of the vocabulary with its own caption writer (deterministic per seed).
 
     enabled=None expands only prompts that leave some attribute open (short prompts); True also
     rewrites complete ones into the training caption style; False returns the prompt unchanged.
     """
     if enabled is False:
         return Expansion(prompt, False, note="expansion disabled")
-    spec, reason = _parse(prompt)
+    vocabulary = resolve_vocabulary(vocabulary)
+    if vocabulary is None:
+        return Expansion(prompt, False, note="the model names no vocabulary to expand prompts with, left unchanged")
+    spec, reason = _parse(prompt, vocabulary)
     if spec is None:
-        return Expansion(prompt, False, note=f"not a World prompt, left unchanged: {reason}")
-    missing = unspecified(spec)
+        return Expansion(prompt, False, note=f"not a {vocabulary.name} prompt, left unchanged: {reason}")
+    missing = vocabulary.unspecified(spec)
     if enabled is None and not missing:
         return Expansion(prompt, False, spec=spec, note="prompt already specifies every attribute")
-    from chronotope.world.captions import detailed_caption
-    from chronotope.world.scene import scene_from_spec
-
-    scene = scene_from_spec(spec, seed)  # fills every None from the seed
-    text = detailed_caption(scene, np.random.default_rng([int(seed), 2]))
-    return Expansion(text, True, spec=scene.spec, missing=missing)
+    text, spec = vocabulary.caption(spec, seed)
+    return Expansion(text, True, spec=spec, missing=missing)
 
 
 # --- a language model behind an OpenAI-compatible endpoint ---------------------------------------------
 
 
-def caption_style_prompt() -> str:
+def caption_style_prompt(vocabulary: Vocabulary | str = DEFAULT_VOCABULARY) -> str:
     """System prompt describing the training caption style and vocabulary to a chat model."""
+    words = {k: ", ".join(v) for k, v in resolve_vocabulary(vocabulary).words.items()}
     return (
         "You rewrite a short video prompt into one detailed caption of 1 to 5 plain sentences, in the "
         "style of the training captions of a text-to-video model. The videos show 1 to 3 flat objects of "
         "different colors on a plain background. Name, for every object, its size "
-        f"({', '.join(SIZES)}), color ({', '.join(COLORS)}), shape ({', '.join(SHAPES)}), motion "
-        f"({', '.join(m.replace('_', ' ') for m in MOTIONS)}) and speed ({', '.join(SPEEDS)}); then the "
-        f"background ({', '.join(BACKGROUNDS)}) and whether a dark brown pillar stands in the foreground. "
+        f"({words['size']}), color ({words['color']}), shape ({words['shape']}), motion "
+        f"({words['motion']}) and speed ({words['speed']}); then the "
+        f"background ({words['background']}) and whether a dark brown pillar stands in the foreground. "
         "Keep everything the user specified; choose plausible values for the rest. Example: "
         "\"A small red circle slowly slides to the left. A large blue square falls and bounces. "
         "The background is gray.\" Reply with the caption only."
@@ -163,23 +150,23 @@ class ChatExpander:
         return text
 
 
-def expand(
-    prompt: str, seed: int, enabled: bool | None = None, expander: Callable[[str, int], str] | None = None
-) -> Expansion:
-    """Expand `prompt` with the World expander (default) or a pluggable `expander(prompt, seed) -> str`.
+def expand(prompt: str, seed: int, enabled: bool | None = None, expander: Callable[[str, int], str] | None = None,
+           vocabulary: Vocabulary | str | None = DEFAULT_VOCABULARY) -> Expansion:
+    """Expand `prompt` with the vocabulary's expander (default: the World's) or a pluggable
+    `expander(prompt, seed) -> str`.
 
-    enabled=None: the World expander runs on World prompts with open attributes; a custom expander
+    enabled=None: the vocabulary's expander runs on its prompts with open attributes; a custom expander
     runs on prompts of fewer than 25 words. enabled=True: always; enabled=False: never.
     """
     if expander is None:
-        return expand_world(prompt, seed, enabled)
+        return expand_in_vocabulary(prompt, seed, enabled, vocabulary)
     if enabled is False or (enabled is None and len(prompt.split()) >= 25):
         return Expansion(prompt, False, note="expansion disabled" if enabled is False else "prompt already long")
     return Expansion(expander(prompt, seed), True)
 
 
-def expand_prompt(
-    prompt: str, seed: int, enabled: bool | None = None, expander: Callable[[str, int], str] | None = None
-) -> str:
-    """The expanded caption as a string (see `expand` for the rules); unchanged for non-World prompts."""
-    return expand(prompt, seed, enabled, expander).text
+def expand_prompt(prompt: str, seed: int, enabled: bool | None = None,
+                  expander: Callable[[str, int], str] | None = None,
+                  vocabulary: Vocabulary | str | None = DEFAULT_VOCABULARY) -> str:
+    """The expanded caption as a string (see `expand` for the rules); unchanged for prompts outside the vocabulary."""
+    return expand(prompt, seed, enabled, expander, vocabulary).text

@@ -153,6 +153,19 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
+def read_state(path: str | os.PathLike) -> dict[str, Any]:
+    """trainer_state.json of a checkpoint folder: step, data position, RNG states, elapsed seconds and the run's
+    config (the Trainer's settings; the task's own record under config["task"]). The one reader of that file."""
+    return json.loads((Path(path) / "trainer_state.json").read_text(encoding="utf-8"))
+
+
+def resumed_task(run_dir: str | os.PathLike | None) -> dict[str, Any] | None:
+    """The task record (config["task"]) of the newest complete checkpoint in `run_dir`: what a resumed run must
+    rebuild (its model's architecture, the options that decide its data); None when there is nothing to resume."""
+    last = latest_checkpoint(run_dir) if run_dir is not None else None
+    return None if last is None else read_state(last)["config"]["task"]
+
+
 def save_checkpoint(
     run_dir: str | os.PathLike,
     step: int,
@@ -204,7 +217,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not is_complete(path):
         raise FileNotFoundError(f"{path} is not a complete checkpoint (no {MARKER} marker); pick another one")
-    state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+    state = read_state(path)
     out: dict[str, Any] = {"state": state, "model": load_file(str(path / "model.safetensors"))}
     out["ema"] = load_file(str(path / "ema.safetensors")) if (path / "ema.safetensors").exists() else None
     out["optimizer"] = None

@@ -39,7 +39,9 @@ from torch import Tensor, nn
 
 from chronotope.atomic import atomic_write, swap_in_folder
 from chronotope.diffusion import flow
-from chronotope.dit.patches import PackedBatch, pack_info, patchify, position_ids, token_grid
+from chronotope.dit.conditioning import latent_frame_values, model_conditions
+from chronotope.dit.patches import PackedBatch, frame_tokens, pack_info, patchify, position_ids, token_grid
+from chronotope.dit.shots import context_frames
 from chronotope.train.shot_context import storyboard_context, window_layout, window_lengths
 
 
@@ -112,17 +114,6 @@ def _to_device(x: np.ndarray | Tensor, device: torch.device) -> Tensor:
     return t
 
 
-def dit_folder(path: str | Path) -> Path:
-    """A DiT folder (config.json + weights), or a model folder's dit/ subfolder."""
-    folder = Path(path)
-    if (folder / "dit" / "config.json").is_file():
-        folder = folder / "dit"
-    if not (folder / "config.json").is_file():
-        raise ValueError(f"--init {path}: not a DiT folder (config.json + model.safetensors) nor a model folder "
-                         "with a dit/ inside (see `chronotope train dit` exports: RUN_DIR/dit or RUN_DIR/model)")
-    return folder
-
-
 def plan_packs(lengths: list[int], order: list[int], budget: int) -> list[list[int]]:
     """Sequential greedy packing (NaViT): walk `order`, close a pack when the next item overflows it."""
     packs, current, used = [], [], 0
@@ -185,6 +176,9 @@ class DiTTask:
         if self.shot_aware and pt != 1:
             raise ValueError(f"storyboard context is one latent frame per earlier shot, which a temporal patch of {pt} "
                              "cannot hold; train a shot-aware DiT at pt = 1 (e.g. --patch 1,1,1)")
+        # per-frame conditions other than the shot index come with the data: per-frame values in the cache rows
+        self.frame_conditions = [name for name in model_conditions(model.config) if name != "shot"]
+        self.temporal_factor = int(((getattr(cache, "meta", {}) or {}).get("vae_config") or {}).get("temporal_factor", 4))
         self.lengths = window_lengths(shapes, self.context, self.patch)  # with context tokens: what a pack holds
         too_long = sum(n > token_budget for n in self.lengths)
         if too_long == len(self.lengths):
@@ -201,7 +195,7 @@ class DiTTask:
     def batches(self, epoch_seed: int, position: int) -> Iterator[list[int]]:
         """The packs of one epoch; under W ranks (torchrun) this rank's share of them, round-robin
         (packs r, r + W, ...), cut to a multiple of W so every rank takes the same number of steps."""
-        from chronotope.train.trainer import get_rank, get_world_size
+        from chronotope.train.ranks import get_rank, get_world_size
 
         order = torch.randperm(len(self.lengths), generator=torch.Generator().manual_seed(epoch_seed)).tolist()
         packs = plan_packs(self.lengths, order, self.token_budget)
@@ -278,12 +272,31 @@ class DiTTask:
             tokens=x_t, ids=ids, sample_idx=_to_device(sample_idx, device), cu_seqlens=_to_device(cu, device),
             max_seqlen=max(lengths), timestep=t_tok, is_cond=cond, is_dropped=_to_device(drop, device),
             text_idx=torch.arange(n, device=device), grids=grids, patch=self.patch, channels=self.cache_channels,
-            info=info, shot=_to_device(layout.shot, device) if self.shot_aware else None)
+            info=info, conditions=self._conditions(items, layout, device))
         item_rows = _to_device(torch.tensor(items), device)
         keep = _to_device(keep_caption, device)
         emb = torch.where(keep[:, None, None], self.text.emb[item_rows], self.text.null[0]).float()  # [N, Lt, Dt]
         mask = torch.where(keep[:, None], self.text.mask[item_rows], self.text.null[1])  # [N, Lt]
         return packed, flow.velocity_target(x0, noise), emb, mask
+
+    def _conditions(self, items: list[int], layout, device: torch.device) -> dict[str, Tensor]:
+        """Per-token values [L] of the model's per-frame conditions (dit/conditioning.py) for the pack: the shot
+        index from the storyboard layout, the others from the cache rows' per-frame values (their context frames,
+        then their own), laid out as sampling lays them out (patches.frame_tokens). A condition no item of the
+        pack gives is left out: the model reads its null value."""
+        out = {"shot": _to_device(layout.shot, device)} if self.shot_aware else {}
+        rows, tf = self.cache.rows, self.temporal_factor
+        for name in self.frame_conditions:
+            if not any(name in (rows[i].get("conditions") or {}) for i in items):
+                continue
+            def values(j: int, frames: slice = slice(None)) -> np.ndarray:
+                return latent_frame_values((rows[j].get("conditions") or {}).get(name), rows[j]["shape"][1], tf)[frames]
+            per_sample = [torch.from_numpy(np.concatenate(
+                [values(c, context_frames(rows[c]["shape"][1])) for c in self.context[i]] + [values(i)]))
+                for i in items]
+            dtype = torch.long if not per_sample[0].is_floating_point() else torch.float32
+            out[name] = _to_device(frame_tokens(per_sample, layout.grids, self.patch, name, dtype), device)
+        return out
 
     def _drop(self, cond: Tensor, lengths: list[int], generator: torch.Generator) -> tuple[Tensor, list[int]]:
         """NaViT token dropping on the host: drop_rate of each sample's noised tokens (never all of them, never
@@ -322,10 +335,10 @@ class DiTTask:
         """A GIF grid of a few prompts (needs the VAE the cache was made with)."""
         if not self.sample_prompts or not self.vae_dir or not Path(self.vae_dir).is_dir():
             return
-        from chronotope.train.sample_grid import write_sample_grid
+        from chronotope.train.evaluate import sample_grid
 
-        write_sample_grid(model, self.vae_dir, self.sample_prompts, out_dir, step, text_encoder=self.text_encoder_name,
-                          defaults=self.pipeline_defaults())
+        sample_grid(model, self.vae_dir, self.sample_prompts, out_dir, step, text_encoder=self.text_encoder_name,
+                    defaults=self.pipeline_defaults())
 
     def export(self, model: nn.Module, run_dir: Path, step: int) -> Path:
         """RUN_DIR/dit/ (config.json + model.safetensors) and, when the cache names its VAE, the whole
@@ -333,14 +346,12 @@ class DiTTask:
         --model` loads. Each folder is written beside its old version and swapped in whole."""
         _export(Path(run_dir) / "dit", lambda tmp: model.save_pretrained(str(tmp)), step)
         if self.vae_dir and Path(self.vae_dir).is_dir():
-            from chronotope.pipeline import VideoPipeline
-            from chronotope.vae.model import CausalVAE
+            from chronotope.train.evaluate import export_pipeline
 
-            pipe = VideoPipeline(CausalVAE.from_pretrained(self.vae_dir), model, None, self.text_encoder_name,
-                                 self.pipeline_defaults())
-            _export(Path(run_dir) / "model", pipe.save_pretrained, step)
+            defaults = self.pipeline_defaults()
+            _export(Path(run_dir) / "model",
+                    lambda tmp: export_pipeline(tmp, self.vae_dir, model, self.text_encoder_name, defaults), step)
         return Path(run_dir) / "dit"
-
 
 
 def _with_context(cond: np.ndarray, frames: list[int], context: list[int]) -> np.ndarray:
@@ -358,52 +369,3 @@ def _export(folder: Path, save, step: int) -> None:
         (tmp / "training.json").write_text(json.dumps({"step": step}))
 
     swap_in_folder(folder, write)
-
-
-def dit_for_run(preset: str, cache: Any, resume_dir: str | None = None, init: str | None = None,
-                patch: list[int] | tuple[int, int, int] | None = None, abs_pos: bool = False, shot_embed: int = 0
-                ) -> tuple[nn.Module, dict[str, Any] | None]:
-    """The DiT a `chronotope train dit` run trains, and the saved task config when it resumes.
-
-    Resuming (a complete checkpoint in `resume_dir`): the checkpoint's architecture (its weights are loaded
-    by the Trainer). Else `init` (a DiT or model folder: its config and weights, resized to a finer `patch`
-    and given absolute positions and a shot embedding by `DiT.with_patch` / `with_abs_pos` / `with_shot_embed`),
-    else a fresh `preset` with the cache's latent channels, `patch`, `abs_pos` and `shot_embed`.
-    """
-    from chronotope.config import DIT_PRESETS, DiTConfig, config_from_dict
-    from chronotope.dit.model import DiT
-    from chronotope.train.checkpoint import latest_checkpoint
-
-    if preset not in DIT_PRESETS:
-        raise ValueError(f"unknown DiT preset {preset!r}; choose one of {sorted(DIT_PRESETS)}")
-    if not len(cache):
-        raise ValueError(f"the latent cache {cache.dir} has no items")
-    if patch is not None and (len(patch) != 3 or min(patch) < 1):
-        raise ValueError(f"--patch takes three positive sizes PT,PH,PW such as 1,2,2, got {list(patch)}")
-    if shot_embed < 0 or shot_embed == 1:
-        raise ValueError(f"--shot-embed is 0 (off) or at least 2 rows (3: the new shot and two earlier), got {shot_embed}")
-    channels = cache.rows[0]["shape"][0]  # the VAE decides the latent channels
-    last = latest_checkpoint(resume_dir) if resume_dir else None
-    if last is not None:
-        saved = json.loads((last / "trainer_state.json").read_text())["config"]["task"]
-        return DiT(config_from_dict(DiTConfig, saved["dit"])), saved
-    if init:
-        model = DiT.from_pretrained(str(dit_folder(init))).train()
-        if patch is not None and tuple(patch) != model.config.patch:
-            model = model.with_patch(tuple(patch))
-        if abs_pos and not model.config.abs_pos:
-            model = model.with_abs_pos()
-        if shot_embed and not model.config.shot_embed:
-            model = model.with_shot_embed(shot_embed)
-        if model.config.in_channels != channels:
-            raise ValueError(f"--init {init} takes {model.config.in_channels}-channel latents but the cache holds "
-                             f"{channels}; encode the data with that DiT's VAE")
-        return model, None
-    config = DIT_PRESETS[preset]()
-    config.in_channels = channels
-    if patch is not None:
-        config.patch = tuple(patch)
-    config.abs_pos = config.abs_pos or abs_pos
-    config.shot_embed = shot_embed or config.shot_embed
-    return DiT(config), None
-

@@ -1,6 +1,6 @@
 """Few-step sampling by distillation: a student DiT that samples in 1, 2, 4 or 8 steps, guidance folded in.
 
-The student is the teacher's weights plus a zero-initialised step-size embedding (`DiT.with_step_embed`), so at
+The student is the teacher's weights plus a zero-initialised step-size embedding (`DiT.extended(step_embed=True)`), so at
 first it IS the teacher's conditional velocity at every step size. Each pack trains one of two targets:
 
   guidance  (d = 0)  the teacher's classifier-free-guided velocity v_u + s (v_c - v_u) at the pack's noisy
@@ -51,7 +51,7 @@ class FewStepTask(DiTTask):
     def __init__(self, model: nn.Module, cache: Any, text: Any, teacher: nn.Module, guidance_scale: float = 5.0,
                  shortcut_share: float = 0.5, **kwargs: Any) -> None:
         if not getattr(model.config, "step_embed", False):
-            raise ValueError("a few-step student needs a step-size embedding: build it with DiT.with_step_embed()")
+            raise ValueError("a few-step student needs a step-size embedding: build it with DiT.extended(step_embed=True)")
         if not 0.0 <= shortcut_share <= 1.0:
             raise ValueError(f"--shortcut-share is a share of the packs in [0, 1], got {shortcut_share}")
         if not guidance_scale >= 1.0:
@@ -142,17 +142,6 @@ def _at(packed: PackedBatch, x: Tensor, t_tok: Tensor, t: Tensor) -> PackedBatch
     return replace(packed, tokens=x, timestep=t_tok, info=info)
 
 
-def student_from_teacher(teacher_dir: str) -> tuple[nn.Module, nn.Module]:
-    """(student, teacher) from a DiT or model folder: the student is the teacher plus a zero step embedding."""
-    from chronotope.dit.model import DiT
-    from chronotope.train.dit_task import dit_folder
-
-    teacher = DiT.from_pretrained(str(dit_folder(teacher_dir)))
-    if teacher.config.step_embed:
-        raise ValueError(f"--teacher {teacher_dir} is already a few-step model; distil from a multi-step one")
-    return teacher.with_step_embed().train(), teacher.eval()
-
-
 def teacher_defaults(folder: str) -> dict[str, Any]:
     """The sampling defaults of a model folder (model_index.json: guidance_scale, time_shift, ...); {} for a DiT
     folder alone."""
@@ -163,4 +152,12 @@ def teacher_defaults(folder: str) -> dict[str, Any]:
     return dict(json.loads(index.read_text()).get("defaults", {})) if index.is_file() else {}
 
 
-__all__ = ["FEW_STEPS", "FewStepTask", "LEVELS", "few_step_defaults", "student_from_teacher", "teacher_defaults"]
+def teacher_settings(teacher: str, guidance: float | None, time_shift: float | None) -> tuple[float, float]:
+    """(guidance scale to fold in, time shift to train at) of a distillation of `teacher`: the options when given,
+    else the teacher folder's sampling defaults, else 5 and 1."""
+    taught = teacher_defaults(teacher)
+    return (float(guidance if guidance is not None else taught.get("guidance_scale", 5.0)),
+            float(time_shift if time_shift is not None else taught.get("time_shift", 1.0)))
+
+
+__all__ = ["FEW_STEPS", "FewStepTask", "LEVELS", "few_step_defaults", "teacher_defaults", "teacher_settings"]

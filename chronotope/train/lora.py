@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from chronotope.atomic import atomic_write, atomic_write_json, swap_in_folder
-from chronotope.pipeline.lora import ADAPTER_FILE, CONFIG_FILE, FORMAT, architecture, shape_signature
+from chronotope.train.evaluate import lora_format
 
 # target groups -> module names inside each DiT block (chronotope/dit/layers.py): self-attention's fused q/k/v
 # projection and output, cross-attention's q, fused k/v and output, the MLP's two linears
@@ -118,10 +118,10 @@ def adapter_config(model: nn.Module, **extra) -> dict:
     if not layers:
         raise ValueError("this model holds no LoRA layers; add them with add_lora(dit, rank)")
     first = next(iter(layers.values()))
-    shapes = {p: (m.out_features, m.in_features) for p, m in layers.items()}
-    return {"format": FORMAT, "peft_type": "LORA", "rank": first.rank, "alpha": first.alpha,
+    fmt = lora_format(model, {p: (m.out_features, m.in_features) for p, m in layers.items()})
+    return {"format": fmt["format"], "peft_type": "LORA", "rank": first.rank, "alpha": first.alpha,
             "targets": list(getattr(model, "lora_targets", [])), "target_modules": sorted(layers),
-            "base": {"architecture": architecture(model), "shapes": shape_signature(shapes)}, **extra}
+            "base": fmt["base"], **extra}
 
 
 def save_adapter(model: nn.Module, folder: str | os.PathLike, dtype: torch.dtype = torch.float16, **extra) -> None:
@@ -130,9 +130,12 @@ def save_adapter(model: nn.Module, folder: str | os.PathLike, dtype: torch.dtype
     tensors = {k: v.to(dtype).contiguous().cpu() for k, v in lora_state_dict(model).items()}
     config = adapter_config(model, dtype=str(dtype).removeprefix("torch."), **extra)
 
+    fmt = lora_format(model, {})
+
     def write(tmp) -> None:
         os.makedirs(tmp, exist_ok=True)
-        atomic_write(os.path.join(tmp, ADAPTER_FILE), lambda f: save_file(tensors, f, metadata={"format": FORMAT}))
-        atomic_write_json(os.path.join(tmp, CONFIG_FILE), config, indent=2)
+        atomic_write(os.path.join(tmp, fmt["adapter_file"]),
+                     lambda f: save_file(tensors, f, metadata={"format": fmt["format"]}))
+        atomic_write_json(os.path.join(tmp, fmt["config_file"]), config, indent=2)
 
     swap_in_folder(folder, write)

