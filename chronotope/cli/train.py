@@ -6,6 +6,7 @@ The verbs live by model: `train vae`, `plot` and `flops` here, `train dit` and `
 from __future__ import annotations
 
 import argparse
+import os
 
 from chronotope.cli.options import int_list
 from chronotope.cli.trainer_options import add_trainer_args, check_trainer_args, fit, print_rank0, trainer_options
@@ -34,10 +35,10 @@ def run_plot(args: argparse.Namespace) -> int:
 def add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train the VAE, the DiT or LoRA adapters (the same command runs under torchrun)")
     from chronotope.cli.train_dit import add_train_dit, add_train_lora
-    from chronotope.cli.train_world import add_train_world_model
+    from chronotope.cli.train_world import add_train_model, add_train_world_model
 
     models = p.add_subparsers(dest="model", required=True, metavar="MODEL")
-    for add in (add_train_vae, add_train_dit, add_train_world_model, add_train_lora):
+    for add in (add_train_vae, add_train_dit, add_train_world_model, add_train_model, add_train_lora):
         add(models)
 
 
