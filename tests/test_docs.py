@@ -71,7 +71,7 @@ def test_every_table_renders(path: Path) -> None:
 #   my_videos/       -> data/w (a rendered folder with captions); clip.mp4, a.mp4, b.mp4, start.png are
 #                       World clips (and a frame) written before the commands that read them; story.json a
 #                       two-shot storyboard of 5-frame shots.
-# Skipped: training (train vae/dit/world-model/lora: minutes on a CPU, one of them on a GPU; the training tests run
+# Skipped: training (train vae/dit/world-model/model/lora: minutes on a CPU, one of them on a GPU; the training tests run
 # the same code on debug presets), generate --lora (its adapter comes from train lora), serve (a server: the browser
 # test runs it) and the torchrun / python / make lines, which are not `chronotope` commands
 # (`make demo` runs `chronotope demo`, which runs here).
@@ -79,6 +79,7 @@ SKIP = {
     ("train", "vae"): "trains a VAE (minutes); test_train.py covers the trainer on debug presets",
     ("train", "dit"): "trains a DiT (minutes, and torchrun); test_dit_training.py / test_parallel.py cover it",
     ("train", "world-model"): "trains the whole model (8-10 minutes, one on a GPU); test_world_model.py covers it",
+    ("train", "model"): "trains a whole model on a manifest (an hour); test_train_model.py covers it on debug presets",
     ("train", "lora"): "trains LoRA adapters (minutes); test_lora.py runs train lora on a debug model",
     ("generate", "--lora"): "needs the adapter train lora makes; test_lora.py runs generate --lora on a debug model",
     ("serve",): "a web server that runs until stopped; test_serve_browser.py starts it and drives it in chromium",

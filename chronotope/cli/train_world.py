@@ -1,6 +1,7 @@
-"""`chronotope train world-model`: the whole World model in one time-boxed, resumable command
-(chronotope/train/world_model.py). Its options are the recipe's (WorldModelRecipe) fields, grouped by stage; the
-recipe's other fields (mover shares, batch sizes per call, time shift, cooldown share, bf16) are its fixed choices."""
+"""`chronotope train world-model` and `chronotope train model --data MANIFEST`: a whole model in one time-boxed,
+resumable command (chronotope/train/world_model.py), on the World or on a manifest's clips. Their options are the
+recipe's (WorldModelRecipe) fields, grouped by stage; the recipe's other fields (mover shares, batch sizes per
+call, time shift, cooldown share, bf16) are its fixed choices."""
 
 from __future__ import annotations
 
@@ -10,6 +11,23 @@ from dataclasses import fields
 from chronotope.cli.options import int_list, str_list
 
 
+def add_train_model(models: argparse._SubParsersAction) -> None:
+    p = models.add_parser(
+        "model", help="a whole model from a manifest of your clips within --minutes: VAE, cache, DiT, export",
+        description="Encode the manifest's clips with the VAE (skipping unreadable ones, one line each), train the "
+        "DiT on their captions for the time left, export OUT/model for `generate --model`, `serve` and `train "
+        "lora`. Every stage resumes: run the same command again after a stop.")
+    p.add_argument("--data", required=True, metavar="MANIFEST",
+                   help="a manifest CSV of clips and captions (`chronotope manifest DIR --out MANIFEST`)")
+    _add_common(p)
+    data = p.add_argument_group("data")
+    data.add_argument("--num-frames", dest="clip_frames", type=int, default=17, metavar="N",
+                      help="frames read from each clip, 4k+1 (a shorter clip: its longest 4k+1 prefix; default 17)")
+    data.add_argument("--max-pixels", type=int, default=4096, help="pixels per frame, aspect kept (default 4096)")
+    data.add_argument("--shard-size", type=int, default=None, help="items per cache shard (256 / 2048)")
+    _add_model_options(p, vae_help="a trained VAE folder (default: the shipped model's)")
+
+
 def add_train_world_model(models: argparse._SubParsersAction) -> None:
     p = models.add_parser(
         "world-model", help="the whole World model in one command within --minutes: data, VAE, DiT, export, score",
@@ -17,11 +35,7 @@ def add_train_world_model(models: argparse._SubParsersAction) -> None:
         "for the time left (warmup, constant lr, cooldown ending at the budget), export OUT/model (fp16) and "
         "print a quick World-bench t2v score. Every stage resumes: run the same command again after a stop. "
         "Options left out default by device (CPU / CUDA).")
-    p.add_argument("--out", required=True, metavar="DIR", help="run folder: state.json, cache/, train-dit/, model/")
-    p.add_argument("--minutes", type=float, default=10.0,
-                   help="wall-clock budget of VAE + data + text + DiT; export and the score come after (default 10)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when a GPU is seen")
-    p.add_argument("--seed", type=int, default=0, help="seed of the data (item i is scene (seed, i)) and training")
+    _add_common(p)
     data = p.add_argument_group("data")
     data.add_argument("--items", type=int, default=None,
                       help="World items to render (default: until --data-share of the budget, at most 200,000)")
@@ -35,8 +49,24 @@ def add_train_world_model(models: argparse._SubParsersAction) -> None:
                            "linked to its storyboard (default 0; a --shot-embed DiT learns from them)")
     data.add_argument("--shard-size", type=int, default=None, help="items per cache shard (256 / 2048)")
     data.add_argument("--workers", type=int, default=None, help="render processes (1 / CPU count - 1, at most 16)")
+    _add_model_options(p, vae_help="a trained VAE folder (default: the shipped model's)")
+    out = p.add_argument_group("score")
+    out.add_argument("--bench-prompts", type=int, default=20, help="World-bench t2v prompts (default 20; 0 = skip)")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, metavar="DIR", help="run folder: state.json, cache/, train-dit/, model/")
+    p.add_argument("--minutes", type=float, default=10.0,
+                   help="wall-clock budget of VAE + data + text + DiT; export and the score come after (default 10)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when a GPU is seen")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data and of training")
+    p.set_defaults(handler=run_train_world_model)
+
+
+def _add_model_options(p: argparse.ArgumentParser, vae_help: str) -> None:
+    """The VAE, text, DiT, training, export and process options both recipes take."""
     vae = p.add_argument_group("VAE")
-    vae.add_argument("--vae", default=None, metavar="DIR", help="a trained VAE folder (default: the shipped model's)")
+    vae.add_argument("--vae", default=None, metavar="DIR", help=vae_help)
     vae.add_argument("--train-vae", action="store_true", help="train a VAE first, for --vae-share of the budget")
     vae.add_argument("--vae-preset", default="world", help="with --train-vae: debug, world, world-4x, "
                      "world-c64, wan-match (default world)")
@@ -69,13 +99,11 @@ def add_train_world_model(models: argparse._SubParsersAction) -> None:
     fit.add_argument("--lr", type=float, default=None, help="peak learning rate (3e-4 / 5e-4)")
     fit.add_argument("--warmup", type=int, default=100, help="warmup steps (default 100)")
     fit.add_argument("--ckpt-minutes", type=float, default=2.0, help="minutes between checkpoints (default 2)")
-    out = p.add_argument_group("export and score")
+    out = p.add_argument_group("export")
     out.add_argument("--max-shard-size", default=None, help="split weight files to at most this size, e.g. 10MB")
-    out.add_argument("--bench-prompts", type=int, default=20, help="World-bench t2v prompts (default 20; 0 = skip)")
     run = p.add_argument_group("this process")
     run.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(handler=run_train_world_model)
 
 
 
@@ -84,8 +112,11 @@ def run_train_world_model(args: argparse.Namespace) -> int:
     from chronotope.world.mix import WorldMix
 
     options = {f.name: getattr(args, f.name) for f in fields(WorldModelRecipe) if hasattr(args, f.name)}
-    options.update(mix=WorldMix(args.resolution, tuple(args.aspect_ratios), tuple(args.num_frames),
-                                storyboards=args.storyboards),
-                   patch=tuple(args.patch), progress=not args.no_progress)
+    if getattr(args, "data", None) is None:
+        options["mix"] = WorldMix(args.resolution, tuple(args.aspect_ratios), tuple(args.num_frames),
+                                  storyboards=args.storyboards)
+    else:
+        options["bench_prompts"] = 0  # World-bench measures World prompts
+    options.update(patch=tuple(args.patch), progress=not args.no_progress)
     print(summary_line(train_world_model(WorldModelRecipe(**options))))
     return 0

@@ -50,13 +50,16 @@ def sample_grid(dit: nn.Module, vae_dir: str, prompts: list[str], out_dir: Path,
 
 def export_pipeline(folder: str | os.PathLike, vae: str | os.PathLike | nn.Module, dit: nn.Module,
                     text_encoder_name: str, defaults: dict[str, Any] | None = None, dtype: torch.dtype | None = None,
-                    max_shard_size: int | str | None = None) -> None:
-    """Write the model folder `chronotope generate --model` loads (model_index.json + vae/ + dit/) into `folder`."""
+                    max_shard_size: int | str | None = None, world: bool = True) -> None:
+    """Write the model folder `chronotope generate --model` loads (model_index.json + vae/ + dit/) into `folder`.
+    world: the model learned World captions (its prompts are expanded in the World's vocabulary); False for a
+    model of other clips, whose folder names no vocabulary."""
     from chronotope.pipeline import VideoPipeline
+    from chronotope.text.vocabulary import DEFAULT_VOCABULARY
     from chronotope.vae.model import CausalVAE
 
     vae = vae if isinstance(vae, nn.Module) else CausalVAE.from_pretrained(vae)
-    pipe = VideoPipeline(vae, dit, None, text_encoder_name, defaults)
+    pipe = VideoPipeline(vae, dit, None, text_encoder_name, defaults, DEFAULT_VOCABULARY if world else None)
     pipe.save_pretrained(folder, dtype=dtype, max_shard_size=max_shard_size)
 
 

@@ -1,6 +1,10 @@
-"""The whole World model in one command, within a wall-clock budget: data -> VAE -> cache -> DiT -> export -> score.
+"""A whole model in one command, within a wall-clock budget: data -> VAE -> cache -> DiT -> export -> score.
 
     chronotope train world-model --minutes 8 --device cuda --out runs/wm [--vae DIR | --train-vae] [--items N]
+    chronotope train model --data clips.csv --minutes 60 --out runs/mine [--vae DIR | --train-vae]
+
+One recipe, two data sources: the World, rendered in memory (`train world-model`), or the clips of a manifest
+(`train model --data`: any videos and images with captions; unreadable ones are skipped, one line each).
 
 The recipe of docs/training-world.md, time-boxed. Stages, each resumable (all state under OUT, in
 OUT/state.json; kill -9 and the same command continues where it stopped):
@@ -39,8 +43,8 @@ PROBE_STEPS = 20  # the first segment of a training stage, whose speed sets the 
 
 
 def _say(recipe: WorldModelRecipe, msg: str) -> None:
-    if recipe.progress:
-        tqdm.write(f"[world-model] {msg}")
+    if recipe.progress or msg.startswith("skipped"):  # a skipped clip is said even without progress output
+        tqdm.write(f"[{'model' if recipe.data else 'world-model'}] {msg}")
 
 
 # --- stages ------------------------------------------------------------------------------------
@@ -99,7 +103,7 @@ def stage_vae(run: WorldRun) -> str:
         seed_everything(r.seed)
         model = CausalVAE(VAE_PRESETS[r.vae_preset]())
         batch = 4 if r.device == "cpu" else 32
-        data = WorldClips(r.mix, r.seed, max(r.items or 8000, batch))
+        data = manifest_clips(r) if r.data else WorldClips(r.mix, r.seed, max(r.items or 8000, batch))
         task = VAETask(model, data, batch_size=batch, num_sample_items=0)  # no PNG strips: no PyAV needed
         result = _fit_within(run, "vae", task, r.vae_share * run.budget_s, lr=3e-4, bf16=False,
                              config={"vae": model.config.to_dict(), "preset": r.vae_preset, "batch_size": batch})
@@ -114,6 +118,10 @@ def stage_data(run: WorldRun, vae_dir: str):
     from chronotope.vae.model import CausalVAE
 
     r, st = run.recipe, run.stage("data")
+    if not st["done"] and r.data:
+        with run.timed("data"):
+            counts = _encode_manifest(run, vae_dir)
+        run.finish("data", items=counts["items"], skipped=counts["failures"])
     if not st["done"]:
         vae = CausalVAE.from_pretrained(vae_dir)
         spent = st["seconds"]
@@ -125,6 +133,33 @@ def stage_data(run: WorldRun, vae_dir: str):
                 on_shard=lambda k, seconds: clock.tick())
         run.finish("data", items=counts["items"])
     return LatentCache(run.out / "cache")
+
+
+def manifest_clips(r: WorldModelRecipe):
+    """The manifest's clips as a dataset (chronotope/data/dataset.py): its first clip_frames frames each, at about
+    max_pixels per frame, aspect ratio kept."""
+    from chronotope.data.dataset import VideoDataset
+    from chronotope.data.manifest import read_manifest
+
+    return VideoDataset(read_manifest(r.data), num_frames=r.clip_frames, max_pixels=r.max_pixels, random_start=False)
+
+
+def _encode_manifest(run: WorldRun, vae_dir: str) -> dict[str, Any]:
+    """OUT/cache from the manifest's clips (resumable shard by shard); one line per clip skipped, and why."""
+    from chronotope.data.latent_cache import encode_to_cache
+    from chronotope.vae.model import CausalVAE
+
+    r = run.recipe
+    settings = {"manifest": r.data, "num_frames": r.clip_frames, "max_pixels": r.max_pixels}
+    counts = encode_to_cache(CausalVAE.from_pretrained(vae_dir).to(r.device), manifest_clips(r), run.out / "cache",
+                             vae_dir=vae_dir, shard_size=r.shard_size, settings=settings, progress=r.progress)
+    meta = json.loads((run.out / "cache" / "cache.json").read_text(encoding="utf-8"))
+    for bad in meta["failed"]:
+        _say(r, f"skipped {bad['path']}: {' '.join(str(bad['error']).split())}")
+    if counts["items"] == 0:
+        raise ValueError(f"--data {r.data}: no clip could be read ({counts['failures']} skipped, listed in "
+                         f"{run.out / 'cache' / 'cache.json'}); check the manifest's paths")
+    return counts
 
 
 def stage_text(run: WorldRun, cache, text_dim: int):
@@ -173,7 +208,12 @@ def _rebased(run: WorldRun, model, channels: int):
                          "with its vae/ (e.g. chronotope/assets/world-model)")
     with run.timed("rebase"):
         clips = []
-        for i in range(REBASE_CLIPS):
+        if r.data:  # the manifest's first clips, as uint8 [T, H, W, 3]
+            data = manifest_clips(r)
+            for i in range(min(REBASE_CLIPS, len(data))):
+                video = data[i]["video"]  # [3, T, H, W] in [-1, 1]
+                clips.append(((video.permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy())
+        for i in range(0 if r.data else REBASE_CLIPS):
             frames, row = render_item(r.mix, r.seed + 1, i)  # another seed than the training items
             clips.append(frames[: row["shots"][0]["num_frames"]] if row.get("shots") else frames)
         new_vae = CausalVAE.from_pretrained(stage_vae(run)).to(r.device)
@@ -229,7 +269,7 @@ def stage_export(run: WorldRun, vae_dir: str, encoder_name: str) -> Path:
 
         def write(tmp: Path) -> None:
             export_pipeline(tmp, vae_dir, dit, encoder_name, r.pipeline_defaults(), dtype=torch.float16,
-                            max_shard_size=r.max_shard_size)
+                            max_shard_size=r.max_shard_size, world=not r.data)
             atomic_write_json(tmp / "training.json", {"recipe": r.fixed(), "vae": vae_dir,
                                                       "dit_steps": run.stage("dit").get("steps")})
 
@@ -244,6 +284,9 @@ def stage_bench(run: WorldRun, model_dir: Path, encoder: Any) -> dict[str, Any] 
 
     r, st = run.recipe, run.stage("bench")
     if r.bench_prompts == 0:
+        return None
+    if r.data:
+        _say(r, "no World-bench score: it measures World prompts, and this model learned the manifest's clips")
         return None
     if st["done"] and st.get("prompts") == r.bench_prompts:
         return st
@@ -286,7 +329,8 @@ def train_world_model(recipe: WorldModelRecipe) -> dict[str, Any]:
     bench = stage_bench(run, model_dir, encoder)
     stages = run.state["stages"]
     summary = {
-        "model": str(model_dir), "device": r.device, "items": stages["data"].get("items"),
+        "recipe": "model" if r.data else "world-model", "model": str(model_dir), "device": r.device,
+        "items": stages["data"].get("items"), "skipped": stages["data"].get("skipped", 0),
         "dit_steps": stages["dit"].get("steps"),
         "tokens": _tokens_trained(run.out / "train-dit", r.token_budget, stages["dit"].get("steps") or 0),
         "minutes": sum(s["seconds"] for s in stages.values()) / 60, "budget_minutes": run.budget_s / 60,
@@ -299,9 +343,11 @@ def train_world_model(recipe: WorldModelRecipe) -> dict[str, Any]:
 
 
 def summary_line(summary: dict[str, Any]) -> str:
+    head = f"items={summary['items']} dit_steps={summary['dit_steps']} tokens={summary['tokens']}"
+    if summary.get("recipe") == "model":
+        return f"model: {head} skipped={summary['skipped']} minutes={summary['minutes']:.2f}"
     score = summary["t2v_overall"]
-    return (f"world-model: items={summary['items']} dit_steps={summary['dit_steps']} tokens={summary['tokens']} "
-            f"minutes={summary['minutes']:.2f} t2v_overall={'skipped' if score is None else f'{score:.3f}'}")
+    return f"world-model: {head} minutes={summary['minutes']:.2f} t2v_overall={'skipped' if score is None else f'{score:.3f}'}"
 
 
 __all__ = ["WorldModelRecipe", "summary_line", "train_world_model"]

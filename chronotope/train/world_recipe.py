@@ -22,7 +22,8 @@ from chronotope.world.mix import WorldMix
 _FREE = ("threads", "progress", "workers", "encode_batch", "text_batch", "ckpt_minutes", "max_shard_size",
          "bench_prompts")  # options a resumed run may change; every other one must match the run in OUT
 # options added after runs were recorded, left out of the record at these defaults
-_LATER = {"shot_embed": 0, "few_step": False, "shortcut_share": 0.5, "guidance": None}
+_LATER = {"shot_embed": 0, "few_step": False, "shortcut_share": 0.5, "guidance": None, "data": None, "clip_frames": 17,
+          "max_pixels": 4096}
 
 
 MAX_MINUTES = MAX_BUDGET_S / 60
@@ -53,6 +54,11 @@ class WorldModelRecipe:
     minutes: float = 10.0
     device: str | None = None
     seed: int = 0
+    # the data: None renders the World (`mix`); a manifest CSV's clips instead (`train model --data`), each read as
+    # its first `clip_frames` frames (the longest 4k+1 prefix of a shorter one) at about `max_pixels` per frame
+    data: str | None = None
+    clip_frames: int = 17
+    max_pixels: int = 4096
     items: int | None = None
     data_share: float = 0.2
     mix: WorldMix = field(default_factory=WorldMix)
@@ -122,6 +128,15 @@ class WorldModelRecipe:
                              "chronotope/assets/world-model)")
         if not 0 <= r.shortcut_share <= 1:
             raise ValueError(f"--shortcut-share is a share of the packs in [0, 1], got {r.shortcut_share}")
+        if r.data is not None:
+            if not Path(r.data).is_file():  # before OUT is made
+                raise FileNotFoundError(f"--data {r.data}: no such manifest; build one from a folder of clips with "
+                                        f"`chronotope manifest DIR --out {r.data}`")
+            r.data = str(Path(r.data).resolve())
+            check_range("--num-frames", r.clip_frames, 1, 100_001, integer=True)
+            if (r.clip_frames - 1) % 4:
+                raise ValueError(f"--num-frames {r.clip_frames}: clips have 4k+1 frames (1, 5, 9, 13, 17, ...)")
+            check_range("--max-pixels", r.max_pixels, 64, 16_384 ** 2, integer=True)
         if r.train_vae and r.vae:
             raise ValueError("give --vae DIR (reuse a VAE) or --train-vae (train one), not both")
         if r.vae and not (Path(r.vae) / "config.json").is_file():  # before OUT is made
