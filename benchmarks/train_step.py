@@ -10,9 +10,15 @@ Latent values and captions are random: a step's cost does not depend on them.
 
 - host_share: the part of a step's wall time outside the model's forward, backward and optimizer (pack
   building, noise, bookkeeping), from the torch profiler's `train/*` ranges. Target <= 0.03.
-- attn_calls_per_block: SDPA calls per block per step (self- and cross-attention each count one call per
-  run of equal-length samples), beside distinct_lengths, the distinct sample lengths per pack. Target <=
-  distinct_lengths.
+- attn_calls_per_block: attention calls (ops whose name holds "attention": the packed op, or SDPA kernels
+  outside it) in one block forward on a real pack, beside distinct_lengths, the distinct sample lengths per
+  pack. Target 2 (one self-, one cross-attention call, whatever the pack holds).
+- graph_breaks_per_block: torch._dynamo.explain's graph breaks of that block forward. Target 0 (--compile
+  then compiles each block whole).
+- aten_ops_per_step: non-view ATen ops (TorchDispatchMode) in one training step: pack, forward, loss,
+  backward, fused AdamW. On a GPU each is at least one launch: a proxy for launch-bound steps.
+- make_pack_ms: host time of building one pack (the `train/pack` range); pack_fill: tokens per pack over the
+  token budget (mean over an epoch's first packs).
 - syncs_per_step: device-to-host reads (`aten::_local_scalar_dense`: .item(), bool(), int(), float() of a
   tensor) inside non-logging steps. The step's own host-side draws use numpy or .tolist() of CPU tensors,
   so on a CPU run every counted read would be a device read on a GPU. Target <= 1; on CUDA also counted
@@ -22,7 +28,7 @@ Latent values and captions are random: a step's cost does not depend on them.
   per second over 989 TFLOP/s, the H100/H200 dense bf16 peak (target >= 0.45).
 
 Prints a table, then last `train_step: host_share=<x> attn_calls_per_block=<x> syncs_per_step=<x>
-[tokens_per_s=<x> mfu_xl=<x>]`; writes benchmarks/results/train_step.json (train_step_cuda.json on CUDA).
+graph_breaks_per_block=<x> aten_ops_per_step=<x> make_pack_ms=<x> pack_fill=<x> [tokens_per_s=<x> mfu_xl=<x>]`; writes benchmarks/results/train_step.json (train_step_cuda.json on CUDA).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from dataclasses import replace
 from itertools import product
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -95,6 +102,9 @@ def make_trainer(preset: str, resolution: str, budget: int, items: int, device: 
 
 
 CPU_ONLY_READS = ("aten::_fused_adamw_",)
+CPU_KEYS = ("step_ms", "host_share", "pack_share", "make_pack_ms", "pack_fill", "attn_calls_per_block",
+            "distinct_lengths", "graph_breaks_per_block", "aten_ops_per_step", "syncs_per_step",
+            "cpu_kernel_reads_per_step")
 
 
 def _under(event, names: tuple[str, ...]) -> bool:
@@ -127,23 +137,66 @@ def profile_steps(trainer: Trainer, warmup: int) -> dict:
 
     wall = sum(s.time_range.elapsed_us() for s in steps)
     model = total("train/forward") - total("train/pack") + total("train/backward") + total("train/optimizer")
-    depth = trainer.task.model.config.depth
-    sdpa = sum(1 for e in events if e.name == "aten::scaled_dot_product_attention" and inside(e))
     reads = [e for e in events if e.name == "aten::_local_scalar_dense" and inside(e)]
     # the CPU kernel of fused AdamW reads its own step counters on the host (there is no device on a CPU);
     # its CUDA kernel does not: counted apart
     in_kernel = [e for e in reads if _under(e, CPU_ONLY_READS)]
     syncs = len(reads) - len(in_kernel)
     return {"steps": len(steps), "step_ms": wall / len(steps) / 1e3, "host_share": 1 - model / wall,
-            "pack_share": total("train/pack") / wall, "attn_calls_per_block": sdpa / (2 * depth * len(steps)),
+            "pack_share": total("train/pack") / wall, "make_pack_ms": total("train/pack") / len(steps) / 1e3,
             "syncs_per_step": syncs / len(steps), "cpu_kernel_reads_per_step": len(in_kernel) / len(steps)}
 
 
-def distinct_lengths(task: DiTTask, packs: int = 50) -> float:
-    """Mean number of distinct sample lengths per pack over the first packs of an epoch."""
+def pack_stats(task: DiTTask, packs: int = 50) -> dict:
+    """Mean distinct sample lengths per pack and mean fill (tokens / budget) over the first packs of an epoch."""
     it = task.batches(0, 0)
-    counts = [len({task.lengths[i] for i in next(it)}) for _ in range(packs)]
-    return sum(counts) / len(counts)
+    items = [next(it) for _ in range(packs)]
+    return {"distinct_lengths": sum(len({task.lengths[i] for i in pk}) for pk in items) / packs,
+            "pack_fill": sum(task.lengths[i] for pk in items for i in pk) / (packs * task.token_budget)}
+
+
+class _CountOps(TorchDispatchMode):
+    """Counts the ATen (and custom) ops that reach the dispatcher, views apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: dict[str, int] = {}
+        self.views = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.is_view:
+            self.views += 1
+        else:
+            name = str(func.overloadpacket)
+            self.calls[name] = self.calls.get(name, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
+def block_probe(task: DiTTask) -> dict:
+    """On the epoch's first pack: attention calls and dynamo graph breaks of one DiTBlock forward, and the
+    non-view ops of one whole training step (pack, forward, loss, backward, fused AdamW)."""
+    model, gen = task.model, torch.Generator().manual_seed(0)
+    items = next(task.batches(0, 0))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    with _CountOps() as step_ops:
+        loss, _ = task.loss(model, items, gen)
+        loss.backward()
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+    seen = {}
+    hook = model.blocks[0].register_forward_pre_hook(lambda m, args: seen.setdefault("args", args))
+    with torch.no_grad():
+        packed, _, text, mask = task.make_pack(items, gen)
+        model(packed, text, mask)
+    hook.remove()
+    block = model.blocks[0]
+    with _CountOps() as block_ops, torch.no_grad():
+        block(*seen["args"])
+    explained = torch._dynamo.explain(block)(*seen["args"])
+    torch._dynamo.reset()
+    return {"attn_calls_per_block": sum(n for name, n in block_ops.calls.items() if "attention" in name),
+            "graph_breaks_per_block": explained.graph_break_count,
+            "aten_ops_per_step": sum(step_ops.calls.values())}
 
 
 def cpu_measure(args: argparse.Namespace) -> dict:
@@ -151,7 +204,7 @@ def cpu_measure(args: argparse.Namespace) -> dict:
         tr = make_trainer("world-s", "64px", 2048, 600, "cpu", False, args.warmup + args.steps + 1, out,
                           patch=(1, 1, 1), abs_pos=True)
         res = profile_steps(tr, args.warmup)
-        res["distinct_lengths"] = distinct_lengths(tr.task)
+        res.update(pack_stats(tr.task), **block_probe(tr.task))
     return res
 
 
@@ -217,17 +270,17 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     res: dict = {"device": args.device, "torch": torch.__version__}
     if args.only_cuda:
-        cpu = {k: float("nan") for k in ("step_ms", "host_share", "pack_share", "attn_calls_per_block",
-                                         "distinct_lengths", "syncs_per_step", "cpu_kernel_reads_per_step")}
+        cpu = {k: float("nan") for k in CPU_KEYS}
     else:
         cpu = cpu_measure(args)
     res["cpu_world_s_2048"] = cpu
     print(f"world-s, patch 1x1x1, 2,048-token packs, CPU ({torch.get_num_threads()} threads):")
-    for k in ("step_ms", "host_share", "pack_share", "attn_calls_per_block", "distinct_lengths", "syncs_per_step",
-              "cpu_kernel_reads_per_step"):
-        print(f"  {k:<22}{cpu[k]:.4g}")
+    for k in CPU_KEYS:
+        print(f"  {k:<27}{cpu[k]:.4g}")
     line = (f"train_step: host_share={cpu['host_share']:.3f} attn_calls_per_block={cpu['attn_calls_per_block']:.2f} "
-            f"syncs_per_step={cpu['syncs_per_step']:.2f}")
+            f"syncs_per_step={cpu['syncs_per_step']:.2f} graph_breaks_per_block={cpu['graph_breaks_per_block']:.0f} "
+            f"aten_ops_per_step={cpu['aten_ops_per_step']:.0f} make_pack_ms={cpu['make_pack_ms']:.2f} "
+            f"pack_fill={cpu['pack_fill']:.3f}")
     if args.device == "cuda":
         res["gpu"] = torch.cuda.get_device_name()
         with tempfile.TemporaryDirectory() as out:

@@ -1,12 +1,16 @@
 """One `attention()` for packed sequences: block-diagonal, so a token never sees another sample (NaViT).
 
 Backends (all agree numerically, tests/test_dit.py):
-  "sdpa"  PyTorch scaled_dot_product_attention per run of equal-length samples (one batched call per
-          run, views not copies): cost ∝ Σ len², never (Σ len)².
+  "sdpa"  the `chronotope::packed_attention` op: one call per layer for the whole pack, self or cross
+          (tests/test_attention_op.py). Inside, SDPA per run of equal-length samples (one batched kernel
+          per run, views not copies): cost ∝ Σ len², never (Σ len)². A torch.library custom op with a fake
+          implementation, so a compiled DiTBlock traces through it without a graph break or a recompile
+          per pack structure (the runs travel as a host tensor, not as Python ints).
   "flex"  FlexAttention with a document mask built from the sample index. Compiled on CUDA; on CPU it
           runs flex's unfused eager reference (correct, slow; a warning says so).
   "flash" flash_attn_varlen_func, imported only when asked for (error if the package is missing).
-  "auto"  flash on CUDA half-precision when installed, else sdpa.
+  "auto"  on CUDA half precision one varlen kernel for self-attention (torch.nn.attention.varlen, else
+          flash-attn when installed); otherwise sdpa.
 `cross_attention()` lets the tokens of sample i attend to the valid tokens of its own caption only.
 
 On CUDA, SDPA runs without its cuDNN backend: a pack brings new (samples, length) shapes every step and
@@ -17,6 +21,7 @@ world-s, 32k-token packs, bf16): about 0.94 s per step with it, 0.098 s without 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import warnings
 from dataclasses import dataclass
 
@@ -24,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import register_flop_formula
 
 # every SDPA backend but cuDNN's (see the module docstring), in PyTorch's own order of preference
 _PACKED_SDPA = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
@@ -51,7 +57,7 @@ def segments(cu_seqlens: Tensor) -> Segments:
 
 def segments_from_lengths(lengths: list[int]) -> Segments:
     """Per-sample token counts (host ints) -> runs of consecutive equal lengths. A pack whose samples are
-    sorted by length has one run per distinct length: one attention call each."""
+    sorted by length has one run per distinct length: one SDPA kernel each, inside one attention op call."""
     runs, i, n, start = [], 0, len(lengths), 0
     while i < n:
         length, j = lengths[i], i + 1
@@ -63,17 +69,129 @@ def segments_from_lengths(lengths: list[int]) -> Segments:
     return Segments(tuple(runs), start)
 
 
-def _sdpa(q: Tensor, k: Tensor, v: Tensor, seg: Segments) -> Tensor:
-    outs = []
-    whole = len(seg.runs) == 1  # no slicing then: a slice's backward zero-fills and copies the full gradient
-    for start, _, count, length in seg.runs:
-        sl = slice(start, start + count * length)
-        # [count*length, nh, hd] -> [count, nh, length, hd] (a view)
-        qs, ks, vs = ((x if whole else x[sl]).unflatten(0, (count, length)).transpose(1, 2) for x in (q, k, v))
-        with _backends(q):
-            o = F.scaled_dot_product_attention(qs, ks, vs)  # [count, nh, length, hd]
-        outs.append(o.transpose(1, 2).flatten(0, 1))  # [count*length, nh, hd]
-    return outs[0] if len(outs) == 1 else torch.cat(outs)
+def run_table(seg: Segments) -> Tensor:
+    """The runs of `seg` as a host tensor [R, 4] (start token, start sample, count, length): what the packed
+    attention op reads, a tensor so a compiled block takes any pack structure without recompiling."""
+    return torch.tensor(seg.runs, dtype=torch.int64).view(-1, 4)
+
+
+def _q_view(x: Tensor, run: list[int]) -> Tensor:
+    """A run's slice of a tensor packed like the queries: [L, nh, ...] -> [n, nh, l, ...] (a view)."""
+    start, _, count, length = run
+    return x[start:start + count * length].unflatten(0, (count, length)).transpose(1, 2)
+
+
+def _kv_view(x: Tensor, run: list[int]) -> Tensor:
+    """A run's keys or values: self [L, nh, hd] packed like q, or cross [N, Lt, nh, hd] caption rows -> [n, nh, l|Lt, hd]."""
+    if x.dim() == 3:
+        return _q_view(x, run)
+    _, first, count, _ = run
+    return x[first:first + count].transpose(1, 2)
+
+
+def _mask_view(mask: Tensor | None, run: list[int]) -> Tensor | None:
+    """[N, Lt] bool -> the run's [n, 1, 1, Lt], broadcast over heads and queries."""
+    _, first, count, _ = run
+    return None if mask is None else mask[first:first + count, None, None, :]
+
+
+def _additive(mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """bool mask (True = attend) -> the additive float mask SDPA itself turns it into."""
+    return None if mask is None else torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
+        ~mask, float("-inf"))
+
+
+def _lse_dtype(q: Tensor) -> torch.dtype:
+    """The CPU kernel's logsumexp dtype: float32 for half-precision inputs, else the input's."""
+    return torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+
+
+@torch.library.custom_op("chronotope::packed_attention", mutates_args=())
+def packed_attention(q: Tensor, k: Tensor, v: Tensor, runs: Tensor, mask: Tensor | None = None
+                     ) -> tuple[Tensor, Tensor]:
+    """Block-diagonal attention over a packed sequence, one op for the whole pack (self or cross).
+
+    q: [L, nh, hd]; self: k, v [L, nh, hd] packed like q; cross: k, v [N, Lt, nh, hd] one caption row per
+    sample, mask [N, Lt] bool (True = valid) or None; runs: `run_table` [R, 4] on the host.
+    Returns (out [L, nh, hd], logsumexp [L, nh] for the backward; empty off CPU).
+    On CPU: one SDPA kernel call per run of equal-length samples, the kernel F.scaled_dot_product_attention
+    picks there (so outputs are bit-identical to it); elsewhere F.scaled_dot_product_attention per run.
+    """
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)  # [L, nh, hd]
+    cpu = q.device.type == "cpu"
+    lse = q.new_empty((q.shape[0], q.shape[1]) if cpu else (0,), dtype=_lse_dtype(q))  # [L, nh]
+    for run in runs.tolist():
+        qs, ks, vs, m = _q_view(q, run), _kv_view(k, run), _kv_view(v, run), _mask_view(mask, run)
+        if cpu:
+            o, l = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(qs, ks, vs, attn_mask=_additive(m, q.dtype))
+            _q_view(lse, run).copy_(l)  # [n, nh, l]
+        else:
+            with _backends(q):
+                o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=m)  # [n, nh, l, hd]
+        _q_view(out, run).copy_(o)
+    return out, lse
+
+
+@packed_attention.register_fake
+def _(q, k, v, runs, mask=None):
+    return torch.empty_like(q, memory_format=torch.contiguous_format), \
+        q.new_empty((q.shape[0], q.shape[1]) if q.device.type == "cpu" else (0,), dtype=_lse_dtype(q))
+
+
+@torch.library.custom_op("chronotope::packed_attention_backward", mutates_args=())
+def packed_attention_backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+                              runs: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of `packed_attention` w.r.t. q, k, v, run by run: the CPU kernel's own backward from the saved
+    logsumexp (what autograd of F.scaled_dot_product_attention runs there); elsewhere a recomputed forward."""
+    dq, dk, dv = (torch.zeros_like(x, memory_format=torch.contiguous_format) for x in (q, k, v))
+    for run in runs.tolist():
+        qs, ks, vs, m = _q_view(q, run), _kv_view(k, run), _kv_view(v, run), _mask_view(mask, run)
+        gs, dqs, dks, dvs = _q_view(grad, run), _q_view(dq, run), _kv_view(dk, run), _kv_view(dv, run)
+        if q.device.type == "cpu":
+            g = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                gs, qs, ks, vs, _q_view(out, run), _q_view(lse, run), 0.0, False, attn_mask=_additive(m, q.dtype))
+        else:
+            with torch.enable_grad(), _backends(q):
+                leaves = [x.detach().requires_grad_() for x in (qs, ks, vs)]
+                g = torch.autograd.grad(F.scaled_dot_product_attention(*leaves, attn_mask=m), leaves, gs)
+        for d, x in zip((dqs, dks, dvs), g):
+            d.copy_(x)
+    return dq, dk, dv
+
+
+@packed_attention_backward.register_fake
+def _(grad, q, k, v, out, lse, runs, mask=None):
+    return tuple(torch.empty_like(x, memory_format=torch.contiguous_format) for x in (q, k, v))
+
+
+def _setup(ctx, inputs, output) -> None:
+    q, k, v, runs, mask = inputs
+    ctx.save_for_backward(q, k, v, output[0], output[1], runs, mask)
+
+
+def _backward(ctx, grad: Tensor, _grad_lse: Tensor):
+    q, k, v, out, lse, runs, mask = ctx.saved_tensors
+    return (*packed_attention_backward(grad, q, k, v, out, lse, runs, mask), None, None)
+
+
+packed_attention.register_autograd(_backward, setup_context=_setup)
+
+
+def _flops(q: Tensor, k: Tensor, runs: Tensor) -> int:
+    """QK^T and AV of every run, 2 FLOPs per multiply-add (torch.utils.flop_counter's convention for SDPA)."""
+    nh, hd = q.shape[1], q.shape[2]
+    return sum(4 * count * nh * length * (length if k.dim() == 3 else k.shape[1]) * hd
+               for _, _, count, length in runs.tolist())
+
+
+@register_flop_formula(torch.ops.chronotope.packed_attention, get_raw=True)
+def _(q, k, v, runs, mask=None, *args, out_val=None, **kwargs) -> int:
+    return _flops(q, k, runs)
+
+
+@register_flop_formula(torch.ops.chronotope.packed_attention_backward, get_raw=True)
+def _(grad, q, k, v, out, lse, runs, mask=None, *args, out_val=None, **kwargs) -> int:
+    return _flops(q, k, runs) * 5 // 2  # recomputed scores + 4 gradient matmuls, as torch counts SDPA's backward
 
 
 _warned: set[str] = set()
@@ -124,12 +242,32 @@ def _flash(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int)
     return flash_attn_varlen_func(q, k, v, cu, cu, max_seqlen, max_seqlen)
 
 
-def _flash_available() -> bool:
+def _varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int) -> Tensor | None:
+    """One varlen kernel call for the whole pack on CUDA: PyTorch's own (torch.nn.attention.varlen, itself a
+    compilable op with its backward) when this torch has it, else flash-attn's when installed; None if neither."""
+    cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
     try:
-        import flash_attn  # noqa: F401
+        from torch.nn.attention.varlen import varlen_attn
     except ImportError:
-        return False
-    return True
+        if not _flash_available():
+            return None
+        return _flash(q, k, v, cu, max_seqlen)
+    return varlen_attn(q, k, v, cu, cu, max_seqlen, max_seqlen)
+
+
+def _flash_available() -> bool:
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+def _autocast(*xs: Tensor | None) -> tuple[Tensor | None, ...]:
+    """Cast q, k, v to the autocast dtype when autocast is on, as it casts SDPA's inputs: a custom op is in
+    none of autocast's lists, and mixed-precision inputs (a norm's fp32 output beside a bf16 linear's) would
+    reach the kernel as they are."""
+    dev = xs[0].device.type
+    if not torch.is_autocast_enabled(dev):
+        return xs
+    dtype = torch.get_autocast_dtype(dev)
+    return tuple(None if x is None else x.to(dtype) for x in xs)
 
 
 def attention(
@@ -140,17 +278,21 @@ def attention(
     max_seqlen: int,
     backend: str = "auto",
     seg: Segments | None = None,
+    runs: Tensor | None = None,
 ) -> Tensor:
-    """Block-diagonal self-attention over a packed sequence.
+    """Block-diagonal self-attention over a packed sequence: one op call for the whole pack.
 
     q, k, v: [L, nh, hd]; cu_seqlens: [N+1] int32 sample boundaries; max_seqlen: longest sample.
-    seg: optional precomputed `segments(cu_seqlens)` (saves a host sync per call). Returns [L, nh, hd].
+    seg / runs: optional precomputed `segments(cu_seqlens)` or its `run_table` (saves a host read per call).
+    Returns [L, nh, hd].
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
-    if backend == "auto":
-        use_flash = q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and _flash_available()
-        backend = "flash" if use_flash else "sdpa"
+    q, k, v = _autocast(q, k, v)
+    if backend == "auto" and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        o = _varlen(q, k, v, cu_seqlens, max_seqlen)
+        if o is not None:
+            return o
     if backend == "flash":
         return _flash(q, k, v, cu_seqlens, max_seqlen)
     if backend == "flex":
@@ -158,7 +300,9 @@ def attention(
             return _flex(q, k, v, cu_seqlens)
         except Exception as err:  # flex needs a recent torch and, off CPU, a working compiler
             _warn_once(f"flex attention failed ({type(err).__name__}: {err}); falling back to sdpa")
-    return _sdpa(q, k, v, seg if seg is not None else segments(cu_seqlens))
+    if runs is None:
+        runs = run_table(seg if seg is not None else segments(cu_seqlens))
+    return packed_attention(q, k, v, runs)[0]
 
 
 def cross_attention(
@@ -168,22 +312,14 @@ def cross_attention(
     mask: Tensor | None,
     cu_seqlens: Tensor,
     seg: Segments | None = None,
+    runs: Tensor | None = None,
 ) -> Tensor:
-    """Tokens of sample i attend to the valid tokens of sample i's caption only.
+    """Tokens of sample i attend to the valid tokens of sample i's caption only: one op call for the pack.
 
     q: [L, nh, hd] packed queries; k, v: [N, Lt, nh, hd] caption keys/values, one row per sample
     (gather rows with the sample's text index first); mask: [N, Lt] bool (True = valid; every row needs
     at least one True, or SDPA returns NaN) or None when all are valid. Returns [L, nh, hd].
     """
-    seg = seg if seg is not None else segments(cu_seqlens)
-    outs, whole = [], len(seg.runs) == 1  # one run: no slicing (a slice's backward zero-fills and copies)
-    for start, first, count, length in seg.runs:
-        rows = slice(first, first + count)
-        qs = (q if whole else q[start:start + count * length]).unflatten(0, (count, length)).transpose(1, 2)
-        kr, vr, mr = (k, v, mask) if whole else (k[rows], v[rows], None if mask is None else mask[rows])
-        ks, vs = kr.transpose(1, 2), vr.transpose(1, 2)  # [n, nh, Lt, hd]; qs [n, nh, l, hd]
-        m = None if mr is None else mr[:, None, None, :]  # [n, 1, 1, Lt]
-        with _backends(q):
-            o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=m)
-        outs.append(o.transpose(1, 2).flatten(0, 1))  # [n*l, nh, hd]
-    return outs[0] if len(outs) == 1 else torch.cat(outs)
+    if runs is None:
+        runs = run_table(seg if seg is not None else segments(cu_seqlens))
+    return packed_attention(*_autocast(q, k, v), runs, mask)[0]

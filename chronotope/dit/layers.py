@@ -12,15 +12,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from chronotope.dit.attention import Segments, attention, cross_attention
+from chronotope.dit.attention import Segments, attention, cross_attention, run_table
 from chronotope.dit.embeddings import apply_rope
 from chronotope.dit.fused import norm_rope
-
-# Under torch.compile (chronotope/train/parallel.py compiles each block) attention stays outside the graphs:
-# its loop over runs of equal-length samples would make every new pack structure a recompile, while the
-# dense parts around it compile once for any pack length (dynamic shapes)
-_attention = torch.compiler.disable(attention)
-_cross_attention = torch.compiler.disable(cross_attention)
 
 
 class Context:
@@ -30,6 +24,9 @@ class Context:
                  inv: Tensor, text: Tensor | None, text_mask: Tensor | None, backend: str,
                  one_cond: bool | None = None):
         self.cu_seqlens, self.max_seqlen, self.seg = cu_seqlens, max_seqlen, seg
+        # the runs as a host tensor [R, 4]: what the attention op reads. Under torch.compile (train/parallel.py
+        # compiles each block) a tensor, unlike Python ints, lets one graph serve every pack structure
+        self.runs = run_table(seg)
         self.rope = rope  # (cos, sin) each [L, 1, 1, hd], or None (the DiT paper's check has no RoPE)
         self.inv = inv  # [L] long: row of the distinct-condition table for each token
         self.text, self.text_mask = text, text_mask  # [N, Lt, D], [N, Lt] bool or None
@@ -93,7 +90,7 @@ class SelfAttention(nn.Module):
             if ctx.rope is not None:
                 qk = apply_rope(qk, *ctx.rope)  # cos/sin [L, 1, 1, hd]
         q, k = qk.unbind(1)  # each [L, nh, hd]
-        o = _attention(q, k, v.squeeze(1), ctx.cu_seqlens, ctx.max_seqlen, ctx.backend, seg=ctx.seg)  # [L, nh, hd]
+        o = attention(q, k, v.squeeze(1), ctx.cu_seqlens, ctx.max_seqlen, ctx.backend, runs=ctx.runs)  # [L, nh, hd]
         return self.proj(o.flatten(1))  # [L, D]
 
 
@@ -111,7 +108,7 @@ class CrossAttention(nn.Module):
         q = self.q_norm(self.q(x).unflatten(-1, (self.heads, -1)))  # [L, nh, hd]
         k, v = self.kv(ctx.text).unflatten(-1, (2, self.heads, -1)).unbind(2)  # each [N, Lt, nh, hd]
         k = self.k_norm(k)
-        o = _cross_attention(q, k, v, ctx.text_mask, ctx.cu_seqlens, seg=ctx.seg)  # [L, nh, hd]
+        o = cross_attention(q, k, v, ctx.text_mask, ctx.cu_seqlens, runs=ctx.runs)  # [L, nh, hd]
         return self.proj(o.flatten(1))  # [L, D]
 
 
