@@ -53,22 +53,33 @@ class Mp4Writer:
         with Mp4Writer("long.mp4", fps=8) as out:
             for chunk in chunks:        # uint8 [n, H, W, 3], same H, W every time
                 out.write(chunk)
+
+    live=True writes at `path` itself, fragmented (a fragment per frame, no encoder look-ahead), so a player opens
+    the file while it grows; stopped early (close(ok=False), Ctrl-C), it keeps the frames written so far.
     """
 
-    def __init__(self, path: str | os.PathLike, fps: float, *, crf: int = 18):
+    def __init__(self, path: str | os.PathLike, fps: float, *, crf: int = 18, live: bool = False):
         if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
             raise ValueError(f"fps must be a positive number, got {fps!r}")
-        self.path, self.fps, self.crf = Path(path), float(fps), crf
+        self.path, self.fps, self.crf, self.live = Path(path), float(fps), crf, live
         self.container = self.stream = self.tmp = None
         self.size: tuple[int, int] | None = None
         self.count = 0
 
     def _open(self, height: int, width: int) -> None:
-        self.tmp = temp_beside(self.path.with_suffix(".mp4"))
         rate = Fraction(self.fps).limit_denominator(1001)
-        self.container = av.open(self.tmp, mode="w", format="mp4")
+        if self.live:  # at its own path, a fragment per frame, no encoder look-ahead: playable while it grows
+            self.tmp = self.path
+            self.container = av.open(str(self.path), mode="w", format="mp4",
+                                     container_options={"movflags": "frag_every_frame+empty_moov+default_base_moof",
+                                                        "flush_packets": "1"})
+            options = {"crf": str(self.crf), "preset": "veryfast", "tune": "zerolatency"}
+        else:
+            self.tmp = temp_beside(self.path.with_suffix(".mp4"))
+            self.container = av.open(self.tmp, mode="w", format="mp4")
+            options = {"crf": str(self.crf), "preset": "medium"}
         self.stream = self.container.add_stream("libx264", rate=rate)
-        self.stream.pix_fmt, self.stream.options = "yuv420p", {"crf": str(self.crf), "preset": "medium"}
+        self.stream.pix_fmt, self.stream.options = "yuv420p", options
         self.stream.height, self.stream.width = height + height % 2, width + width % 2
         self.size = (height, width)
 
@@ -94,11 +105,13 @@ class Mp4Writer:
                 raise ValueError(f"{self.path}: no frames were written")
             return
         try:
-            if ok:
+            if ok or self.live:  # a live file keeps what was made: flushed, it plays to its last frame
                 self.container.mux(self.stream.encode(None))
         finally:
             self.container.close()
             self.container = None
+        if self.live:
+            return
         if ok:
             publish(self.tmp, self.path)
         elif os.path.exists(self.tmp):

@@ -47,6 +47,7 @@ MODES: dict[str, ModeFacts] = {
     "edit": ModeFacts(("video",), ("video", "strength"), "a video redrawn after the prompt (strength: how much)"),
     "long": ModeFacts((), ("image",), "a long video made window by window, each continuing the last (from an image, if "
                  "given)"),
+    "stream": ModeFacts((), (), "a video made a frame at a time (a rolling schedule), written as it is made"),
 }
 # frames per latent frame after the first: the causal VAE's temporal factor (its config's temporal_factor), for
 # checks made where no VAE is at hand. Clips have TEMPORAL_FACTOR k + 1 frames

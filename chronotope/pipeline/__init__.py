@@ -6,6 +6,7 @@
     plan.py        a window's conditioning: which latent frames are given clean, and how its output is stitched
     modes.py       every mode as a planner of windows (one window; a loop's two; a long video's many)
     storyboard.py  several shots, each a window seeing the last latents of the shots before
+    stream.py      a video a frame at a time: a rolling schedule, one window per model call
     rollout.py     the one loop: windows sampled, decoded and streamed, with a bounded memory
     files.py       what `chronotope generate` reads and writes: prompts files, outputs with a sidecar JSON
     lora.py        LoRA adapters (from `chronotope train lora`): read, checked against the DiT, merged into it

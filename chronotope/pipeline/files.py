@@ -120,7 +120,8 @@ def generate_to_file(pipe: VideoPipeline, out: str, model: str, gif: bool = Fals
     .png unless OUT names .mp4/.gif; a .png OUT for a several-frame result is refused. Returns (video path,
     sidecar path)."""
     path, explicit = check_files(out, gif, **kwargs)
-    long_mode = kwargs.get("mode") == "long"  # as given: the pipeline infers the same mode from the same inputs
+    long_mode = kwargs.get("mode") in ("long", "stream")  # as given (the pipeline infers the same mode): written
+    # frame by frame into the file, not returned
     result = pipe(kwargs.pop("prompt"), output_path=path if long_mode else None, **kwargs)
     if not long_mode:
         frames = result.frames[0]

@@ -27,6 +27,7 @@ from chronotope.pipeline.plan import (TF, Plan, head_frames, loop_closure, loop_
                                       plan_i2v, plan_loop, plan_none, window_frames)
 from chronotope.pipeline.resolve import CONNECT_GAP, NEW_FRAMES, note
 from chronotope.pipeline.rollout import Memory, Window
+from chronotope.pipeline.stream import Rolling, rolling_windows
 from chronotope.request import arg
 
 
@@ -186,6 +187,23 @@ def _windows_long(pipe, r: Request, memory: Memory) -> Iterator[Window]:
         done += n - k
 
 
+def _window_stream(pipe, r: Request) -> int:
+    """A stream's frames in flight: the rolling window and its context (stream.Rolling)."""
+    r.total = r.num_frames if r.num_frames is not None else pipe.defaults["num_frames"]
+    rolling = Rolling(r.num_inference_steps)
+    return window_frames(rolling.active + rolling.context())
+
+
+def _windows_stream(pipe, r: Request, memory: Memory) -> Iterator[Window]:
+    yield from rolling_windows(pipe, r, memory, Rolling(r.num_inference_steps))
+
+
+def _stream_params(r: Request) -> dict:
+    rolling = Rolling(r.num_inference_steps)
+    return {"num_frames": r.total, "rolling": {"active": rolling.active, "steps": rolling.every * rolling.active,
+                                               "sink": rolling.sink, "recent": rolling.recent}}
+
+
 def _long_windows(r: Request) -> int:
     n, k = r.shape[1], r.k
     return 1 + max(0, math.ceil(((r.total - 1) // TF + 1 - n) / max(1, n - k)))
@@ -214,4 +232,8 @@ MODES: dict[str, Mode] = {
     "long": Mode(_window_long, _windows_long, passes=_long_windows, streams=True,
                  encodes=lambda r: (_long_windows(r) - 1) * head_frames(r.k) + ("image" in r.frames_in),
                  extra=lambda r: {**_k_param(r), "num_frames": r.total, "window_frames": r.T}),
+    # cost: a call per `every` levels of each frame's steps, as windows of `steps` calls over the frames in flight
+    "stream": Mode(_window_stream, _windows_stream, streams=True, extra=_stream_params,
+                   passes=lambda r: math.ceil(Rolling(r.num_inference_steps).calls((r.total - 1) // TF + 1)
+                                              / r.num_inference_steps)),
 }

@@ -17,8 +17,10 @@ vae/ and dit/ (config.json + model.safetensors each, or shards + an index: chron
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +36,7 @@ from chronotope.dit.model import DiT
 from chronotope.dit.patches import pack, unpack
 from chronotope.pipeline.plan import TF, Plan
 from chronotope.pipeline.prepare import prepare
-from chronotope.pipeline.rollout import rollout
+from chronotope.pipeline.rollout import roll, rollout, to_uint8
 from chronotope.pipeline.storyboard import prepare_storyboard, storyboard_call
 from chronotope.request import arg, check_request
 from chronotope.text.encoder import DEFAULT_TEXT_ENCODER, load_text_encoder
@@ -63,11 +65,6 @@ class PipelineOutput:
     cond_mask: Tensor
     params: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-
-
-def to_uint8(x: Tensor) -> np.ndarray:
-    """Pixels [B, 3, T, H, W] in [-1, 1] -> uint8 [B, T, H, W, 3]."""
-    return ((x.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 4, 1).cpu().numpy()
 
 
 # latent cells (batch x frames x height x width) one VAE decoder call takes at most: a 33-frame 128px clip (9 x 16 x 16)
@@ -335,13 +332,41 @@ class VideoPipeline:
             job = prepare(self, call)
         frames, latents, mask = rollout(self, job.planner, job.sinks, job.run, job.bar)
         s, params = job.settings, job.params
-        if job.mode not in ("long", "storyboard"):
+        if job.mode != "storyboard" and "output_frames" not in params:
             params["output_frames"] = len(frames[0])  # what the video holds (extend and connect add given frames)
         if job.report is not None:
             params.update(job.report(frames))
         return PipelineOutput(frames, latents, job.prompts, s.seed, s.fps, job.mode, mask, params, s.notes)
 
+    def stream(self, prompt: str, **kwargs) -> Iterator[np.ndarray]:
+        """pipe(prompt, mode="stream", **kwargs) a piece at a time: uint8 frames [k, H, W, 3] as each latent frame
+        finishes (the first within a window's steps of the start), with `output_path` growing alongside, playable
+        while it grows and kept if the loop is stopped (Ctrl-C, break)."""
+        if not isinstance(prompt, str):
+            raise ValueError("stream makes one video: give one prompt (a string)")
+        unknown = sorted(set(kwargs) - set(CALL_DEFAULTS))
+        if unknown or "mode" in kwargs or "storyboard" in kwargs:
+            raise ValueError(f"stream takes {', '.join(k for k in CALL_DEFAULTS if k not in ('mode', 'storyboard'))}; "
+                             f"got {', '.join(unknown or ['mode' if 'mode' in kwargs else 'storyboard'])}")
+        job = prepare(self, {**CALL_DEFAULTS, **kwargs, "prompt": prompt, "mode": "stream"})
+        sink = job.sinks[0]
+        try:
+            for _, _, parts in roll(self, job.planner, job.run):
+                for chunk in parts[0]:
+                    sink.write(chunk)
+                    yield chunk
+        except BaseException:  # an error, Ctrl-C or a consumer that stopped early (GeneratorExit)
+            sink.close(ok=False)
+            raise
+        sink.close(ok=True)
+
+
 
 def _with_context(model_fn, context: tuple[Tensor, Tensor], x: Tensor, t: Tensor, **step) -> Tensor:
     """velocity_fn(x, t[, step=d]) of one text context: model_fn(x, t, context[, step=d])."""
     return model_fn(x, t, context, **step)
+
+
+# every argument of VideoPipeline.__call__ and its default, as prepare.py takes a call
+CALL_DEFAULTS = {name: p.default for name, p in inspect.signature(VideoPipeline.__call__).parameters.items()
+                 if name != "self"}

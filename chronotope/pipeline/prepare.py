@@ -146,12 +146,12 @@ def prepare(pipe, c: dict) -> Job:
     params.update(spec.extra(r))
     if input_psnr:
         params["input_psnr"] = input_psnr  # dB through the VAE: far below ~31 = out of the model's domain
-    if mode == "long":
+    if spec.streams:
         params["output_frames"] = r.total
-    sinks = [FrameSink(p, s.fps, collect=not spec.streams) for p in paths]
+    sinks = [FrameSink(p, s.fps, collect=not spec.streams, live=mode == "stream") for p in paths]
     run = dict(sampler=s.sampler, guidance_scale=s.guidance, image_guidance_scale=c["image_guidance_scale"],
                progress=c["progress"])
-    bar = ("long video", "frame", r.total) if spec.streams else None
+    bar = ("long video" if mode == "long" else mode, "frame", r.total) if spec.streams else None
     return Job(mode, lambda memory: spec.windows(pipe, r, memory), sinks, run, bar, texts, s, params, spec.report)
 
 
