@@ -72,3 +72,16 @@ def test_stream_refuses_what_it_cannot_do(pipe):
         next(pipe.stream("a red circle", mode="long"))
     with pytest.raises(ValueError, match="does not use image"):
         next(pipe.stream("a red circle", image=np.zeros((32, 32, 3), np.uint8)))
+
+
+def test_a_timeline_changes_the_prompt_at_its_frames_and_keeps_the_characters(pipe):
+    board = [{"prompt": "a large red circle moves left", "num_frames": 9},
+             {"prompt": "the red circle moves right", "num_frames": 13}]
+    out = pipe(mode="stream", storyboard=board, **KW)
+    assert out.frames[0].shape[0] == 9 + 13 - 1 and [t["start"] for t in out.params["timeline"]] == [0, 8]
+    second = out.params["timeline"][1]["expanded_prompt"]
+    assert "large red circle" in second and "right" in second  # the character as the first shot gave it
+    one = pipe("a large red circle moves left", mode="stream", num_frames=21, **KW)
+    assert not np.array_equal(one.frames[0], out.frames[0])  # the later frames follow the second prompt
+    with pytest.raises(ValueError, match="a timeline sets the prompts"):
+        pipe("a red circle", mode="stream", storyboard=board, **KW)

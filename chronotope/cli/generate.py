@@ -26,7 +26,8 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--storyboard", metavar="FILE", default=None,
                    help="several shots in one video: a JSON list of shots such as [{\"prompt\": \"a red circle moves "
                    "left\", \"num_frames\": 17}, ...] (or {\"shots\": [...], \"carry\": \"characters\", \"context\": "
-                   "\"auto\"}); writes OUT.mp4 with cuts where the shots meet and OUT.json with each shot's settings")
+                   "\"auto\"}); writes OUT.mp4 with cuts where the shots meet and OUT.json with each shot's settings; with "
+                   "--mode stream, the stream's timeline: one shot, its prompt changing where the shots meet")
     p.add_argument("--mode", choices=MODES, default=None,
                    help="; ".join(f"{name}: {mode.description}" for name, mode in MODES.items()) + ". Default: from "
                    "the inputs (image: i2v, video: extend, + --video-end: connect, + --strength: edit; else t2v, or "
@@ -95,7 +96,7 @@ def run_generate(args: argparse.Namespace) -> int:
     if (args.prompt is not None) + (args.prompts is not None) + (args.storyboard is not None) != 1:
         raise ValueError('give a prompt, or --prompts FILE for a batch, or --storyboard FILE for several shots (one of them)')
     args.lora = lora_scales(args.lora, args.lora_scale)  # [(folder, scale)], checked before the model loads
-    if args.storyboard is not None:
+    if args.storyboard is not None and args.mode != "stream":  # with --mode stream: the stream's timeline
         return _run_storyboard(args)
     base = dict(mode=args.mode, image=args.image, video=args.video, video_end=args.video_end, direction=args.direction,
                 image_position=args.image_position, strength=args.strength, height=args.height, width=args.width,
@@ -106,7 +107,11 @@ def run_generate(args: argparse.Namespace) -> int:
                 seed=args.seed, expand_prompt=not args.no_expand, negative_prompt=args.negative_prompt,
                 progress=not args.no_progress, conditions=dict(args.condition) or None)
     _check_request(base)  # before the model loads: what needs no model fails in a moment
-    if args.prompt is not None:
+    if args.storyboard is not None:  # a stream whose prompt follows the storyboard's shots, without cuts
+        from chronotope.pipeline.files import read_storyboard
+
+        base["storyboard"] = read_storyboard(args.storyboard)
+    if args.prompt is not None or args.storyboard is not None:
         check_files(args.out or "generated", args.gif, **base)
         model = args.model or str(default_model_dir())
         pipe = _with_loras(VideoPipeline.from_pretrained(model), args)

@@ -27,7 +27,7 @@ from chronotope.pipeline.plan import (TF, Plan, head_frames, loop_closure, loop_
                                       plan_i2v, plan_loop, plan_none, window_frames)
 from chronotope.pipeline.resolve import CONNECT_GAP, NEW_FRAMES, note
 from chronotope.pipeline.rollout import Memory, Window
-from chronotope.pipeline.stream import Rolling, rolling_windows
+from chronotope.pipeline.stream import Rolling, Timeline, rolling_windows
 from chronotope.request import arg
 
 
@@ -58,6 +58,7 @@ class Request:
     uncond: tuple[Tensor, Tensor] | None = None
     generator: torch.Generator | None = None
     conditions: dict[str, Tensor] = field(default_factory=dict)
+    timeline: Timeline | None = None  # stream: prompts that change at given frames
 
     def window(self, plan: Plan, **kw) -> Window:
         """A Window of this request's prompts, timesteps and generator; its per-frame conditions are the plan's."""
@@ -201,7 +202,8 @@ def _windows_stream(pipe, r: Request, memory: Memory) -> Iterator[Window]:
 def _stream_params(r: Request) -> dict:
     rolling = Rolling(r.num_inference_steps)
     return {"num_frames": r.total, "rolling": {"active": rolling.active, "steps": rolling.every * rolling.active,
-                                               "sink": rolling.sink, "recent": rolling.recent}}
+                                               "sink": rolling.sink, "recent": rolling.recent},
+            **({"timeline": r.timeline.params()} if r.timeline else {})}
 
 
 def _long_windows(r: Request) -> int:

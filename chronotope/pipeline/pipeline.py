@@ -326,7 +326,7 @@ class VideoPipeline:
         conditions by name (dit/conditioning.py). Returns frames, latents, the prompts as encoded, params, notes.
         """
         call = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
-        if storyboard is not None:  # several shots, one video (pipeline/storyboard.py)
+        if storyboard is not None and mode != "stream":  # several shots, one video (a stream: its timeline)
             job = prepare_storyboard(self, storyboard, storyboard_call(call))
         else:
             job = prepare(self, call)
@@ -338,16 +338,17 @@ class VideoPipeline:
             params.update(job.report(frames))
         return PipelineOutput(frames, latents, job.prompts, s.seed, s.fps, job.mode, mask, params, s.notes)
 
-    def stream(self, prompt: str, **kwargs) -> Iterator[np.ndarray]:
+    def stream(self, prompt: str | None = None, **kwargs) -> Iterator[np.ndarray]:
         """pipe(prompt, mode="stream", **kwargs) a piece at a time: uint8 frames [k, H, W, 3] as each latent frame
         finishes (the first within a window's steps of the start), with `output_path` growing alongside, playable
-        while it grows and kept if the loop is stopped (Ctrl-C, break)."""
-        if not isinstance(prompt, str):
-            raise ValueError("stream makes one video: give one prompt (a string)")
+        while it grows and kept if the loop is stopped (Ctrl-C, break). storyboard=: a timeline instead of a prompt
+        (the prompt changing at its shots' frames, no cuts)."""
+        if not isinstance(prompt, str) and kwargs.get("storyboard") is None:
+            raise ValueError("stream makes one video: give one prompt (a string), or a timeline (storyboard=)")
         unknown = sorted(set(kwargs) - set(CALL_DEFAULTS))
-        if unknown or "mode" in kwargs or "storyboard" in kwargs:
-            raise ValueError(f"stream takes {', '.join(k for k in CALL_DEFAULTS if k not in ('mode', 'storyboard'))}; "
-                             f"got {', '.join(unknown or ['mode' if 'mode' in kwargs else 'storyboard'])}")
+        if unknown or "mode" in kwargs:
+            raise ValueError(f"stream takes {', '.join(k for k in CALL_DEFAULTS if k != 'mode')}; "
+                             f"got {', '.join(unknown or ['mode'])}")
         job = prepare(self, {**CALL_DEFAULTS, **kwargs, "prompt": prompt, "mode": "stream"})
         sink = job.sinks[0]
         try:

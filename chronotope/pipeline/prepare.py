@@ -27,6 +27,7 @@ from chronotope.pipeline.modes import MODES, Request
 from chronotope.pipeline.resolve import (check_choices, fit_frames, frames_from, infer_mode, load_input, note,
                                          per_prompt, resolve_size, tokens_per_sample)
 from chronotope.pipeline.rollout import FrameSink
+from chronotope.pipeline.stream import stream_timeline
 from chronotope.request import arg, check_cost, check_request, estimate_cost
 from chronotope.text.expand import expand
 from chronotope.vae.domain import CHECK_FRAMES, domain_note, reconstruction_psnr
@@ -91,7 +92,11 @@ def shift_for(pipe, shape: tuple[int, int, int, int], shift: float | None) -> fl
 
 
 def prepare(pipe, c: dict) -> Job:
-    """The Job of a one-prompt-per-video call in any mode (c: VideoPipeline.__call__'s arguments by name)."""
+    """The Job of a one-prompt-per-video call in any mode (c: VideoPipeline.__call__'s arguments by name); a stream
+    may take a storyboard as its timeline (one video, the prompt changing at the shots' frames)."""
+    timeline = None
+    if c.get("storyboard") is not None:
+        c, timeline = stream_timeline(c, float(c["fps"] or pipe.defaults["fps"]))
     if c["prompt"] is None:
         raise ValueError("give a prompt (or storyboard=[{\"prompt\": ..., \"num_frames\": ...}, ...])")
     prompts = [c["prompt"]] if isinstance(c["prompt"], str) else list(c["prompt"])
@@ -133,6 +138,9 @@ def prepare(pipe, c: dict) -> Job:
     texts = expand_prompts(prompts, s.seed, c["expand_prompt"], notes, pipe.vocabulary)
     note_truncation(pipe, texts, negatives, notes)
     r.cond, r.uncond = pipe.encode_prompts(texts, negatives)
+    if timeline is not None:
+        timeline.encode(pipe, s.seed, c["expand_prompt"], negatives[0])
+        r.timeline, texts = timeline, timeline.texts
     r.ts, r.generator = timesteps(s.steps, r.shift), s.generator
     paths = _output_paths(c["output_path"], B)
     params = dict(prompt=prompts[0] if B == 1 else prompts, mode=mode, height=s.height, width=s.width, num_frames=r.T,

@@ -13,6 +13,8 @@ frames are decoded by one causal decoder across windows (rollout.StreamDecoder) 
 
     for chunk in pipe.stream("a red circle moves left", num_frames=481):   # uint8 [k, H, W, 3] as they finish
         ...
+    pipe(mode="stream", storyboard=[{"prompt": "a red circle moves left", "num_frames": 49},
+                                    {"prompt": "the red circle moves right", "num_frames": 49}])   # a timeline
 """
 
 from __future__ import annotations
@@ -77,7 +79,8 @@ def rolling_windows(pipe, r, memory: Memory, rolling: Rolling) -> Iterator[Windo
                            [0.0] * m + [levels[k + 1] for k, _ in active]])[:, None, None, :]  # [2, 1, 1, m + a]
         done = active[0][0] + 1 == S  # the oldest frame reaches t = 0 in this call
         out = slice(m, m + 1) if done else None
-        yield Window(Plan(latents, mask, conditions=dict(r.conditions)), ts, r.cond, r.uncond, r.generator, x=x,
+        cond, uncond = r.timeline.context(entered - 1) if r.timeline else (r.cond, r.uncond)  # the newest frame's
+        yield Window(Plan(latents, mask, conditions=dict(r.conditions)), ts, cond, uncond, r.generator, x=x,
                      decode=out, record=out or slice(0, 0), stream=True)
         z = memory.z  # [B, C, m + a, h, w]
         for j, frame in enumerate(active):
@@ -87,3 +90,57 @@ def rolling_windows(pipe, r, memory: Memory, rolling: Rolling) -> Iterator[Windo
             (sink if len(sink) < rolling.sink else recent).append(clean)
             finished += 1
         call += 1
+
+
+@dataclass
+class Timeline:
+    """A stream whose prompt changes at given frames (a storyboard's shots, without cuts): shot i from frame
+    starts[i] on; consecutive shots share their boundary frame, so shots of 4k+1 frames make a 4k+1-frame video.
+    Each model call reads the prompt of the newest frame in flight; characters carry over as storyboards carry
+    them (text/characters.py)."""
+
+    prompts: list[str]
+    starts: list[int]
+    carry: str
+    lengths: list[int] | None = None
+    texts: list[str] | None = None
+    cond: tuple | None = None
+    uncond: tuple | None = None
+
+    @property
+    def num_frames(self) -> int:
+        return self.starts[-1] + self.lengths[-1]
+
+    def encode(self, pipe, seed: int, expand: bool, negative: str) -> None:
+        from chronotope.text.characters import carry_characters
+
+        self.texts = [text for text, _ in carry_characters(self.prompts, [seed] * len(self.prompts), expand,
+                                                           self.carry, pipe.vocabulary)]
+        self.cond, self.uncond = pipe.encode_prompts(self.texts, [negative] * len(self.texts))
+
+    def context(self, latent_frame: int) -> tuple[tuple, tuple]:
+        """(cond, uncond) of latent frame j: the shot holding pixel frame TF * j, the last frame it codes."""
+        i = max(k for k, start in enumerate(self.starts) if start <= TF * latent_frame)
+        pick = lambda ctx: tuple(t[i:i + 1] for t in ctx)  # noqa: E731
+        return pick(self.cond), pick(self.uncond)
+
+    def params(self) -> list[dict]:
+        return [{"start": s, "prompt": p, "expanded_prompt": t} for s, p, t in zip(self.starts, self.prompts, self.texts)]
+
+
+def stream_timeline(c: dict, fps: float) -> tuple[dict, Timeline]:
+    """A stream call whose `storyboard` is its timeline -> (the call as one video of the timeline's length and its
+    first prompt, the Timeline). ValueError for a prompt or length given beside it."""
+    from chronotope.pipeline.resolve import frames_from
+    from chronotope.request import arg, check_storyboard
+
+    board = check_storyboard(c["storyboard"])
+    clash = [k for k in ("prompt", "num_frames", "duration") if c.get(k) is not None]
+    if clash:
+        raise ValueError(f"a timeline sets the prompts and the length (its shots); drop {', '.join(map(arg, clash))}")
+    lengths = [frames_from(s.get("num_frames"), s.get("duration"), fps) for s in board["shots"]]
+    starts = [0]
+    for n in lengths[:-1]:
+        starts.append(starts[-1] + n - 1)  # consecutive shots share their boundary frame
+    timeline = Timeline([s["prompt"] for s in board["shots"]], starts, board["carry"], lengths)
+    return {**c, "prompt": timeline.prompts[0], "num_frames": starts[-1] + lengths[-1], "storyboard": None}, timeline
