@@ -15,8 +15,12 @@ Latent values and captions are random: a step's cost does not depend on them.
   pack. Target 2 (one self-, one cross-attention call, whatever the pack holds).
 - graph_breaks_per_block: torch._dynamo.explain's graph breaks of that block forward. Target 0 (--compile
   then compiles each block whole).
-- aten_ops_per_step: non-view ATen ops (TorchDispatchMode) in one training step: pack, forward, loss,
-  backward, fused AdamW. On a GPU each is at least one launch: a proxy for launch-bound steps.
+- recompiles: dynamo recompiles of one DiTBlock compiled as train/parallel.py compiles it (dynamic=True; here
+  with the aot_eager backend: the same guards as inductor without its C++ build) while it runs forward and
+  backward on the block inputs of an epoch's first 50 packs, each of its own layout. Target 0.
+- aten_ops_per_step: non-view ATen ops (TorchDispatchMode) in one steady training step: pack, forward, loss,
+  backward, fused AdamW (the first step also creates the optimizer state, 3 ops per parameter once:
+  aten_ops_first_step). On a GPU each is at least one launch: a proxy for launch-bound steps.
 - make_pack_ms: host time of building one pack (the `train/pack` range); pack_fill: tokens per pack over the
   token budget (mean over an epoch's first packs).
 - syncs_per_step: device-to-host reads (`aten::_local_scalar_dense`: .item(), bool(), int(), float() of a
@@ -28,7 +32,7 @@ Latent values and captions are random: a step's cost does not depend on them.
   per second over 989 TFLOP/s, the H100/H200 dense bf16 peak (target >= 0.45).
 
 Prints a table, then last `train_step: host_share=<x> attn_calls_per_block=<x> syncs_per_step=<x>
-graph_breaks_per_block=<x> aten_ops_per_step=<x> make_pack_ms=<x> pack_fill=<x> [tokens_per_s=<x> mfu_xl=<x>]`; writes benchmarks/results/train_step.json (train_step_cuda.json on CUDA).
+graph_breaks_per_block=<x> recompiles=<x> aten_ops_per_step=<x> make_pack_ms=<x> pack_fill=<x> [tokens_per_s=<x> mfu_xl=<x>]`; writes benchmarks/results/train_step.json (train_step_cuda.json on CUDA).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ import tempfile
 import time
 import warnings
 from dataclasses import replace
-from itertools import product
+from itertools import islice, product
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -103,7 +107,7 @@ def make_trainer(preset: str, resolution: str, budget: int, items: int, device: 
 
 CPU_ONLY_READS = ("aten::_fused_adamw_",)
 CPU_KEYS = ("step_ms", "host_share", "pack_share", "make_pack_ms", "pack_fill", "attn_calls_per_block",
-            "distinct_lengths", "graph_breaks_per_block", "aten_ops_per_step", "syncs_per_step",
+            "distinct_lengths", "graph_breaks_per_block", "recompiles", "aten_ops_per_step", "syncs_per_step",
             "cpu_kernel_reads_per_step")
 
 
@@ -178,11 +182,14 @@ def block_probe(task: DiTTask) -> dict:
     model, gen = task.model, torch.Generator().manual_seed(0)
     items = next(task.batches(0, 0))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    with _CountOps() as step_ops:
-        loss, _ = task.loss(model, items, gen)
-        loss.backward()
-        opt.step()
-    opt.zero_grad(set_to_none=True)
+    counts = []
+    for _ in range(2):  # the first step also creates the optimizer's state (3 ops per parameter, once): not counted
+        with _CountOps() as step_ops:
+            loss, _ = task.loss(model, items, gen)
+            loss.backward()
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+        counts.append(sum(n for name, n in step_ops.calls.items() if not name.startswith("profiler.")))
     seen = {}
     hook = model.blocks[0].register_forward_pre_hook(lambda m, args: seen.setdefault("args", args))
     with torch.no_grad():
@@ -196,7 +203,43 @@ def block_probe(task: DiTTask) -> dict:
     torch._dynamo.reset()
     return {"attn_calls_per_block": sum(n for name, n in block_ops.calls.items() if "attention" in name),
             "graph_breaks_per_block": explained.graph_break_count,
-            "aten_ops_per_step": sum(step_ops.calls.values())}
+            "aten_ops_per_step": counts[1], "aten_ops_first_step": counts[0]}
+
+
+class _Stop(Exception):
+    pass
+
+
+def recompile_probe(task: DiTTask, packs: int = 50, backend: str = "aot_eager") -> dict:
+    """Recompiles of one compiled DiTBlock (as train/parallel.py compiles it: dynamic=True) over the block inputs
+    of an epoch's first `packs` packs, each of its own layout: dynamo frames compiled after the first."""
+    from torch._dynamo.utils import counters
+
+    model, gen, inputs = task.model, torch.Generator().manual_seed(0), []
+
+    def grab(m, args):
+        x, c, ctx = args
+        inputs.append((x.detach().requires_grad_(), c.detach().requires_grad_(), ctx))
+        raise _Stop  # the block's inputs are all this needs: stop the forward there
+
+    hook = model.blocks[0].register_forward_pre_hook(grab)
+    for items in islice(task.batches(0, 0), packs):
+        packed, _, text, mask = task.make_pack(items, gen)
+        try:
+            with torch.no_grad():
+                model(packed, text, mask)
+        except _Stop:
+            pass
+    hook.remove()
+    torch._dynamo.reset()
+    counters.clear()
+    block = torch.compile(model.blocks[0], backend=backend, dynamic=True)
+    for args in inputs:
+        block(*args).sum().backward()
+    frames = counters["frames"]["ok"]
+    torch._dynamo.reset()
+    model.zero_grad(set_to_none=True)
+    return {"recompiles": frames - 1, "recompile_packs": len(inputs)}
 
 
 def cpu_measure(args: argparse.Namespace) -> dict:
@@ -204,19 +247,29 @@ def cpu_measure(args: argparse.Namespace) -> dict:
         tr = make_trainer("world-s", "64px", 2048, 600, "cpu", False, args.warmup + args.steps + 1, out,
                           patch=(1, 1, 1), abs_pos=True)
         res = profile_steps(tr, args.warmup)
-        res.update(pack_stats(tr.task), **block_probe(tr.task))
+        res.update(pack_stats(tr.task), **block_probe(tr.task), **recompile_probe(tr.task, args.recompile_packs))
     return res
 
 
 def cuda_run(preset: str, resolution: str, budget: int, items: int, steps: int, warmup: int, out: str,
-             device: str = "cuda", **changes) -> dict:
+             device: str = "cuda", compile: bool = False, **changes) -> dict:
     """bf16 training steps on CUDA through Trainer.fit: tokens/s and MFU of `steps` steps after `warmup`
     (the device synchronised only at the two ends), and the synchronising calls inside them
     (torch.cuda.set_sync_debug_mode). The last step, which logs and checkpoints, is not measured.
+    compile: each block compiled as train/parallel.py does (inductor; aot_eager on CPU), the compile inside the
+    warm-up steps, and the recompiles of all steps counted (dynamo frames past one per block).
     device="cpu" runs the same code in fp32 (a check of the script, not a measurement)."""
+    from torch._dynamo.utils import counters
+
+    from chronotope.train import parallel
+
     cuda = device == "cuda"
     tr = make_trainer(preset, resolution, budget, items, device, cuda, warmup + steps + 1,
                       os.path.join(out, f"{preset}-{budget}"), **changes)
+    if compile:
+        parallel.apply_compile(tr.model, "inductor" if cuda else "aot_eager")
+    torch._dynamo.reset()
+    counters.clear()
     tr.task.export = lambda *a, **k: None
     task, cfg = tr.task, tr.task.model.config
     packs = list(task.batches(0, 0))[warmup:warmup + steps]  # the packs of the measured steps (epoch 0)
@@ -251,7 +304,10 @@ def cuda_run(preset: str, resolution: str, budget: int, items: int, steps: int, 
         warnings.simplefilter("always")
         tr.fit()
     dt = marks["t1"] - marks["t0"]
-    return {"tokens_per_s": tokens / dt, "mfu": flops / dt / PEAK_BF16, "step_ms": 1e3 * dt / steps,
+    # dynamo inlines nn modules: one compiled frame serves every block; each further one is a recompile
+    recompiles = counters["frames"]["ok"] - 1 if compile else float("nan")
+    return {"recompiles": recompiles, "compiled": compile, "tokens_per_s": tokens / dt,
+            "mfu": flops / dt / PEAK_BF16, "step_ms": 1e3 * dt / steps,
             "syncs_per_step": marks["syncs"] / steps, "params_m": sum(p.numel() for p in task.model.parameters()) / 1e6,
             "tokens_per_step": tokens / steps, "other_warnings": marks["other_warnings"]}
 
@@ -263,12 +319,16 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=2, help="steps before measuring (default 2)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--only-cuda", action="store_true", help="skip the CPU measurement")
+    p.add_argument("--compile", action="store_true", help="CUDA steps with every block compiled (train/parallel.py)")
+    p.add_argument("--cpu-check", action="store_true",
+                   help="run the CUDA measurement's code on CPU at a tiny size (a check of the script, no numbers)")
+    p.add_argument("--recompile-packs", type=int, default=50, help="packs the compiled block runs (default 50)")
     p.add_argument("--xl-steps", type=int, default=None, help="measured DiT-XL steps (default --steps)")
     p.add_argument("--out", default=None, help="JSON to write (default benchmarks/results/train_step[_cuda].json)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    res: dict = {"device": args.device, "torch": torch.__version__}
+    res: dict = {"device": args.device, "torch": torch.__version__, "command": " ".join(sys.argv)}
     if args.only_cuda:
         cpu = {k: float("nan") for k in CPU_KEYS}
     else:
@@ -279,20 +339,27 @@ def main() -> int:
         print(f"  {k:<27}{cpu[k]:.4g}")
     line = (f"train_step: host_share={cpu['host_share']:.3f} attn_calls_per_block={cpu['attn_calls_per_block']:.2f} "
             f"syncs_per_step={cpu['syncs_per_step']:.2f} graph_breaks_per_block={cpu['graph_breaks_per_block']:.0f} "
+            f"recompiles={cpu['recompiles']:.0f} "
             f"aten_ops_per_step={cpu['aten_ops_per_step']:.0f} make_pack_ms={cpu['make_pack_ms']:.2f} "
             f"pack_fill={cpu['pack_fill']:.3f}")
-    if args.device == "cuda":
-        res["gpu"] = torch.cuda.get_device_name()
+    if args.device == "cuda" or args.cpu_check:
+        dev = "cpu" if args.cpu_check else "cuda"
+        res["gpu"] = torch.cuda.get_device_name() if dev == "cuda" else "none (--cpu-check: fp32 on CPU, tiny)"
+        # --cpu-check: the same code on tiny packs, to test the script where there is no GPU
+        ws_budget, ws_items, xl_preset, xl_budget, xl_items = ((32768, 20000, "XL", 16384, 800) if dev == "cuda" else
+                                                               (512, 400, "debug", 256, 200))
         with tempfile.TemporaryDirectory() as out:
-            ws = cuda_run("world-s", "64px", 32768, 20000, args.steps * 3, args.warmup + 2, out, patch=(1, 1, 1),
-                          abs_pos=True)
-            xl = cuda_run("XL", "256px", 16384, 800, args.xl_steps or args.steps, args.warmup, out)
+            ws = cuda_run("world-s", "64px", ws_budget, ws_items, args.steps * 3, args.warmup + 2, out, dev,
+                          args.compile, patch=(1, 1, 1), abs_pos=True)
+            xl = cuda_run(xl_preset, "256px" if dev == "cuda" else "64px", xl_budget, xl_items,
+                          args.xl_steps or args.steps, args.warmup, out, dev, args.compile)
         res["cuda_world_s_32768"], res["cuda_xl_16384"] = ws, xl
+        print(f"recompiles after warm-up: world-s {ws['recompiles']}, XL {xl['recompiles']} (compiled: {args.compile})")
         print(f"CUDA {res['gpu']}, bf16: world-s 32k packs {ws['tokens_per_s']:.4g} tokens/s ({ws['step_ms']:.1f} ms/step, "
               f"syncs/step {ws['syncs_per_step']:.2f}); XL 16k packs MFU {xl['mfu']:.3f} ({xl['step_ms']:.1f} ms/step, "
               f"syncs/step {xl['syncs_per_step']:.2f})")
         line += f" tokens_per_s={ws['tokens_per_s']:.0f} mfu_xl={xl['mfu']:.3f}"
-    name = "train_step_cuda.json" if args.device == "cuda" else "train_step.json"
+    name = "train_step_cuda.json" if args.device == "cuda" or args.cpu_check else "train_step.json"
     path = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", name)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:

@@ -57,20 +57,10 @@ TEMPORAL_FACTOR = 4
 # frame counts keep a request's arithmetic sane (100,001 frames is 3.5 hours at 8 fps); below them memory and
 # time decide what fits, which the cost check (check_cost) states with the most frames that fit
 RANGES: dict[str, tuple[float, float]] = {
-    "num_frames": (1, 100_001),
-    "window_frames": (5, 100_001),
-    "cond_latent_frames": (1, 1_000),
-    "gap_frames": (3, 100_001),
-    "height": (1, 16_384),
-    "width": (1, 16_384),
-    "fps": (0.0, 240.0),
-    "duration": (0.0, 3600.0),
-    "num_inference_steps": (1, 1_000),
-    "guidance_scale": (0.0, 50.0),
-    "image_guidance_scale": (0.0, 50.0),
-    "strength": (0.0, 1.0),
-    "shift": (0.0, 100.0),
-    "seed": (0, 2**63 - 1),
+    "num_frames": (1, 100_001), "window_frames": (5, 100_001), "cond_latent_frames": (1, 1_000),
+    "gap_frames": (3, 100_001), "height": (1, 16_384), "width": (1, 16_384), "fps": (0.0, 240.0),
+    "duration": (0.0, 3600.0), "num_inference_steps": (1, 1_000), "guidance_scale": (0.0, 50.0),
+    "image_guidance_scale": (0.0, 50.0), "strength": (0.0, 1.0), "shift": (0.0, 100.0), "seed": (0, 2**63 - 1),
     "lora_scale": (-10.0, 10.0),
 }
 OPEN_LOW = {"fps", "duration", "strength", "shift"}  # these must be > low, not >= low

@@ -124,3 +124,23 @@ def test_block_compiles_without_graph_breaks():
     explained = torch._dynamo.explain(block)(*args)
     assert explained.graph_break_count == 0, explained.break_reasons
     assert explained.graph_count == 1
+
+
+def test_compiled_block_does_not_recompile_across_pack_layouts():
+    """compile(dynamic=True), as train/parallel.py compiles each block: one graph for packs of any structure
+    (one sample; one run, which the eager block takes a fast path for; as many samples as runs or as table
+    columns; many runs), with the eager block's outputs."""
+    from torch._dynamo.utils import counters
+
+    layouts = [SHAPES, [(3, 8, 8)], [(2, 4, 4), (2, 4, 4)], [(1, 4, 4), (2, 4, 4), (3, 4, 4)],
+               [(1, 4, 4), (2, 4, 4), (3, 4, 4), (4, 4, 4)], [(2, 8, 8)] * 3 + [(1, 4, 8)], SHAPES[::-1]]
+    block, _ = block_inputs(SHAPES)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(block, backend="eager", dynamic=True)
+    with torch.no_grad():
+        for shapes in layouts:
+            _, args = block_inputs(shapes)
+            torch.testing.assert_close(compiled(*args), block(*args), rtol=1e-6, atol=1e-6)
+    assert counters["frames"]["ok"] == 1, "a pack layout recompiled the block"
+    torch._dynamo.reset()

@@ -34,11 +34,27 @@ def cache(tmp_path_factory) -> LatentCache:
     return LatentCache(out)
 
 
-def test_plan_packs_fills_budget_in_order():
+def test_plan_packs_fills_budget_first_fit_decreasing():
     lengths = [16, 16, 4, 64, 8]
-    packs = plan_packs(lengths, order=[0, 1, 2, 3, 4], budget=40)
-    assert packs == [[0, 1, 2], [4]]  # item 3 (64 tokens) never fits a 40-token pack
-    assert all(sum(lengths[i] for i in p) <= 40 for p in packs)
+    packs = plan_packs(lengths, order=[2, 0, 1, 3, 4], budget=40)
+    assert packs == [[2], [0, 1, 4]]  # longest first into the first pack with room; packs in order of first item
+    assert plan_packs(lengths, order=[2, 0, 1, 3, 4], budget=40, window=2) == [[0, 2], [1, 4]]  # windows of 2
+
+
+def test_plan_packs_fill_windows_and_cover_the_epoch():
+    """A random mix: every item that fits is packed exactly once, no pack over budget, nearly full packs, and
+    packs drawn from the whole order (not sorted by length across the epoch)."""
+    g = torch.Generator().manual_seed(0)
+    lengths = [int(n) for n in torch.tensor([48, 64, 240, 300, 576, 2100])[torch.randint(6, (3000,), generator=g)]]
+    order = torch.randperm(len(lengths), generator=g).tolist()
+    packs = plan_packs(lengths, order, 2048)
+    assert sorted(i for p in packs for i in p) == sorted(i for i in range(len(lengths)) if lengths[i] <= 2048)
+    fill = [sum(lengths[i] for i in p) / 2048 for p in packs]
+    assert max(fill) <= 1.0 and sum(fill[:-1]) / (len(fill) - 1) >= 0.98
+    position = {i: r for r, i in enumerate(order)}
+    early = [position[i] for p in packs[:len(packs) // 4] for i in p]
+    assert max(early) < len(order) // 3  # packs follow the (random) order: the epoch's first packs hold its first items
+    assert packs == plan_packs(lengths, order, 2048)  # the plan is a function of the order only
 
 
 def test_pack_keeps_conditioning_frames_clean(cache):

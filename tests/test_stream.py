@@ -85,3 +85,17 @@ def test_a_timeline_changes_the_prompt_at_its_frames_and_keeps_the_characters(pi
     assert not np.array_equal(one.frames[0], out.frames[0])  # the later frames follow the second prompt
     with pytest.raises(ValueError, match="a timeline sets the prompts"):
         pipe("a red circle", mode="stream", storyboard=board, **KW)
+
+
+def test_the_stream_decoder_keeps_no_graph_so_its_memory_stays_flat(pipe):
+    """Its causal cache carries each conv's last frames from push to push; built with autograd on, each of them
+    would hold the graph of every frame before it (memory growing with the video)."""
+    from chronotope.pipeline.rollout import StreamDecoder
+
+    decoder = StreamDecoder(pipe, 4, 4)
+    with torch.enable_grad():
+        for _ in range(3):
+            decoder.push(torch.randn(1, 4, 1, 4, 4))
+    caches = decoder.frames.gi_frame.f_locals["caches"]  # decode_iter's caches, per tile
+    kept = [v for cache in caches.values() for v in cache.values() if torch.is_tensor(v)]
+    assert kept and all(v.grad_fn is None and not v.requires_grad for v in kept)

@@ -6,10 +6,11 @@
     run_bench("generated/", "bench_out")  # -> bench_out/results.json, bench_out/report.md
 """
 
+from chronotope.bench.camera import estimate_camera
 from chronotope.bench.detect import Detections, detect
 from chronotope.bench.motion import classify_motion
 from chronotope.bench.run import report_markdown, run_bench, score_file, summarise
 from chronotope.bench.score import ATTRIBUTES, check_spec, score_video
 
-__all__ = ["ATTRIBUTES", "Detections", "check_spec", "classify_motion", "detect", "report_markdown",
+__all__ = ["ATTRIBUTES", "Detections", "check_spec", "classify_motion", "detect", "estimate_camera", "report_markdown",
            "run_bench", "score_file", "score_video", "summarise"]

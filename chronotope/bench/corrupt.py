@@ -5,9 +5,12 @@ that attribute (shared/DESIGN.md). Each corruption names the attribute it breaks
 which that attribute is judged (e.g. reversing time does not change a still or bouncing-around
 object's motion class, so "reversed" is judged on directed motions only).
 
-Two scene sets: "world" (sample_scene, crisp renders) and "small" (small_scene: one or two small, fast
+Three scene sets: "world" (sample_scene, crisp renders), "small" (small_scene: one or two small, fast
 objects that mostly leave the frame, drawn the way a generator draws them: blurred, slightly faded and
-desaturated by `soften`; its seed 0 is the small yellow triangle rising out of the top on black).
+desaturated by `soften`; its seed 0 is the small yellow triangle rising out of the top on black) and
+"camera" (camera_scene: sample_scene filmed by each camera class in turn over a textured background).
+CAMERA_CORRUPTIONS break the camera: the clip played backwards, or the background frozen while the objects
+still move as the camera sees them.
 
     frames, objects = corrupt("shuffled", scene, height=64, width=64, num_frames=17, fps=8, seed=0)
 """
@@ -18,8 +21,9 @@ import dataclasses
 
 import numpy as np
 
+from chronotope.world.camera import CAMERA_CLASSES, Camera
 from chronotope.world.render import render
-from chronotope.world.scene import Scene, sample_scene, scene_from_spec
+from chronotope.world.scene import Scene, sample_scene, scene_from_spec, with_camera
 from chronotope.world.vocab import BACKGROUNDS, COLORS, SHAPES
 
 # corruption -> (attribute it breaks, motions of the objects it is judged on; None = all objects)
@@ -31,8 +35,13 @@ CORRUPTIONS: dict[str, tuple[str, tuple[str, ...] | None]] = {
     "shuffled": ("motion", ("left", "right", "up", "down", "fall_bounce", "bounce_around")),
     "noise": ("flicker", None),
 }
+# the camera's corruptions, judged on scenes whose camera moves (a static one is unchanged by either)
+CAMERA_CORRUPTIONS: dict[str, tuple[str, tuple[str, ...] | None]] = {
+    "camera_reversed": ("camera", None),
+    "camera_frozen": ("camera", None),
+}
 NOISE_STD = 64.0  # "heavy": per-pixel, per-frame Gaussian noise on 0-255 levels
-SCENE_SETS = ("world", "small")
+SCENE_SETS = ("world", "small", "camera")
 # how the shipped model draws a small object (a small yellow triangle on black, measured): edges spread over
 # 2-3 px, the inside at 0.77-0.99 of yellow's contrast with the background, blue raised by ~25 levels
 SOFT_SIGMA, SOFT_CONTRAST, SOFT_DESATURATE = 1.0, 0.85, 0.15
@@ -78,10 +87,21 @@ def small_scene(seed: int) -> Scene:
     return scene_from_spec(spec, seed=seed, starts="anywhere")
 
 
+def camera_scene(seed: int) -> Scene:
+    """sample_scene(seed) (held-out pairs included, no pillar) filmed by camera class seed % 13 (CAMERA_CLASSES:
+    every class in turn, static included) over a texture drawn from the seed."""
+    label = CAMERA_CLASSES[seed % len(CAMERA_CLASSES)]
+    camera = Camera(*label.split(":")) if label != "static" else Camera()
+    return with_camera(sample_scene(seed, include_heldout=True), camera)
+
+
 def scene_of(scene_set: str, seed: int) -> Scene:
-    """The seed-th scene of a scene set ("world": sample_scene with held-out compositions; "small": small_scene)."""
+    """The seed-th scene of a scene set ("world": sample_scene with held-out compositions; "small": small_scene;
+    "camera": camera_scene)."""
     if scene_set not in SCENE_SETS:
         raise ValueError(f"unknown scene set {scene_set!r}; choose from {', '.join(SCENE_SETS)}")
+    if scene_set == "camera":
+        return camera_scene(seed)
     return sample_scene(seed, include_heldout=True) if scene_set == "world" else small_scene(seed)
 
 
@@ -95,8 +115,14 @@ def corrupt(
     another color not in the scene / another shape; the others edit the ground-truth frames. soft: the
     render is `soften`ed first (as a generator would draw it), then broken.
     """
+    if name in CAMERA_CORRUPTIONS:
+        moving = scene.camera is not None and scene.camera.motion != "static"
+        judged = list(range(len(scene.objects))) if moving else []
+        if name == "camera_frozen":
+            return render(scene, height, width, num_frames, fps, frozen_background=True).frames, judged
+        return render(scene, height, width, num_frames, fps).frames[::-1].copy(), judged
     if name not in CORRUPTIONS:
-        raise ValueError(f"unknown corruption {name!r}; choose from {', '.join(CORRUPTIONS)}")
+        raise ValueError(f"unknown corruption {name!r}; choose from {', '.join({**CORRUPTIONS, **CAMERA_CORRUPTIONS})}")
     rng = np.random.default_rng(seed)
     _, motions = CORRUPTIONS[name]
     judged = [i for i, o in enumerate(scene.objects) if motions is None or o.motion in motions]
@@ -141,7 +167,8 @@ def ground_truth_scores(num_scenes: int = 200, durations: tuple[int, ...] = (1, 
     scene_set "small": small_scene renders, softened."""
     from chronotope.bench.score import ATTRIBUTES, score_video
 
-    sums: dict[str, list[float]] = {a: [] for a in ATTRIBUTES + ("overall",)}
+    sums: dict[str, list[float]] = {a: [] for a in ATTRIBUTES + ("camera", "overall")}
+    speed: list[float] = []
     for i in range(num_scenes):
         scene = scene_of(scene_set, first_seed + i)
         height, width, frames = _setting(i, durations)
@@ -152,7 +179,11 @@ def ground_truth_scores(num_scenes: int = 200, durations: tuple[int, ...] = (1, 
         for a in sums:
             if scores[a] is not None:
                 sums[a].append(scores[a])
+        if scores.get("camera_detail", {}).get("speed_ok") is not None:
+            speed.append(float(scores["camera_detail"]["speed_ok"]))
     out = {a: (float(np.mean(v)) if v else None) for a, v in sums.items()}
+    if speed:
+        out["camera_speed"] = float(np.mean(speed))
     out["overall_min"] = float(np.min(sums["overall"]))
     out["num_videos"] = num_scenes
     return out
@@ -164,9 +195,9 @@ def corruption_scores(name: str, num_scenes: int = 60, durations: tuple[int, ...
     mean of every attribute ("attributes"), and how many objects / videos were judged."""
     from chronotope.bench.score import ATTRIBUTES, score_video
 
-    attribute, _ = CORRUPTIONS[name]
+    attribute, _ = {**CORRUPTIONS, **CAMERA_CORRUPTIONS}[name]
     broken: list[float] = []
-    video: dict[str, list[float]] = {a: [] for a in ATTRIBUTES + ("overall",)}
+    video: dict[str, list[float]] = {a: [] for a in ATTRIBUTES + ("camera", "overall")}
     for i in range(num_scenes):
         scene = scene_of(scene_set, first_seed + i)
         height, width, num_frames = _setting(i, durations)

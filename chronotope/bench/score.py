@@ -29,6 +29,11 @@ scorable for the video (None ones are left out):
 
 An object whose color is absent (or not given) is measured on a spare color's track for shape, size
 and motion (the assignment of spare colors that agrees best), so that one mistake costs one attribute.
+  camera         spec with a "camera" (world/camera.py): 1 if the camera read from the background's
+                 motion (bench.camera: phase correlation, objects masked) is the spec's (static, pan-left, ...,
+                 zoom-out), else 0; its speed and track go to "camera_detail". Under a camera, objects' motion,
+                 size and consistency are measured on their own motion: the track minus the camera's, sizes
+                 divided by its zoom. `camera` is None (and left out of overall) for specs without a camera.
 Images (1 frame) have no motion, consistency, flicker or permanence: they are None there. A partial
 spec (parse_prompt of "a red circle": unknown fields None) scores only the attributes it names.
 """
@@ -39,6 +44,7 @@ from itertools import permutations
 
 import numpy as np
 
+from chronotope.bench.camera import CameraEstimate, estimate_camera, to_world
 from chronotope.bench.detect import Detections, detect
 from chronotope.bench.palette import BACKGROUND_NAMES, COLOR_NAMES, nearest_background
 from chronotope.bench.motion import classify_motion
@@ -77,6 +83,14 @@ def check_spec(spec: dict) -> dict:
     if len(objects) != len(spec["objects"]):
         raise ValueError("every entry of a spec's 'objects' must be a JSON object")
     full = {"background": spec.get("background"), "pillar": bool(spec.get("pillar") or False), "objects": objects}
+    if spec.get("camera") is not None:  # a camera scene (world/camera.py)
+        from chronotope.world.camera import CAMERA_MOTIONS
+
+        motion = spec["camera"].get("motion") if isinstance(spec["camera"], dict) else None
+        if motion not in CAMERA_MOTIONS:
+            raise ValueError(f"a spec's camera is {{'motion': one of {', '.join(CAMERA_MOTIONS)}, 'speed': ...}}, "
+                             f"got {spec['camera']!r}")
+        full["camera"] = {"motion": motion, "speed": spec["camera"].get("speed")}
     if full["background"] is not None and full["background"] not in BACKGROUND_NAMES:
         raise ValueError(f"unknown background {full['background']!r}; valid: {', '.join(BACKGROUND_NAMES)} or null")
     if not 1 <= len(objects) <= MAX_OBJECTS:
@@ -105,15 +119,17 @@ def _occluded_by_others(d: Detections, k: int, others: list[int], margin: int = 
 class _Track:
     """Masks [T] of one color's detections: present, untouched (nothing may cut it), whole (full area)."""
 
-    def __init__(self, d: Detections, k: int):
+    def __init__(self, d: Detections, k: int, camera: CameraEstimate | None = None):
         T = d.area.shape[0]
+        self.camera = camera is not None
+        zoom = camera.zoom if camera is not None else 1.0  # sizes as the object's own, without the camera's zoom
         self.k = k
         others = [j for j in range(len(COLOR_NAMES)) if j != k]
         self.present = d.significant[:, k].copy()
         self.pillar = d.touches_pillar(margin=2)[:, k] & self.present
         self.cut = (d.touches_border()[:, k] | self.pillar | _occluded_by_others(d, k, others)) & self.present
         self.untouched = self.present & ~self.cut
-        area = d.area[:, k]
+        area = d.area[:, k] if camera is None else d.area[:, k] / zoom**2
         ref = area[self.untouched] if self.untouched.any() else area[self.present]
         self.ref_area = float(np.median(ref)) if ref.size else 0.0
         self.whole = self.untouched | (self.present & (area >= 0.92 * self.ref_area))
@@ -121,9 +137,11 @@ class _Track:
         self.voters = self.untouched if self.untouched.sum() >= max(1, 0.5 * self.whole.sum()) else self.whole
         self.area = area
         self.shape = d.shape[:, k]  # [T] index into SHAPES (detect.shape_of: fill ratio and skew)
-        self.extent = d.extent[:, k]
+        self.extent = d.extent[:, k] if camera is None else d.extent[:, k] / zoom
         m = min(d.height, d.width)
         self.x, self.y = d.cx[:, k] / m, d.cy[:, k] / m
+        if camera is not None:  # the object's own motion: its track minus the camera's
+            self.x, self.y = to_world(self.x, self.y, camera, d.width / m, d.height / m)
         self.box = np.stack([d.y0[:, k], d.y1[:, k], d.x0[:, k], d.x1[:, k]], 1)  # [T, 4] inclusive, pixels
         self.centre = np.stack([d.cy[:, k], d.cx[:, k]], 1)  # [T, 2] pixels
         self.H, self.W = d.height, d.width
@@ -166,7 +184,10 @@ def _vote(ok: np.ndarray, mask: np.ndarray) -> float | None:
 def _motion(tr: _Track, spec_motion: str, m: int) -> tuple[float, str | None]:
     # whole (unoccluded) frames give exact centroids; when occlusion hides most of the clip, the
     # visible part's centroid still moves the object's way, so all sightings are used
-    use = tr.whole if tr.whole.sum() >= max(2, 0.5 * tr.present.sum()) else tr.present
+    # under a camera objects leave the frame across their own motion, where a cut centroid is off the path: whole
+    # frames only, while there are a few
+    few = 3 if tr.camera else max(2, 0.5 * tr.present.sum())
+    use = tr.whole if tr.whole.sum() >= few else tr.present
     t = np.flatnonzero(use)
     cls = classify_motion(t, tr.x[t], tr.y[t], eps=0.02 + 1.0 / m, jitter=0.25 / m)
     return (1.0 if cls == spec_motion else 0.0), cls
@@ -235,13 +256,13 @@ def _flicker(frames: np.ndarray, d: Detections) -> float | None:
     return 1.0 - _ramp(change, 2.0, 12.0)
 
 
-def _measure(d: Detections, k: int | None, obj: dict, pillar: bool) -> dict:
+def _measure(d: Detections, k: int | None, obj: dict, pillar: bool, camera: CameraEstimate | None = None) -> dict:
     """Shape, size, motion, consistency and permanence of spec object `obj` measured on color k's track.
 
     k None: no track (the object is missing): every asked-for attribute scores 0. Attributes the
     spec leaves None (a partial spec from a short prompt) score None.
     """
-    tr = _Track(d, k) if k is not None else None
+    tr = _Track(d, k, camera) if k is not None else None
     found = tr is not None and bool(tr.present.any())
     res: dict = {"measured_color": COLOR_NAMES[k] if found else None, "shape": 0.0, "size": 0.0,
                  "motion": 0.0, "motion_class": None, "consistency": None, "_events": []}
@@ -268,6 +289,19 @@ def _agreement(res: dict) -> float:
     return sum(v for v in (res["shape"], res["size"], res["motion"]) if v is not None)
 
 
+def _camera_scores(camera: CameraEstimate | None, spec: dict) -> dict:
+    """{"camera": 1 when the camera read from the background moves as the spec's does (None: no camera asked),
+    "camera_detail": what was read} (bench/camera.py)."""
+    if camera is None:
+        return {"camera": None}
+    want = spec["camera"]
+    speed_ok = (None if want["motion"] == "static" or not want["speed"] or camera.motion != want["motion"]
+                else camera.speed == want["speed"])
+    return {"camera": float(camera.motion == want["motion"]),
+            "camera_detail": {"motion": camera.motion, "speed": camera.speed, "pan_rate": round(camera.pan_rate, 4),
+                              "zoom_rate": round(camera.zoom_rate, 4), "speed_ok": speed_ok}}
+
+
 def score_video(frames: np.ndarray, spec: dict, fps: float | None = None) -> dict:
     """Score frames uint8 [T, H, W, 3] against a World spec; returns per-attribute scores in [0, 1].
 
@@ -284,12 +318,14 @@ def score_video(frames: np.ndarray, spec: dict, fps: float | None = None) -> dic
     colors = [_ramp(_color_presence(_Track(d, k)), 0.4, 0.8) if k is not None else None for k in spec_colors]
     # an object whose color is absent (or not given) is measured on a spare color, one seen in >= half
     # of the frames that no object asks for: the assignment that agrees best with shape/size/motion
-    measured = {i: _measure(d, k, objs[i], spec["pillar"]) for i, k in enumerate(spec_colors) if k is not None}
+    camera = estimate_camera(frames, fps) if "camera" in spec and T >= 2 else None
+    measured = {i: _measure(d, k, objs[i], spec["pillar"], camera) for i, k in enumerate(spec_colors)
+                if k is not None}
     missing = [i for i, c in enumerate(colors) if not c]
     spare = [k for k in range(len(COLOR_NAMES))
              if k not in spec_colors and (d.significant[:, k] & ~d.bleed[:, k]).mean() >= 0.5]
     if missing and spare:
-        cand = {(i, k): _measure(d, k, objs[i], spec["pillar"]) for i in missing for k in spare}
+        cand = {(i, k): _measure(d, k, objs[i], spec["pillar"], camera) for i in missing for k in spare}
         best, best_total = (), -1.0
         for ks in permutations(spare, min(len(missing), len(spare))):
             total = sum(_agreement(cand[i, k]) for i, k in zip(missing, ks))
@@ -322,7 +358,8 @@ def score_video(frames: np.ndarray, spec: dict, fps: float | None = None) -> dic
         "consistency": _mean([o["consistency"] for o in objects]),
         "flicker": _flicker(frames, d),
     }
-    scores["overall"] = _mean([scores[a] for a in ATTRIBUTES])
+    scores.update(_camera_scores(camera, spec))
+    scores["overall"] = _mean([scores[a] for a in ATTRIBUTES + ("camera",)])
     scores["notes"] = []
     if spec["pillar"] and scores["permanence"] is None:  # say why a pillar prompt has no permanence score
         why = ("an image shows no pass behind the pillar" if T == 1

@@ -89,7 +89,8 @@ def run_bench_score(args: argparse.Namespace) -> int:
             spec = f.read()
     scores = score_file(args.video, prompt=args.prompt, spec=spec)
     if not args.details:
-        scores = {k: scores[k] for k in ("overall", *ATTRIBUTES, "notes")}
+        camera = ("camera", "camera_detail") if scores.get("camera") is not None else ()  # prompts with a camera
+        scores = {k: scores[k] for k in ("overall", *ATTRIBUTES, *camera, "notes")}
     print(json.dumps(scores, indent=1))
     return 0
 

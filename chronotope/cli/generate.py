@@ -76,6 +76,9 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gif", action="store_true", help="write a gif instead of an mp4")
     p.add_argument("--no-expand", action="store_true", help="encode the prompt as written (no prompt expansion)")
     p.add_argument("--negative-prompt", default=None, help="what to steer away from (default: the empty caption)")
+    p.add_argument("--camera", default=None, metavar="MOTION[:SPEED]",
+                   help="the camera (a model trained with camera conditioning): static, pan-left, pan-right, pan-up, "
+                        "pan-down, zoom-in, zoom-out, each :slow or :fast (same as --condition camera=...)")
     p.add_argument("--condition", metavar="NAME=VALUE", type=name_value, action="append", default=[],
                    help="a per-frame condition the model was trained with (chronotope/dit/conditioning.py); repeatable")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
@@ -105,7 +108,8 @@ def run_generate(args: argparse.Namespace) -> int:
                 cond_latent_frames=args.cond_latent_frames, num_inference_steps=args.steps,
                 guidance_scale=args.guidance, image_guidance_scale=args.image_guidance, sampler=args.sampler,
                 seed=args.seed, expand_prompt=not args.no_expand, negative_prompt=args.negative_prompt,
-                progress=not args.no_progress, conditions=dict(args.condition) or None)
+                progress=not args.no_progress,
+                conditions={**dict(args.condition), **({"camera": args.camera} if args.camera else {})} or None)
     _check_request(base)  # before the model loads: what needs no model fails in a moment
     if args.storyboard is not None:  # a stream whose prompt follows the storyboard's shots, without cuts
         from chronotope.pipeline.files import read_storyboard

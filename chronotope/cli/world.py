@@ -44,6 +44,10 @@ def add_world(sub: argparse._SubParsersAction) -> None:
                    "characters in every shot, a new background, positions and motions per shot and hard cuts; "
                    "each shot's length is drawn from --num-frames; captions, specs and cut frames per shot go to "
                    "the manifest's shots column and NAME.json")
+    p.add_argument("--camera-share", type=float, default=0.0, metavar="F",
+                   help="film this share of the clips (0 to 1) with a camera over a textured background: static, "
+                   "pans left/right/up/down or zooms in/out, slow or fast; captions describe it, NAME.json holds its "
+                   "track and each row its class per frame (default 0: no camera, clips as before)")
     p.add_argument("--workers", type=int, default=1, help="render processes (default 1)")
     p.add_argument("--no-tracks", action="store_true", help="skip the per-clip NAME.json track sidecars")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -57,7 +61,8 @@ def run_world(args: argparse.Namespace) -> int:
     manifest = write_world(args.out, args.num, seed=args.seed, sizes=sizes, num_frames=args.num_frames,
                            fps=args.fps, include_heldout=args.include_heldout, workers=args.workers,
                            tracks=not args.no_tracks, progress=not args.no_progress, objects=args.objects,
-                           motions=args.motions, starts=args.starts, shots=args.shots)
+                           motions=args.motions, starts=args.starts, shots=args.shots,
+                           camera_share=args.camera_share)
     print(f"wrote {args.num} World {'storyboards' if args.shots else 'clips'} and {manifest}")
     return 0
 

@@ -11,6 +11,8 @@ skipped, counted and logged once; too many of them is an error, not silent data 
 
 from __future__ import annotations
 
+import json
+
 import logging
 import math
 import os
@@ -157,6 +159,10 @@ class VideoDataset(torch.utils.data.Dataset):
         for key in ("short_text", "spec", "shots"):
             if key in row:
                 item[key] = row[key] if isinstance(row[key], str) else str(row[key])
+        if row.get("conditions") and not board and fps is None:  # per-frame values of the frames read
+            per_frame = json.loads(row["conditions"]) if isinstance(row["conditions"], str) else row["conditions"]
+            step = kwargs["stride"]
+            item["conditions"] = {k: list(v)[start:start + step * len(frames):step] for k, v in per_frame.items()}
         return item
 
     def __getitem__(self, index: int) -> dict:

@@ -23,7 +23,7 @@ from chronotope.request import arg
 from chronotope.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, VideoReadError, probe_video
 
 MANIFEST_COLUMNS = ("path", "text", "num_frames", "height", "width", "aspect_ratio", "fps")
-OPTIONAL_COLUMNS = ("short_text", "spec", "shots")  # shots: a World storyboard's per-shot JSON list
+OPTIONAL_COLUMNS = ("short_text", "spec", "shots", "conditions")  # shots: a World storyboard's per-shot JSON list
 _INT_COLUMNS = ("num_frames", "height", "width")
 
 # name -> width / height; a size within _RATIO_TOLERANCE (relative) of one of these takes its name
@@ -89,7 +89,7 @@ def read_manifest(path: str | os.PathLike) -> list[dict]:
             row["aspect_ratio"] = raw["aspect_ratio"] or aspect_ratio_name(row["height"], row["width"])
             for col in optional:
                 row[col] = raw[col] or ""
-            for col in ("spec", "shots"):
+            for col in ("spec", "shots", "conditions"):
                 if row.get(col):
                     try:
                         json.loads(row[col])
@@ -123,8 +123,9 @@ def write_manifest(path: str | os.PathLike, rows: list[dict]) -> None:
         r = {c: row.get(c, "") for c in columns}
         r["path"] = _portable(os.fspath(row["path"]), folder)
         r["aspect_ratio"] = row.get("aspect_ratio") or aspect_ratio_name(row["height"], row["width"])
-        if isinstance(r.get("spec"), (dict, list)):
-            r["spec"] = json.dumps(r["spec"], separators=(",", ":"))
+        for col in ("spec", "conditions"):  # JSON columns: a dict (conditions: name -> one value per frame)
+            if isinstance(r.get(col), (dict, list)):
+                r[col] = json.dumps(r[col], separators=(",", ":"))
         out.append(r)
     def write(tmp: str) -> None:
         with open(tmp, "w", newline="", encoding="utf-8") as f:

@@ -71,8 +71,17 @@ def segments_from_lengths(lengths: list[int]) -> Segments:
 
 def run_table(seg: Segments) -> Tensor:
     """The runs of `seg` as a host tensor [R, 4] (start token, start sample, count, length): what the packed
-    attention op reads, a tensor so a compiled block takes any pack structure without recompiling."""
-    return torch.tensor(seg.runs, dtype=torch.int64).view(-1, 4)
+    attention op reads, a tensor so a compiled block takes any pack structure without recompiling.
+
+    A pack of one run gets a second, empty one (count 0, skipped by the op): compile(dynamic=True) specialises a
+    dim of size 1, so a one-run pack would recompile a block compiled on a many-run pack (and back)."""
+    runs = list(seg.runs) + [(seg.total, sum(r[2] for r in seg.runs), 0, 0)] * max(0, 2 - len(seg.runs))
+    table = torch.tensor(runs, dtype=torch.int64)  # [R >= 2, 4]
+    # its 4 columns static: compile(dynamic=True) would otherwise tie them to any other size 4 of the first pack
+    # (4 samples, say), a guard the next pack fails (a recompile)
+    if not torch.compiler.is_compiling():
+        torch._dynamo.mark_static(table, 1)
+    return table
 
 
 def _q_view(x: Tensor, run: list[int]) -> Tensor:
@@ -121,6 +130,8 @@ def packed_attention(q: Tensor, k: Tensor, v: Tensor, runs: Tensor, mask: Tensor
     cpu = q.device.type == "cpu"
     lse = q.new_empty((q.shape[0], q.shape[1]) if cpu else (0,), dtype=_lse_dtype(q))  # [L, nh]
     for run in runs.tolist():
+        if run[2] == 0:  # an empty run (run_table's padding)
+            continue
         qs, ks, vs, m = _q_view(q, run), _kv_view(k, run), _kv_view(v, run), _mask_view(mask, run)
         if cpu:
             o, l = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(qs, ks, vs, attn_mask=_additive(m, q.dtype))
@@ -145,6 +156,8 @@ def packed_attention_backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out
     logsumexp (what autograd of F.scaled_dot_product_attention runs there); elsewhere a recomputed forward."""
     dq, dk, dv = (torch.zeros_like(x, memory_format=torch.contiguous_format) for x in (q, k, v))
     for run in runs.tolist():
+        if run[2] == 0:  # an empty run (run_table's padding)
+            continue
         qs, ks, vs, m = _q_view(q, run), _kv_view(k, run), _kv_view(v, run), _mask_view(mask, run)
         gs, dqs, dks, dvs = _q_view(grad, run), _q_view(dq, run), _kv_view(dk, run), _kv_view(dv, run)
         if q.device.type == "cpu":

@@ -59,11 +59,25 @@ def _first_row(table: nn.Module) -> Tensor:
     return table.weight[0]
 
 
+def _parse_camera(value: Any, n: int) -> Tensor:
+    """"pan-left:slow" (a World camera class, world/camera.py; a motion alone is slow) -> [n] class indices."""
+    from chronotope.world.camera import parse_camera
+
+    return torch.full((n,), parse_camera(value), dtype=torch.long)
+
+
+def _camera_size(cfg: DiTConfig) -> int:
+    return cfg.conditions.get("camera", 0)
+
+
 FRAME_CONDITIONS: dict[str, FrameCondition] = {
     # storyboards: each frame's shot counted back from the one being made (0 = the new shot, j = j shots before
     # it, capped at size - 1), so earlier shots given as clean context read as "another shot" (dit/shots.py)
     "shot": FrameCondition(size=lambda cfg: cfg.shot_embed, build=_zero_embedding, embed=_lookup, null=_first_row,
                            help="shot index of each frame, counted back from the shot being made"),
+    # the World's camera (world/camera.py CAMERA_CLASSES: static, pan-left:slow, ..., zoom-out:fast), per frame
+    "camera": FrameCondition(size=_camera_size, build=_zero_embedding, embed=_lookup, null=_first_row,
+                             parse=_parse_camera, help="the camera's motion: static, pan-left[:slow|fast], ..."),
 }
 
 

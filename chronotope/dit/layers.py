@@ -27,6 +27,14 @@ class Context:
         # the runs as a host tensor [R, 4]: what the attention op reads. Under torch.compile (train/parallel.py
         # compiles each block) a tensor, unlike Python ints, lets one graph serve every pack structure
         self.runs = run_table(seg)
+        # compile(dynamic=True) makes every dim symbolic, specialises sizes 0 and 1 and ties equal sizes ("duck
+        # sizing"): a first pack of 3 samples in 3 runs would tie N to R, a guard a later pack fails (a recompile).
+        # The caption length is fixed (static); the pack's counts (samples, runs) are free sizes of their own
+        for t in (text, text_mask):
+            if t is not None and not torch.compiler.is_compiling():
+                torch._dynamo.mark_static(t, 1)
+                free_size(t, 0, "samples")
+        free_size(self.runs, 0, "runs")
         self.rope = rope  # (cos, sin) each [L, 1, 1, hd], or None (the DiT paper's check has no RoPE)
         self.inv = inv  # [L] long: row of the distinct-condition table for each token
         self.text, self.text_mask = text, text_mask  # [N, Lt, D], [N, Lt] bool or None
@@ -44,13 +52,24 @@ class Context:
 
     def expand(self, mod: Tensor) -> Tensor:
         """Per-condition rows [U, k] -> per-token [L, k], or [N, 1, k] to broadcast over x viewed [N, l, D]."""
-        if self.grouped is not None:
+        # compiled, always the per-token gather (inductor fuses it): a branch on the pack would be a guard,
+        # and a pack that takes the other branch a recompile
+        if not torch.compiler.is_compiling() and self.grouped is not None:
             return mod.index_select(0, self.sample_rows).unsqueeze(1)  # [N, 1, k]
         return mod.index_select(0, self.inv)  # [L, k]
 
     def view(self, x: Tensor) -> Tensor:
         """x [L, D] -> the layout `expand` broadcasts against ([N, l, D] on the fast path)."""
-        return x.view(*self.grouped, x.shape[-1]) if self.grouped is not None else x
+        return x.view(*self.grouped, x.shape[-1]) if not torch.compiler.is_compiling() and self.grouped is not None \
+            else x
+
+
+def free_size(t: Tensor, dim: int, name: str) -> None:
+    """Mark dim `dim` of `t` as a size a compiled block never specialises on nor ties to another (an unbacked
+    symbol; `name` ties it to the same count in other tensors). A mark for the inputs of a compiled region: none
+    inside one (a whole compiled model traces its own sizes)."""
+    if not torch.compiler.is_compiling():
+        torch._dynamo.decorators.mark_unbacked(t, dim, shape_id=name)
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:

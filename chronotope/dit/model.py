@@ -25,7 +25,7 @@ from chronotope.dit.attention import segments
 from chronotope.dit.conditioning import FRAME_CONDITIONS, model_conditions
 from chronotope.dit.embeddings import (RoPE3D, TimestepEmbedder, default_rope_axes, position_features,
                                        rope_positions)
-from chronotope.dit.layers import Context, DiTBlock, FinalLayer
+from chronotope.dit.layers import Context, DiTBlock, FinalLayer, free_size
 from chronotope.dit.patches import PackedBatch
 
 
@@ -134,6 +134,7 @@ class DiT(nn.Module):
         seq = _Sequence(packed)  # the tokens that enter the model (dropped ones removed), host facts of the pack
         text_ctx, mask = self._text(text, text_mask, packed.text_idx, packed.info.text_rows if packed.info else None)
         c, inv, one_cond = self._modulation(seq, step)  # [U, D] distinct conditions, [L] each token's row
+        free_size(c, 0, "conditions")  # a compiled block neither specialises on U nor ties it to another count
 
         rope, pos = None, None
         if self.rope is not None or self.pos_embedder is not None:

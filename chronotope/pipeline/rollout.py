@@ -194,6 +194,7 @@ class StreamDecoder:
         while True:
             yield self.pending.popleft()
 
+    @torch.no_grad()
     def push(self, latents: Tensor) -> list[np.ndarray]:
         """Normalised latents [B, C, k, h, w] -> k uint8 chunks [B, n, H, W, 3] (the first latent frame of the
         stream: 1 frame, later ones: the VAE's temporal factor)."""

@@ -1,18 +1,18 @@
 """The DiT as a `TrainTask`: rectified flow on Patch n' Pack batches from a latent cache.
 
-Each optimizer step takes one *pack*: cache items (images and clips of any size together) filled
-greedily, in a seeded order, up to a token budget (NaViT). Every sample draws its own logit-normal
-t, shifted by its token count (the rule sampling uses), a conditioning mask (none / first / last /
-spans / random frames: clean latent frames with t = 0, so one model serves every mode), and a
-caption dropout for classifier-free guidance. Caption embeddings are computed once per cache by
+Each optimizer step takes one *pack*: cache items (images and clips of any size together) binned first-fit
+decreasing up to a token budget inside windows of a seeded order (NaViT; `plan_packs`). Every sample
+draws its own logit-normal t, shifted by its token count (the rule sampling uses), a conditioning mask
+(none / first / last / spans / random frames: clean latent frames with t = 0, so one model serves every
+mode), and a caption dropout for classifier-free guidance. Caption embeddings are computed once per cache by
 the frozen text encoder and stored beside it (`TextEmbeddings`).
 
 Built for a GPU that must never wait: the cache is read once into `TokenStore` (every item already
 patchified, moved to the training device with the captions), a pack is a gather of its items' rows
 plus a fixed number of tensor ops on the device (noise from a device generator seeded by the
 checkpointed CPU generator, so resume stays exact), its samples are sorted by length (one attention
-call per distinct length), and everything the model would otherwise read back from the device is
-handed to it as host values (`PackInfo`). benchmarks/train_step.py measures all three.
+run per distinct length, all in one attention call), and everything the model would otherwise read back
+from the device is handed to it as host values (`PackInfo`). benchmarks/train_step.py measures all three.
 
 Storyboards: a DiT with `shot_embed > 0` trains each shot of a cached storyboard as it samples it
 (train/shot_context.py, dit/shots.py): the last latent frame of up to two earlier shots as clean context
@@ -114,21 +114,47 @@ def _to_device(x: np.ndarray | Tensor, device: torch.device) -> Tensor:
     return t
 
 
-def plan_packs(lengths: list[int], order: list[int], budget: int) -> list[list[int]]:
-    """Sequential greedy packing (NaViT): walk `order`, close a pack when the next item overflows it."""
-    packs, current, used = [], [], 0
-    for i in order:
-        n = lengths[i]
-        if n > budget:
-            continue  # longer than a whole pack: never trainable at this budget (reported by DiTTask)
-        if used + n > budget and current:
-            packs.append(current)
-            current, used = [], 0
-        current.append(i)
-        used += n
-    if current:
-        packs.append(current)
+PACK_WINDOW = 256  # items per first-fit-decreasing window: ~0.99 fill on the World mix, packs still random
+
+
+def plan_packs(lengths: list[int], order: list[int], budget: int, window: int = PACK_WINDOW) -> list[list[int]]:
+    """First-fit decreasing (NaViT's packing) inside consecutive windows of `window` items of `order`.
+
+    Each window's items are binned longest first into the first pack with room; its packs leave in the order of
+    their earliest item in `order`, so packs stay as random as the order and the plan depends only on it (exact
+    resume). The least-filled pack of a window is not closed: its items join the next window, so only the
+    epoch's last pack runs short. Items longer than the budget are skipped (reported by DiTTask)."""
+    packs: list[list[int]] = []
+    carry: list[int] = []
+    rank = {i: r for r, i in enumerate(order)}
+    fits = [i for i in order if lengths[i] <= budget]
+    for start in range(0, len(fits), window):
+        last = start + window >= len(fits)
+        bins, free = _first_fit_decreasing(carry + fits[start:start + window], lengths, budget)
+        if not last and len(bins) > 1:
+            loose = max(range(len(bins)), key=lambda b: (free[b], b))  # the least-filled pack waits
+            carry = bins.pop(loose)
+        else:
+            carry = []
+        packs += sorted(bins, key=lambda b: min(rank[i] for i in b))
     return packs
+
+
+def _first_fit_decreasing(items: list[int], lengths: list[int], budget: int) -> tuple[list[list[int]], list[int]]:
+    """Bins of `items` (each <= budget tokens), longest items first (ties in the given order), and each bin's room."""
+    bins: list[list[int]] = []
+    free: list[int] = []
+    for i in sorted(items, key=lambda i: -lengths[i]):  # stable: equal lengths keep their order
+        n = lengths[i]
+        for b, room in enumerate(free):
+            if n <= room:
+                bins[b].append(i)
+                free[b] = room - n
+                break
+        else:
+            bins.append([i])
+            free.append(budget - n)
+    return bins, free
 
 
 class DiTTask:
@@ -224,7 +250,7 @@ class DiTTask:
         mask [N, Lt]). Host work is O(N) small draws from `generator`; per-token work runs on the device."""
         device = torch.device(device)
         store = self._device_data(device)
-        items = sorted(items, key=lambda i: -self.lengths[i])  # equal lengths adjacent: one attention call each
+        items = sorted(items, key=lambda i: -self.lengths[i])  # equal lengths adjacent: one attention run each
         n = len(items)
         layout = window_layout(store.offsets, store.grids, items, self.context)  # shots after their context
         grids = layout.grids

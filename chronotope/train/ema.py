@@ -60,10 +60,9 @@ class EMA:
             w = w * ok.to(w.dtype)
         shadows = [s for s, _ in self._pairs if s.is_floating_point()]
         lives = [t.to(torch.float32) for s, t in self._pairs if s.is_floating_point()]
-        # s += w * (t - s); not _foreach_lerp_, whose weight is a Scalar (a 0-dim tensor is read to the host)
-        diffs = torch._foreach_sub(lives, shadows)
-        torch._foreach_mul_(diffs, w)
-        torch._foreach_add_(shadows, diffs)
+        # s += w * (t - s) in one pass and no temporaries: lerp's list-of-tensors overload (a 0-dim weight per
+        # tensor, broadcast), not its Scalar one, which would read w to the host
+        torch._foreach_lerp_(shadows, lives, [w] * len(shadows))
         for s, t in self._ints:
             s.copy_(t)  # integer buffers (e.g. counters) follow the model
         self._updates += 1 if ok is None else ok.to(torch.float64)

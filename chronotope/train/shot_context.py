@@ -71,6 +71,11 @@ class WindowLayout:
 def window_layout(offsets: np.ndarray, grids: list[tuple[int, int, int]], items: list[int],
                   context: list[list[int]]) -> WindowLayout:
     """WindowLayout of `items` from the TokenStore's offsets [N+1] and token grids (t, h, w per item)."""
+    if not any(context[i] for i in items):  # no storyboard context (the common case): no per-sample loop
+        starts, ends = offsets[items], offsets[np.asarray(items, dtype=np.int64) + 1]
+        rows = _spans(starts, ends)
+        zeros = np.zeros(rows.size, dtype=np.int64)
+        return WindowLayout(rows, zeros, zeros.copy(), [grids[i] for i in items], [0] * len(items))
     starts, ends, shifts, shots, out_grids, ms = [], [], [], [], [], []
     for i in items:
         t, h, w = grids[i]
@@ -89,8 +94,14 @@ def window_layout(offsets: np.ndarray, grids: list[tuple[int, int, int]], items:
         ms.append(at)
     starts, ends = np.asarray(starts, dtype=np.int64), np.asarray(ends, dtype=np.int64)
     n = ends - starts
-    rows = np.repeat(starts - np.concatenate([[0], np.cumsum(n)[:-1]]), n) + np.arange(int(n.sum()))
-    return WindowLayout(rows, np.repeat(np.asarray(shifts, dtype=np.int64), n), np.concatenate(shots), out_grids, ms)
+    return WindowLayout(_spans(starts, ends), np.repeat(np.asarray(shifts, dtype=np.int64), n), np.concatenate(shots),
+                        out_grids, ms)
+
+
+def _spans(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """The rows of the spans [starts[j], ends[j]) one after another: int64 [sum of their lengths]."""
+    n = ends - starts
+    return np.repeat(starts - np.concatenate([[0], np.cumsum(n)[:-1]]), n) + np.arange(int(n.sum()))
 
 
 def _num(sl: slice) -> int:

@@ -8,6 +8,9 @@ understood by `parse_prompt`, which maps any detailed caption back to exactly it
     detailed_caption(scene, 0) -> "A small red circle slowly slides to the left. A large blue
                                    square falls and bounces. The background is gray."
     short_caption(scene)       -> "a red circle and a blue square"
+
+A camera scene (world/camera.py) adds a sentence on the camera ("The camera pans slowly to the left.") and
+one on the background's texture, drawn after everything else, so scenes without a camera read as before.
 """
 
 from __future__ import annotations
@@ -49,6 +52,20 @@ PILLAR_SENTENCES = ["A dark brown pillar stands in the foreground.",
 PASS_BEHIND = [", passing behind the pillar", " and passes behind the pillar"]
 INTROS = ["", "", "A short clip. ", "In this video, ", "The video shows {count} on a {bg} background. "]
 COUNT_WORDS = {1: "one object", 2: "two objects", 3: "three objects"}
+CAMERA_PHRASES = {
+    "static": ["The camera stays still.", "The camera does not move.", "The camera is static."],
+    "pan-left": ["The camera pans {adv} to the left.", "The camera {adv} pans left.", "The camera pans left {adv}."],
+    "pan-right": ["The camera pans {adv} to the right.", "The camera {adv} pans right.",
+                  "The camera pans right {adv}."],
+    "pan-up": ["The camera pans {adv} upward.", "The camera {adv} pans up.", "The camera tilts up {adv}."],
+    "pan-down": ["The camera pans {adv} downward.", "The camera {adv} pans down.", "The camera tilts down {adv}."],
+    "zoom-in": ["The camera zooms in {adv}.", "The camera {adv} zooms in."],
+    "zoom-out": ["The camera zooms out {adv}.", "The camera {adv} zooms out."],
+}
+CAMERA_ADVERBS = {"slow": ["slowly", "gently"], "fast": ["quickly", "rapidly", "fast"]}
+TEXTURE_SENTENCES = {"grid": ["The background has a grid pattern.", "A grid covers the background."],
+                     "dots": ["The background is covered in dots.", "The background has a pattern of dots."],
+                     "stars": ["The background is a field of stars.", "Stars are scattered across the background."]}
 
 
 def _rng(seed_or_rng: int | np.random.Generator | None) -> np.random.Generator:
@@ -98,6 +115,11 @@ def detailed_caption(scene: Scene, seed_or_rng: int | np.random.Generator | None
         text = intro + " ".join(sentences)
     else:
         text = intro + " ".join(sentences + [_pick(rng, BACKGROUND_SENTENCES).format(bg=bg)])
+    if scene.camera is not None:
+        camera = scene.camera
+        adverb = _pick(rng, CAMERA_ADVERBS[camera.speed]) if camera.speed else ""
+        text += " " + _pick(rng, TEXTURE_SENTENCES[scene.texture]) + " " + \
+            _pick(rng, CAMERA_PHRASES[camera.motion]).format(adv=adverb)
     return text
 
 

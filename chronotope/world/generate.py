@@ -29,7 +29,8 @@ from ..video import IMAGE_FPS, write_video
 from .captions import detailed_caption, short_caption
 from ..request import arg
 from .render import check_clip_memory, check_frame_size, render
-from .scene import check_constraints, check_starts, sample_scene
+from .camera import camera_conditions
+from .scene import Scene, check_constraints, check_starts, sample_scene, with_camera
 from .storyboard import check_shots, render_storyboard, sample_storyboard, shot_lengths, storyboard_text
 
 
@@ -93,12 +94,39 @@ def _write_json(path: str, obj: dict) -> None:
     atomic_write_text(path, json.dumps(obj, separators=(",", ":")))
 
 
+def check_camera_share(share: float) -> float:
+    """ValueError unless 0 <= share <= 1 (the share of a run's clips filmed by a camera)."""
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+        raise ValueError(f"{arg('camera_share', share)}: the share of clips with a camera is a number in [0, 1]")
+    return float(share)
+
+
+def filmed(scene: Scene, scene_seed: int, camera_share: float, num_frames: int) -> Scene:
+    """`scene`, or with probability `camera_share` (drawn from its seed; clips only) the scene filmed by a camera
+    over a textured background (world/camera.py: static 1 in 7, else a pan or zoom at a speed)."""
+    if camera_share <= 0 or num_frames < 2:
+        return scene
+    if np.random.default_rng([int(scene_seed), 37]).random() >= camera_share:
+        return scene
+    return with_camera(scene, seed=scene_seed)
+
+
+def frame_conditions(scene: Scene, num_frames: int) -> dict:
+    """A row's per-frame conditions (dit/conditioning.py): the camera class of every pixel frame (0: static)."""
+    from .camera import Camera
+
+    return {"camera": camera_conditions(scene.camera or Camera(), num_frames)}
+
+
 def make_item(item: WorldItem, out_dir: str, include_heldout: bool = False, tracks: bool = True,
-              objects: int | None = None, motions: tuple[str, ...] | None = None, starts: str = "behind") -> dict:
+              objects: int | None = None, motions: tuple[str, ...] | None = None, starts: str = "behind",
+              camera_share: float = 0.0) -> dict:
     """Render and write one item (unless its files exist) and return its manifest row; objects / motions /
-    starts constrain its scene (`sample_scene`)."""
+    starts constrain its scene (`sample_scene`). camera_share > 0: that share of clips is filmed by a camera
+    (`filmed`), and every row gets `conditions: {"camera": [class per pixel frame]}`."""
     scene = sample_scene(item.scene_seed, include_heldout=include_heldout, objects=objects, motions=motions,
                          starts=starts)
+    scene = filmed(scene, item.scene_seed, camera_share, item.num_frames)
     text = detailed_caption(scene, np.random.default_rng([item.scene_seed, 2]))
     path = os.path.join(out_dir, item.name)
     sidecar = os.path.splitext(path)[0] + ".json"
@@ -106,11 +134,17 @@ def make_item(item: WorldItem, out_dir: str, include_heldout: bool = False, trac
         out = render(scene, item.height, item.width, item.num_frames, item.fps)
         write_video(path, out.frames, item.fps)
         if tracks:
-            _write_json(sidecar, {"spec": scene.spec, "fps": item.fps, "times": out.times.round(6).tolist(),
-                                  "tracks": _track_json(out.tracks)})
-    return {"path": path, "text": text, "num_frames": item.num_frames, "height": item.height, "width": item.width,
-            "aspect_ratio": item.aspect_ratio, "fps": IMAGE_FPS if item.num_frames == 1 else item.fps,
-            "short_text": short_caption(scene), "spec": json.dumps(scene.spec, separators=(",", ":"))}
+            side = {"spec": scene.spec, "fps": item.fps, "times": out.times.round(6).tolist(),
+                    "tracks": _track_json(out.tracks)}
+            if out.camera is not None:  # the camera's track per frame: centre u, v, zoom and class
+                side["camera"] = _track_json([out.camera])[0]
+            _write_json(sidecar, side)
+    row = {"path": path, "text": text, "num_frames": item.num_frames, "height": item.height, "width": item.width,
+           "aspect_ratio": item.aspect_ratio, "fps": IMAGE_FPS if item.num_frames == 1 else item.fps,
+           "short_text": short_caption(scene), "spec": json.dumps(scene.spec, separators=(",", ":"))}
+    if camera_share > 0:
+        row["conditions"] = frame_conditions(scene, item.num_frames)
+    return row
 
 
 # --- storyboards (`chronotope world --shots 2,3`; world/storyboard.py) ---------------------------------
@@ -219,13 +253,19 @@ def check_run(num: int, sizes: list[tuple[int, int, str]], num_frames: list[int]
 def write_world(out_dir: str | os.PathLike, num: int, seed: int = 0, sizes: list[tuple[int, int, str]] | None = None,
                 num_frames: list[int] | None = None, fps: float = 8.0, include_heldout: bool = False,
                 workers: int = 1, tracks: bool = True, progress: bool = True, objects: int | None = None,
-                motions: list[str] | None = None, starts: str = "behind", shots: list[int] | None = None) -> str:
+                motions: list[str] | None = None, starts: str = "behind", shots: list[int] | None = None,
+                camera_share: float = 0.0) -> str:
     """Render `num` World items into `out_dir` and write `out_dir/manifest.csv`; returns the manifest path.
     objects / motions: constrained scenes (exactly that many objects, motions drawn from the list, no pillar);
     starts="anywhere": movers start anywhere in view, not on the side they come from (`sample_scene`).
     shots: render storyboards instead, item i with shots[i % len] shots of the same characters and hard cuts
-    (world/storyboard.py; each shot's length drawn from num_frames); not with objects / motions."""
+    (world/storyboard.py; each shot's length drawn from num_frames); not with objects / motions.
+    camera_share: that share of the clips is filmed by a moving or static camera over a textured background
+    (world/camera.py; `filmed`), their rows carrying the camera class per frame; 0 (default) renders as before."""
     out_dir = os.fspath(out_dir)
+    check_camera_share(camera_share)
+    if camera_share and shots is not None:
+        raise ValueError("--camera-share films single clips; storyboards have no camera yet: drop one of them")
     check_run(num, sizes or [(64, 64, "1:1")], num_frames or [17], fps, workers, shots, seed)
     if shots is not None:
         if objects is not None or motions is not None:
@@ -238,7 +278,8 @@ def write_world(out_dir: str | os.PathLike, num: int, seed: int = 0, sizes: list
         if objects is not None or motions is not None:
             check_constraints(objects, motions)  # before any work
         job = functools.partial(make_item, out_dir=out_dir, include_heldout=include_heldout, tracks=tracks,
-                                objects=objects, motions=None if motions is None else tuple(motions), starts=starts)
+                                objects=objects, motions=None if motions is None else tuple(motions), starts=starts,
+                                camera_share=camera_share)
     check_starts(starts)
     os.makedirs(out_dir, exist_ok=True)
     bar = tqdm(total=len(items), desc="world", unit="clip", disable=not progress)

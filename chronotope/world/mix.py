@@ -9,6 +9,9 @@ one-movers (one object moving left, right, up or down, starting on the side it c
 mixes in World storyboards (world/storyboard.py: 2 or 3 shots of one cast, hard cuts), whose shots the latent
 cache stores as clips of their own, linked to their storyboard, for a shot-aware DiT.
 
+`camera` > 0 films that share of the clips with a camera over a textured background (world/camera.py), drawn
+apart from everything else, and gives every clip's row `conditions: {"camera": [class per pixel frame]}`.
+
     mix = WorldMix()
     frames, row = render_item(mix, seed=0, index=7)     # uint8 [T, H, W, 3], caption, short caption, spec
 """
@@ -22,7 +25,7 @@ import numpy as np
 
 from chronotope.sizes import size_for
 from chronotope.world.captions import detailed_caption, short_caption
-from chronotope.world.generate import WorldItem
+from chronotope.world.generate import WorldItem, check_camera_share, filmed, frame_conditions
 from chronotope.world.render import check_clip_memory, render
 from chronotope.world.scene import Scene, sample_scene
 from chronotope.world.storyboard import (MIN_SHOT_FRAMES, render_storyboard, sample_storyboard, shot_lengths,
@@ -44,6 +47,7 @@ class WorldMix:
     movers: float = 0.15  # one object moving left/right/up/down, starting on the side it comes from
     movers_anywhere: float = 0.15  # the same, starting anywhere in view: the first frame does not tell the way
     storyboards: float = 0.0  # storyboards of STORYBOARD_SHOTS shots, each shot a clip of the mix's lengths
+    camera: float = 0.0  # share of clips filmed by a camera (world/camera.py); 0: the plain World as before
 
     def __post_init__(self) -> None:
         if not self.aspect_ratios or not self.num_frames:
@@ -61,15 +65,17 @@ class WorldMix:
                              f"(what the mover shares leave), got {self.storyboards}")
         if self.storyboards > 0 and max(self.num_frames) < MIN_SHOT_FRAMES:
             raise ValueError(f"storyboard shots need a frame count of at least {MIN_SHOT_FRAMES} (e.g. 17)")
+        check_camera_share(self.camera)
         longest = max(self.num_frames) * (max(STORYBOARD_SHOTS) if self.storyboards else 1)
         for ar in self.aspect_ratios:
             height, width = size_for(self.resolution, ar)  # ValueError for a bad ratio or resolution, now
             check_clip_memory(height, width, longest)  # and for clips too large to render, not after OUT is made
 
     def to_dict(self) -> dict:
-        """The mix as JSON; `storyboards` only when > 0, so caches and runs recorded before it still resume."""
+        """The mix as JSON; `storyboards` and `camera` only when > 0, so caches and runs recorded before them still
+        resume."""
         d = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-        return d if self.storyboards else {k: v for k, v in d.items() if k != "storyboards"}
+        return {k: v for k, v in d.items() if k not in ("storyboards", "camera") or v}
 
 
 @dataclass(frozen=True)
@@ -116,12 +122,14 @@ def render_item(mix: WorldMix, seed: int, index: int) -> tuple[np.ndarray, dict]
     item = plan_item(mix, seed, index)
     if item.kind == "storyboard":
         return _render_storyboard(item)
-    scene = item.scene()
+    scene = filmed(item.scene(), item.scene_seed, mix.camera, item.num_frames)
     frames = render(scene, item.height, item.width, item.num_frames, item.fps).frames
     row = {"text": detailed_caption(scene, np.random.default_rng([item.scene_seed, 2])),
            "short_text": short_caption(scene), "spec": json.dumps(scene.spec, separators=(",", ":")),
            "fps": 0.0 if item.num_frames == 1 else item.fps, "num_frames": item.num_frames, "height": item.height,
            "width": item.width, "aspect_ratio": item.aspect_ratio, "kind": item.kind}
+    if mix.camera > 0:
+        row["conditions"] = frame_conditions(scene, item.num_frames)
     return frames, row
 
 

@@ -10,6 +10,9 @@ Unspecified fields are None (a later prompt-expansion step, or `scene_from_spec`
     parse_prompt("a red circle") -> {"background": None, "pillar": False, "objects": [
         {"color": "red", "shape": "circle", "size": None, "motion": None, "speed": None}]}
 `pillar` is False unless the text mentions one. `vocab.validate_spec` is for complete specs only.
+A camera clause ("the camera pans slowly to the left", "the camera zooms in") is read apart, before the objects,
+and gives the spec a "camera" entry ({"motion": "pan-left", "speed": "slow"}; speed None when unsaid); a texture
+word (grid, dots, stars) gives it a "texture". Neither key appears when the text names no camera or texture.
 Every detailed caption the World writes parses back to exactly its spec (tests/test_world.py).
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import re
 
+from .camera import TEXTURES
 from .vocab import BACKGROUNDS, COLORS, MAX_OBJECTS
 
 _WORDS: dict[str, tuple[str, object]] = {}  # single word -> (kind, value)
@@ -62,6 +66,14 @@ _add("motion", "_around", "around", "walls", "wall", "edges", "sides", "ricochet
 _ALL = ("all", "both", "each")  # "..., all still" gives the motion to every object named so far
 _PILLAR_NOUNS = ("pillar", "column", "post", "pole", "occluder")
 _add("pillar", True, *_PILLAR_NOUNS)
+_add("texture", "grid", "grid", "grids", "gridded")
+_add("texture", "dots", "dots", "dotted", "polka dots")
+_add("texture", "stars", "stars", "starry", "starfield")
+_CAMERA_CLAUSE = re.compile(r"\bcamera\b[^.;!?,]*")  # from "camera" to the end of its clause
+_CLAUSE_END = re.compile(r"\b(and|while|as|whereas)\b")
+_CAMERA_STILL = {"still", "static", "fixed", "stationary", "steady", "locked", "motionless", "not", "doesnt"}
+_CAMERA_DIRECTIONS = {"left": "left", "leftward": "left", "right": "right", "rightward": "right", "up": "up",
+                      "upward": "up", "upwards": "up", "down": "down", "downward": "down", "downwards": "down"}
 _add("pillar", False, *(f"{p} {n}" for n in _PILLAR_NOUNS for p in ("no", "without", "without a", "without any")))
 
 # Words that carry no attribute: articles, verbs of motion, filler of the World's own captions.
@@ -79,7 +91,37 @@ floating float off floor ground bottom top stays stay staying remains remain rem
 does do not steadily steady constant constantly short long some keeps keep keeping bottom four all
 over again repeatedly reflecting reflects bouncy spot along way direction side hits hitting hit lands
 landing land onto before after partially partly briefly hidden visible view ahead forward
+has have pattern patterned covers covered covering scattered field
 """.split())
+
+
+def _camera(text: str) -> tuple[dict | None, str]:
+    """The camera a text names ({"motion", "speed"}) and the text without its camera clause."""
+    match = _CAMERA_CLAUSE.search(text.lower())
+    if match is None:
+        return None, text
+    clause = match.group(0)
+    end = _CLAUSE_END.search(clause)
+    clause = clause[:end.start()] if end else clause
+    words = _tokens(clause)
+    speeds = [_WORDS[w][1] for w in words if _WORDS.get(w, ("",))[0] == "speed"]
+    if any(w.startswith("zoom") for w in words):
+        if "in" in words or "closer" in words:
+            motion = "zoom-in"
+        elif "out" in words or "away" in words:
+            motion = "zoom-out"
+        else:
+            raise ValueError(f"the camera zooms which way in {text!r}? say zooms in or zooms out")
+    elif any(w in _CAMERA_DIRECTIONS for w in words):
+        motion = "pan-" + next(_CAMERA_DIRECTIONS[w] for w in words if w in _CAMERA_DIRECTIONS)
+    elif any(w in _CAMERA_STILL for w in words):
+        motion = "static"
+    else:
+        raise ValueError(f"what does the camera do in {text!r}? say it pans left / right / up / down, zooms in / "
+                         f"out, or stays still")
+    speed = None if motion == "static" or not speeds else speeds[0]
+    start = match.start()
+    return {"motion": motion, "speed": speed}, text[:start] + text[start + len(clause):]
 
 
 def _tokens(text: str) -> list[str]:
@@ -149,7 +191,8 @@ def parse_prompt(text: str, strict: bool = False) -> dict:
     """
     if not isinstance(text, str):
         raise ValueError(f"a prompt must be a string, got {type(text).__name__}")
-    words = _tokens(text)
+    camera, text_rest = _camera(text)
+    words = _tokens(text_rest)
     items = _match(words)
     unknown = [v for k, v, _, _ in items if k == "unknown"]
     if strict and unknown:
@@ -158,7 +201,7 @@ def parse_prompt(text: str, strict: bool = False) -> dict:
     objects: list[dict] = []
     current: dict | None = None
     pending: dict = {}  # motion / speed seen before any object: goes to the first one
-    background, pillar = None, False
+    background, pillar, texture = None, False, None
 
     def new_object() -> dict:
         obj = {"color": None, "shape": None, "size": None, "motion": None, "speed": None, "_noun": False}
@@ -198,8 +241,14 @@ def parse_prompt(text: str, strict: bool = False) -> dict:
             background = value
         elif kind == "pillar":
             pillar = bool(value)
+        elif kind == "texture":
+            texture = value
 
-    objects = _attach_orphans(objects)
+    return _spec(_attach_orphans(objects), background, pillar, camera, texture, text, unknown)
+
+
+def _spec(objects: list[dict], background, pillar: bool, camera, texture, text: str, unknown: list[str]) -> dict:
+    """The parsed phrases as a spec, checked: at least one object, at most MAX_OBJECTS, one color each."""
     found = [o for o in objects if o["color"] or o["shape"]]
     if not found:
         hint = f"; unknown words: {unknown}" if unknown else ""
@@ -216,4 +265,8 @@ def parse_prompt(text: str, strict: bool = False) -> dict:
             o["motion"] = "bounce_around"
         if o["motion"] == "still":
             o["speed"] = None
-    return {"background": background, "pillar": pillar, "objects": objects}
+    spec = {"background": background, "pillar": pillar, "objects": objects}
+    if camera is not None or texture is not None:
+        spec.update(camera=camera, texture=texture)
+    assert texture is None or texture in TEXTURES  # the words above name TEXTURES only
+    return spec

@@ -10,6 +10,11 @@ Tracks (one dict per object, arrays of length T): 'x', 'y' the shape's geometric
 pixels (pixel centres at i + 0.5; a triangle's lies d/6 below its box centre), 'size' the box
 side d in pixels, 'visible' the fraction of the shape's area inside the frame and not behind the
 pillar (other objects do not count), plus 'color', 'shape', 'motion', 'speed'.
+
+A camera scene (world/camera.py) draws its texture and places its objects through the camera: screen =
+(world - centre(t)) * zoom(t), so 'x', 'y', 'size' are on-screen values and `Render.camera` holds the
+camera's track per frame ('u', 'v' centre in units of min(H, W), 'zoom', 'class' its CAMERA_CLASSES index).
+A scene without a camera renders exactly as before the camera existed.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..sizes import nearest_multiples
+from .camera import camera_conditions, draw_background
 from .scene import PILLAR_WIDTH, Scene
 from .vocab import BACKGROUNDS, COLORS, PILLAR_COLOR
 
@@ -37,6 +43,7 @@ class Render:
     times: np.ndarray  # float [T] seconds
     fps: float
     spec: dict
+    camera: dict | None = None  # camera scenes: 'u', 'v', 'zoom' float [T], 'class' list of T ints
 
 
 def check_frame_size(height: int, width: int) -> None:
@@ -70,23 +77,32 @@ def _box_overlap(centers: np.ndarray, half: float, grid: np.ndarray) -> np.ndarr
     return np.clip(hi - lo, 0.0, 1.0)
 
 
-def _coverage(shape: str, cx: np.ndarray, cy: np.ndarray, half: float, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-    """Pixel coverage [T, len(ys), len(xs)] of a shape with box centre (cx, cy) [T] and half side `half` (px)."""
+def _coverage(shape: str, cx: np.ndarray, cy: np.ndarray, half: float | np.ndarray, xs: np.ndarray,
+              ys: np.ndarray) -> np.ndarray:
+    """Pixel coverage [T, len(ys), len(xs)] of a shape with box centre (cx, cy) [T] and half side `half` (px; a
+    float, or [T] under a zooming camera)."""
+    scalar = half  # broadcast against [T, h, w] below
+    if np.ndim(half):
+        scalar = np.asarray(half, dtype=np.float32)[:, None, None]  # [T, 1, 1]
     if shape == "square":
         return _box_overlap(cy, half, ys)[:, :, None] * _box_overlap(cx, half, xs)[:, None, :]
     dx = (xs[None, :] + 0.5 - cx[:, None]).astype(np.float32)[:, None, :]  # [T, 1, w]
     dy = (ys[None, :] + 0.5 - cy[:, None]).astype(np.float32)[:, :, None]  # [T, h, 1]
     if shape == "circle":
-        return np.clip(half + 0.5 - np.sqrt(dx * dx + dy * dy), 0.0, 1.0)
+        return np.clip(scalar + 0.5 - np.sqrt(dx * dx + dy * dy), 0.0, 1.0)
     if shape == "triangle":  # apex (cx, cy - half), base corners (cx +- half, cy + half)
         base = _box_overlap(cy, half, ys)[:, :, None].astype(np.float32)  # rows above the base line
-        sides = np.clip(0.5 - (2 * np.abs(dx) - dy - half) / _SQRT5, 0.0, 1.0)
+        sides = np.clip(0.5 - (2 * np.abs(dx) - dy - scalar) / _SQRT5, 0.0, 1.0)
         return base * sides
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def render(scene: Scene, height: int, width: int, num_frames: int, fps: float) -> Render:
-    """Render `scene` at any even height/width >= 16, any frame count >= 1 and fps > 0."""
+def render(scene: Scene, height: int, width: int, num_frames: int, fps: float,
+           frozen_background: bool = False) -> Render:
+    """Render `scene` at any even height/width >= 16, any frame count >= 1 and fps > 0.
+
+    frozen_background (camera scenes, for World-bench's corruptions): the texture stays where the first frame
+    shows it while the objects still move as the camera sees them."""
     check_frame_size(height, width)
     if not isinstance(num_frames, (int, np.integer)) or num_frames < 1:
         raise ValueError(f"num_frames must be a positive integer, got {num_frames!r}")
@@ -98,6 +114,12 @@ def render(scene: Scene, height: int, width: int, num_frames: int, fps: float) -
 
     canvas = np.empty((T, H, W, 3), dtype=np.float32)
     canvas[:] = np.asarray(BACKGROUNDS[scene.background], dtype=np.float32)
+    camera = None
+    if scene.camera is not None:
+        cam_u, cam_v, zoom = scene.camera.track(times)  # [T] each
+        draw_background(canvas, BACKGROUNDS[scene.background], scene.background, scene.texture or "grid",
+                        scene.camera, times[:1].repeat(T) if frozen_background else times)
+        camera = {"u": cam_u, "v": cam_v, "zoom": zoom, "class": camera_conditions(scene.camera, T)}
     pillar_cols = None  # [W] pillar coverage per column
     if scene.pillar_u is not None:
         pillar_cols = _box_overlap(np.array([W / 2 + scene.pillar_u * s]), PILLAR_WIDTH * s / 2,
@@ -106,13 +128,19 @@ def render(scene: Scene, height: int, width: int, num_frames: int, fps: float) -
     tracks = []
     for obj in scene.objects:
         u, v = obj.trajectory(times, W / (2 * s), H / (2 * s))
-        cx, cy = W / 2 + u * s, H / 2 + v * s  # [T] box centre in pixels
-        d = obj.diameter * s
+        if camera is None:
+            cx, cy = W / 2 + u * s, H / 2 + v * s  # [T] box centre in pixels
+            d = obj.diameter * s
+        else:  # through the camera: on-screen centre and side [T]
+            cx = W / 2 + (u - camera["u"]) * camera["zoom"] * s
+            cy = H / 2 + (v - camera["v"]) * camera["zoom"] * s
+            d = obj.diameter * s * camera["zoom"]
         half = d / 2
         visible = np.zeros(T, dtype=np.float64)
         # rows / columns this object touches over the whole clip, clipped to the frame
-        x0, x1 = max(0, int(np.floor(cx.min() - half - 1))), min(W, int(np.ceil(cx.max() + half + 1)))
-        y0, y1 = max(0, int(np.floor(cy.min() - half - 1))), min(H, int(np.ceil(cy.max() + half + 1)))
+        reach = float(np.max(half))
+        x0, x1 = max(0, int(np.floor(cx.min() - reach - 1))), min(W, int(np.ceil(cx.max() + reach + 1)))
+        y0, y1 = max(0, int(np.floor(cy.min() - reach - 1))), min(H, int(np.ceil(cy.max() + reach + 1)))
         if x0 < x1 and y0 < y1:
             xs = np.arange(x0, x1, dtype=np.float64)
             ys = np.arange(y0, y1, dtype=np.float64)
@@ -133,4 +161,4 @@ def render(scene: Scene, height: int, width: int, num_frames: int, fps: float) -
         region += pillar_cols[a:b, None] * (np.asarray(PILLAR_COLOR, dtype=np.float32) - region)
 
     frames = np.rint(canvas, out=canvas).astype(np.uint8)
-    return Render(frames=frames, tracks=tracks, times=times, fps=float(fps), spec=scene.spec)
+    return Render(frames=frames, tracks=tracks, times=times, fps=float(fps), spec=scene.spec, camera=camera)

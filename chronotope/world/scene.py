@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .camera import TEXTURES, Camera, camera_of, sample_camera
 from .vocab import BACKGROUNDS, COLORS, HELDOUT, MAX_OBJECTS, MOTIONS, SHAPES, SIZES, SPEEDS, validate_spec
 
 LINEAR_SPEED = {"slow": 0.12, "fast": 0.25}
@@ -119,6 +120,8 @@ class Scene:
     objects: list[SceneObject]
     pillar_u: float | None = None  # pillar centre (units of min(H, W) from the frame centre), None: no pillar
     seed: int | None = field(default=None, compare=False)
+    camera: Camera | None = None  # None: no camera (the fixed frame of a plain background)
+    texture: str | None = None  # camera scenes: the background's texture (camera.TEXTURES)
 
     @property
     def pillar(self) -> bool:
@@ -126,9 +129,11 @@ class Scene:
 
     @property
     def spec(self) -> dict:
-        """The text-level meaning of the scene (format in vocab.py)."""
-        return {"background": self.background, "pillar": self.pillar,
-                "objects": [o.spec() for o in self.objects]}
+        """The text-level meaning of the scene (format in vocab.py); "camera" and "texture" only in camera scenes."""
+        spec = {"background": self.background, "pillar": self.pillar, "objects": [o.spec() for o in self.objects]}
+        if self.camera is not None:
+            spec.update(camera=self.camera.spec(), texture=self.texture)
+        return spec
 
 
 # --- sampling ----------------------------------------------------------------------------------
@@ -248,6 +253,19 @@ def check_starts(starts: str) -> str:
     return starts
 
 
+def with_camera(scene: Scene, camera: Camera | None = None, texture: str | None = None,
+                seed: int | None = None) -> Scene:
+    """`scene` filmed by `camera` over a textured background (camera.py); camera / texture None: drawn from
+    `seed` (default: the scene's). Camera scenes have no pillar (a moving pillar is left for later)."""
+    rng = np.random.default_rng([int(seed if seed is not None else scene.seed or 0), 39])
+    camera = camera if camera is not None else sample_camera(rng)
+    texture = texture or str(rng.choice(TEXTURES))
+    if texture not in TEXTURES:
+        raise ValueError(f"unknown texture {texture!r}; valid: {', '.join(TEXTURES)}")
+    return Scene(background=scene.background, objects=scene.objects, pillar_u=None, seed=scene.seed, camera=camera,
+                 texture=texture)
+
+
 def scene_from_spec(spec: dict, seed: int, starts: str = "behind") -> Scene:
     """A scene for `spec` with start positions (and any None / missing field) sampled from `seed`.
 
@@ -258,7 +276,16 @@ def scene_from_spec(spec: dict, seed: int, starts: str = "behind") -> Scene:
     rng = np.random.default_rng([int(seed), 1])
     full = _fill_spec(spec, rng)
     objects, pillar_u = _place(full, rng, starts=check_starts(starts))
-    return Scene(background=full["background"], objects=objects, pillar_u=pillar_u, seed=int(seed))
+    scene = Scene(background=full["background"], objects=objects, pillar_u=pillar_u, seed=int(seed))
+    if spec.get("camera") or spec.get("texture"):  # a camera scene (a texture alone: a static camera)
+        if full["pillar"]:
+            raise ValueError("a camera scene has no pillar yet; drop the pillar or the camera")
+        given = dict(spec.get("camera") or {})
+        if given.get("motion") not in (None, "static") and given.get("speed") is None:  # partial: "pans left"
+            given["speed"] = str(np.random.default_rng([int(seed), 38]).choice(SPEEDS))
+        camera = camera_of(given)
+        scene = with_camera(scene, camera, spec.get("texture"), seed)
+    return scene
 
 
 def _constrained_spec(rng: np.random.Generator, include_heldout: bool, objects: int | None,

@@ -9,7 +9,9 @@ A `spec` is the text-level meaning of a scene, as plain JSON:
      "objects": [{"color": "red", "shape": "circle", "size": "small",
                   "motion": "left", "speed": "slow"}, ...]}
 
-Objects have pairwise different colors (1 to 3 per scene); `speed` is None for "still".
+Objects have pairwise different colors (1 to 3 per scene); `speed` is None for "still". A camera scene
+(world/camera.py, opt-in) adds "camera": {"motion": "pan-left", "speed": "slow"} and "texture": "grid"
+and has no pillar; a spec without them is a fixed frame over a plain background.
 """
 
 from __future__ import annotations
@@ -71,4 +73,13 @@ def validate_spec(spec: dict) -> dict:
     colors = [o["color"] for o in objects]
     if len(set(colors)) != len(colors):
         raise ValueError(f"objects of one scene have different colors, got {colors}")
+    if spec.get("camera") is not None or spec.get("texture") is not None:  # a camera scene (world/camera.py)
+        from .camera import TEXTURES, camera_of
+
+        camera_of(spec.get("camera"))
+        if spec.get("texture") not in TEXTURES:
+            raise ValueError(f"a camera scene's texture must be one of {', '.join(TEXTURES)}, "
+                             f"got {spec.get('texture')!r}")
+        if spec["pillar"]:
+            raise ValueError("a camera scene has no pillar yet; drop the pillar or the camera")
     return spec
