@@ -163,6 +163,8 @@ BENCH: dict[str, tuple[Inputs, Measures]] = {
     # a loop of T - 1 frames: frame T would be frame 0
     "loop": (lambda t: {"num_frames": t.job.prompt.num_frames - 1}, lambda t: loop_closure(t.frames)),
     "long": (_long_inputs, _long_measures),
+    # the same length made a frame at a time (pipeline/stream.py), measured for drift as long is
+    "stream": (lambda t: {"num_frames": _long_inputs(t)["num_frames"]}, _long_measures),
 }
 
 
