@@ -205,13 +205,8 @@ class CausalVAE(nn.Module):
 
     # --- encode ---------------------------------------------------------------------------------
 
-    def encode(
-        self,
-        x: torch.Tensor,
-        chunk_frames: int | None = 16,
-        tile_size: Tile = None,
-        tile_overlap: int = 16,
-    ) -> DiagonalGaussian:
+    def encode(self, x: torch.Tensor, chunk_frames: int | None = 16, tile_size: Tile = None,
+               tile_overlap: int = 16) -> DiagonalGaussian:
         """x: [B, 3, T, H, W] in [-1, 1] -> posterior over raw latents [B, C, 1 + (T-1)/tf, H/sf, W/sf].
 
         chunk_frames: code the first frame, then chunk_frames frames at a time (a multiple of
@@ -290,14 +285,8 @@ class CausalVAE(nn.Module):
                 x = self._run(self.decoder, chunk, caches, tile, tile_overlap // sf, (sf, 1)).contiguous()
                 yield x.clamp_(-1.0, 1.0) if clamp else x
 
-    def decode(
-        self,
-        z: torch.Tensor,
-        chunk_latent_frames: int | None = 4,
-        tile_size: Tile = None,
-        tile_overlap: int = 16,
-        clamp: bool = True,
-    ) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, chunk_latent_frames: int | None = 4, tile_size: Tile = None,
+               tile_overlap: int = 16, clamp: bool = True) -> torch.Tensor:
         """Raw latents [B, C, t, h, w] -> pixels [B, 3, 1 + (t-1)*tf, h*sf, w*sf] clamped to [-1, 1].
         Decodes chunk_latent_frames at a time with a causal cache (bounded memory); None decodes all
         latent frames at once (same numbers, memory grows with length)."""
