@@ -8,6 +8,7 @@ is that growth when decoding an 8x longer latent over a short one, frames writte
     .venv/bin/python benchmarks/vae.py --quick            # ~minutes on 2 cores
     .venv/bin/python benchmarks/vae.py --vae runs/vae/vae # + PSNR of a trained VAE on World clips
     .venv/bin/python benchmarks/vae.py --vae runs/vae/vae --psnr-only   # the PSNR table alone
+    .venv/bin/python benchmarks/vae.py --general chronotope/assets/vae-general --footage CLIPS --clip-720p CLIP
 """
 
 from __future__ import annotations
@@ -237,6 +238,143 @@ def quality_keys(quality: dict | None) -> dict:
             "vae_ceiling": {k: quality["ceiling"]["vae"][k] for k in CEILING_KEYS}, "quality": quality}
 
 
+# --- the general-purpose VAE: PSNR / SSIM on the World, FFmpeg test sources and real footage --------------------
+
+GENERAL_RESULT = ROOT / "benchmarks" / "results" / "vae-general.json"
+FOOTAGE_FRAMES, FOOTAGE_PIXELS = 33, 128 * 128  # what `chronotope reconstruct --num-frames 33 --max-pixels 16384` codes
+GENERAL_SPEED_SHAPES = [(17, 64, 64), (33, 128, 128)]
+
+
+def _scores(vae, frames, height: int | None = None, width: int | None = None) -> tuple[float, float]:
+    """(PSNR dB, SSIM) of uint8 frames [T, H, W, 3] through the VAE as `chronotope reconstruct` codes them
+    (streamed, causal chunks, tiles past 384 px), at height x width (default: the frames' size)."""
+    from chronotope.vae.reconstruct import reconstruct, tile_for
+
+    h, w = height or frames.shape[1], width or frames.shape[2]
+    tile, overlap = tile_for(h, w, vae.config.spatial_factor)
+    return reconstruct(vae, frames, h, w, tile=tile, overlap=overlap)
+
+
+def general_quality(vae_dir: str, footage: list[str], per_shape: int = 4) -> dict:
+    """PSNR / SSIM of one VAE folder on held-out World clips (psnr_world's seeds and shapes), FFmpeg's lavfi
+    test sources (through PyAV, 17 frames of 64x64) and each real footage file (its first 33 frames at a
+    16,384-pixel budget, as `chronotope reconstruct --num-frames 33 --max-pixels 16384`)."""
+    import torch
+
+    from chronotope.data.dataset import budget_size
+    from chronotope.data.synthetic import lavfi_clip
+    from chronotope.sizes import size_for
+    from chronotope.vae.model import CausalVAE
+    from chronotope.video import read_video
+    from chronotope.world.generate import iter_world
+
+    vae = CausalVAE.from_pretrained(vae_dir).eval()
+    out: dict = {"vae": _repo_path(vae_dir), "compression": vae.config.compression, "world": {}, "sources": {},
+                 "footage": {}}
+    with torch.inference_mode():
+        for k, (ratio, frames) in enumerate(WORLD_EVAL):
+            h, w = size_for("64px", ratio)
+            s = [_scores(vae, f) for _, f in iter_world(per_shape, seed=987_654 + 1000 * k, height=h, width=w,
+                                                        num_frames=frames)]
+            out["world"][f"{ratio} {frames}f {h}x{w}"] = [statistics.mean(v) for v in zip(*s)]
+        for src in TEST_SOURCES:
+            out["sources"][src] = list(_scores(vae, lavfi_clip(src, 17, 64, 64)))
+        for path in footage:
+            frames, _ = read_video(path, max_frames=FOOTAGE_FRAMES)
+            h, w = budget_size(frames.shape[1], frames.shape[2], FOOTAGE_PIXELS)
+            out["footage"][Path(path).name] = list(_scores(vae, frames, h, w)) + [f"{w}x{h}"]
+    for group in ("world", "sources", "footage"):
+        values = list(out[group].values())
+        out[f"{group}_mean"] = [statistics.mean(v[0] for v in values), statistics.mean(v[1] for v in values)] \
+            if values else None
+    return out
+
+
+def _repo_path(path: str) -> str:
+    p = Path(path).resolve()
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(path)
+
+
+def peak_720p(vae_dir: str, clip: str, threads: int) -> dict:
+    """Peak RSS (MB) of a fresh `chronotope reconstruct` of the first 33 frames of a 720p clip (the whole
+    process: interpreter, torch, model, video decoding and writing), and its wall time."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "chronotope.cli", "reconstruct", "--vae", vae_dir, clip, f"{tmp}/out.mp4",
+               "--num-frames", "33", "--threads", str(threads), "--no-progress"]
+        t0 = time.perf_counter()
+        res = subprocess.run([sys.executable, "-c", _PEAK_WRAPPER, *cmd], capture_output=True, text=True,
+                             cwd=ROOT)
+        seconds = time.perf_counter() - t0
+    if res.returncode:
+        raise RuntimeError(f"720p reconstruct failed:\n{res.stderr[-2000:]}")
+    peak_kb, psnr_line = res.stdout.strip().splitlines()[-1], [ln for ln in res.stdout.splitlines() if "PSNR" in ln]
+    return {"clip": Path(clip).name, "peak_mb": int(peak_kb) / 1024, "seconds": seconds, "threads": threads,
+            "result": psnr_line[-1] if psnr_line else ""}
+
+
+# runs a command and prints its peak RSS in KiB (ru_maxrss of the waited child) as the last line
+_PEAK_WRAPPER = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+                 "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) if r.returncode == 0 "
+                 "else sys.exit(r.returncode)")
+
+
+def general_speed(vae_dir: str, threads: int, repeats: int = 2) -> dict:
+    """Median seconds per encode+decode of random clips: the trained VAE against diffusers' AutoencoderKLWan
+    (random weights) at base_dim = the VAE's first width, z_dim 16, interleaved in this process."""
+    import torch
+    from diffusers import AutoencoderKLWan
+
+    from chronotope.vae.model import CausalVAE
+
+    torch.set_num_threads(threads)
+    ours = CausalVAE.from_pretrained(vae_dir).eval()
+    torch.manual_seed(0)
+    wan = AutoencoderKLWan(base_dim=ours.config.widths[0], z_dim=16).eval()
+    result = {"wan_base_dim": ours.config.widths[0], "threads": threads}
+    with torch.inference_mode():
+        for shape in GENERAL_SPEED_SHAPES:
+            x = torch.rand(1, 3, *shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
+            times: dict[str, list[float]] = {"ours": [], "wan": []}
+            for name, model in (("ours", ours), ("wan", wan)):
+                roundtrip(name, model, x)  # warm-up
+            for _ in range(repeats):
+                for name, model in (("ours", ours), ("wan", wan)):
+                    t0 = time.perf_counter()
+                    roundtrip(name, model, x)
+                    times[name].append(time.perf_counter() - t0)
+            result["x".join(map(str, shape))] = {k: statistics.median(v) for k, v in times.items()}
+    return result
+
+
+def general_table(vaes: dict[str, str], footage: list[str], clip_720p: str | None, threads: int) -> dict:
+    """The general VAE's report (vaes: column name -> folder, the general VAE last): quality of each, speed and
+    720p peak memory of the last; printed as a table and written to benchmarks/results/vae-general.json."""
+    from chronotope.atomic import atomic_write_json
+
+    quality = {name: general_quality(d, footage) for name, d in vaes.items()}
+    last = list(vaes)[-1]
+    result: dict = {"quality": quality, "footage_frames": FOOTAGE_FRAMES, "footage_pixels": FOOTAGE_PIXELS}
+    result["speed"] = general_speed(vaes[last], threads)
+    result["peak_720p"] = peak_720p(vaes[last], clip_720p, threads) if clip_720p else None
+    names = list(vaes)
+    print(f"{'PSNR dB / SSIM':<34}" + "".join(f"{n:>22}" for n in names))
+    for group in ("world", "sources", "footage"):
+        for key in quality[names[0]][group]:
+            cells = "".join(f"{quality[n][group][key][0]:>13.2f} / {quality[n][group][key][1]:.3f}" for n in names)
+            print(f"{group + ' ' + key:<34}{cells}")
+    for speed_key in (k for k in result["speed"] if "x" in k and k[0].isdigit()):
+        s = result["speed"][speed_key]
+        print(f"enc+dec {speed_key}: {last} {s['ours']:.2f} s, AutoencoderKLWan(base_dim="
+              f"{result['speed']['wan_base_dim']}) {s['wan']:.2f} s ({threads} thread(s))")
+    if result["peak_720p"]:
+        p = result["peak_720p"]
+        print(f"33 frames of 720p ({p['clip']}): peak RSS {p['peak_mb']:.0f} MB, {p['seconds']:.0f} s; {p['result']}")
+    atomic_write_json(GENERAL_RESULT, result, indent=2)
+    return result
+
+
 RESULT = ROOT / "benchmarks" / "results" / "vae.json"
 
 
@@ -257,10 +395,19 @@ def main() -> int:
     p.add_argument("--ceiling-prompts", type=int, default=200,
                    help="World-bench t2v prompts for the ceiling (default 200, as the published bench)")
     p.add_argument("--threads", type=int, default=torch_threads())
+    p.add_argument("--general", metavar="VAE_DIR", help="the general VAE's table (vae-general.json) against the "
+                   "shipped World VAE: World, FFmpeg test sources, --footage, speed, --clip-720p memory")
+    p.add_argument("--footage", nargs="*", default=[], help="with --general: real videos to score (evaluation only)")
+    p.add_argument("--clip-720p", default=None, help="with --general: a 1280x720 video for the peak-memory row")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
+        return 0
+    if args.general:
+        world_vae = str(ROOT / "chronotope" / "assets" / "world-model" / "vae")
+        general_table({"world VAE": world_vae, "general VAE": args.general}, args.footage, args.clip_720p,
+                      args.threads)
         return 0
     if args.psnr_only and not args.vae:
         raise SystemExit("--psnr-only needs --vae DIR (a trained VAE folder)")
