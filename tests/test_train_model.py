@@ -4,15 +4,15 @@ resumes, and the exported folder loads, names no vocabulary (its captions are no
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+from conftest import kill_after_first_shard
 
 from chronotope.config import VAE_PRESETS
 from chronotope.data.manifest import write_manifest
@@ -60,15 +60,8 @@ def test_train_model_on_a_manifest_resumes_after_kill_9_and_exports_a_model(mani
     CausalVAE(VAE_PRESETS["debug"]()).save_pretrained(vae)
     out, env = tmp_path / "mine", {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = _command(out, manifest, vae)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    meta, deadline = out / "cache" / "cache.json", time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if meta.exists() and json.loads(meta.read_text() or "{}").get("shards"):
-            break
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)  # right after the first shard is recorded
-    proc.wait()
-    assert len(json.loads(meta.read_text())["shards"]) < 6, "the data stage ended before the kill"
+    left = kill_after_first_shard(cmd, env, out / "cache")
+    assert len(left["shards"]) < 6, "the data stage ended before the kill"
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     said = rerun.stdout + rerun.stderr

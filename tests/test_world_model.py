@@ -3,15 +3,15 @@ command end to end without PyAV, and a resume after kill -9."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+from conftest import kill_after_first_shard
 
 from chronotope.config import VAE_PRESETS
 from chronotope.dit.model import DiT
@@ -150,17 +150,9 @@ def test_world_model_resumes_after_kill_9(tmp_path):
     out = tmp_path / "wm"
     cmd = _command(out, "--minutes", "0.05", "--vae", str(vae), "--items", "60", "--shard-size", "4",
                    "--workers", "1", "--bench-prompts", "0")
-    proc = subprocess.Popen(cmd, env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    meta, deadline = out / "cache" / "cache.json", time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if meta.exists() and json.loads(meta.read_text() or "{}").get("shards"):
-            break
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)  # right after the first shard is recorded
-    proc.wait()
+    done_before = len(kill_after_first_shard(cmd, _env(tmp_path), out / "cache")["shards"])
     first = out / "cache" / "shard-00000.safetensors"
     stat = first.stat()
-    done_before = len(json.loads(meta.read_text())["shards"])
     assert done_before < 15, "the run finished its data before the kill; nothing was resumed"
     rerun = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]

@@ -33,7 +33,7 @@ from chronotope.config import DIT_PRESETS, VAE_PRESETS
 from chronotope.diffusion.samplers import FEW_STEPS, STEP_SAMPLERS, cfg_velocity, get_sampler
 from chronotope.dit.conditioning import window_samples
 from chronotope.dit.model import DiT
-from chronotope.dit.patches import pack, unpack
+from chronotope.dit.patches import frame_tokens, pack, unpack
 from chronotope.pipeline.plan import TF, Plan
 from chronotope.pipeline.prepare import prepare
 from chronotope.pipeline.rollout import roll, rollout, to_uint8
@@ -235,9 +235,9 @@ class VideoPipeline:
         N, _, n = x.shape[:3]
         t_frames = t.expand(N, 1, n, 1, 1).reshape(N, n)  # [N, n]: 0 at given frames
         packed = pack(window_samples(x, t_frames, conditions), patch=self.dit.config.patch).to(x.device)
-        if isinstance(step, Tensor):  # per frame -> per token, as pack lays tokens out
-            step = packed.timestep.new_tensor(torch.cat([f.repeat_interleave(x.shape[3] * x.shape[4] // (
-                self.dit.config.patch[1] * self.dit.config.patch[2])) for f in step.expand(N, 1, n, 1, 1).reshape(N, n)]))
+        if isinstance(step, Tensor):  # per frame -> per token, laid out as the pack lays out every per-frame value
+            per_frame = step.expand(N, 1, n, 1, 1).reshape(N, n).cpu()
+            step = frame_tokens(list(per_frame), packed.grids, packed.patch, "step", torch.float32).to(x.device)
         v = self.dit(packed, emb, mask, step=step) if step is not None else self.dit(packed, emb, mask)  # [L, C*pt*ph*pw]
         return torch.stack(unpack(packed, v))  # [N, C, n, h, w]
 

@@ -107,10 +107,6 @@ class Timeline:
     cond: tuple | None = None
     uncond: tuple | None = None
 
-    @property
-    def num_frames(self) -> int:
-        return self.starts[-1] + self.lengths[-1]
-
     def encode(self, pipe, seed: int, expand: bool, negative: str) -> None:
         from chronotope.text.characters import carry_characters
 
