@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 36 on a GPU, one command: bf16 training steps of world-s (32k-token packs) and DiT-XL (16k-token packs)
+# The training step on a GPU, one command: bf16 training steps of world-s (32k-token packs) and DiT-XL (16k-token packs)
 # through the Trainer with every block compiled as train/parallel.py compiles it (inductor, dynamic=True; the
 # compile happens in the warm-up steps), giving tokens/s, MFU, host syncs and recompiles after the first compile,
 # written to benchmarks/results/train_step_cuda.json. About 4 minutes on one H100 / H200 (killed at 7:50).
